@@ -1,0 +1,132 @@
+//! The contract between the XDP program (`detector-ebpf`) and user space (`detector`).
+//!
+//! Everything here is `#[repr(C)]`, fixed-size and `no_std`: the same bytes are written by
+//! user space into BPF maps and read by the kernel program. `aya::Pod` is implemented only
+//! behind the `user` feature so the eBPF build does not pull in aya.
+#![no_std]
+
+/// Directory under bpffs where maps and XDP links are pinned.
+pub const PIN_DIR: &str = "/sys/fs/bpf/detector";
+
+/// Version of the map layout below. Bump it whenever a key/value struct, a map type or a
+/// stats index changes; the loader refuses to adopt pins written with another version.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Map names (BPF object names are limited to 15 bytes).
+pub mod map_names {
+    /// Exact IPv4 bans: HASH<Ipv4Key, ExactBan>.
+    pub const BANS_V4: &str = "BANS_V4";
+    /// Exact IPv6 bans: HASH<Ipv6Key, ExactBan>.
+    pub const BANS_V6: &str = "BANS_V6";
+    /// IPv4 prefix bans: LPM_TRIE<[u8; 4], PrefixBan>.
+    pub const PREFIX_V4: &str = "PREFIX_V4";
+    /// IPv6 prefix bans: LPM_TRIE<[u8; 16], PrefixBan>.
+    pub const PREFIX_V6: &str = "PREFIX_V6";
+    /// PERCPU_ARRAY<u64> indexed by [`crate::stats`].
+    pub const STATS: &str = "STATS";
+    /// ARRAY<Settings> with one entry (index 0).
+    pub const SETTINGS: &str = "SETTINGS";
+}
+
+/// The XDP program's name in the object file.
+pub const XDP_PROGRAM: &str = "detector_xdp";
+
+/// Key of the exact IPv4 ban map: the address in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ipv4Key {
+    pub addr: [u8; 4],
+}
+
+/// Key of the exact IPv6 ban map: the address in network byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ipv6Key {
+    pub addr: [u8; 16],
+}
+
+/// Value of an exact ban.
+///
+/// Expiry uses CLOCK_MONOTONIC nanoseconds because the XDP program reads it with
+/// `bpf_ktime_get_coarse_ns` (~3 ns, against ~25 ns for the precise clocks), and user space can
+/// read the same clock with `clock_gettime(CLOCK_MONOTONIC)`. The coarse clock has jiffy
+/// resolution (≤ 4 ms), which is irrelevant for bans measured in seconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExactBan {
+    /// CLOCK_MONOTONIC ns after which the ban no longer drops; 0 = permanent.
+    pub expires_ns: u64,
+    /// Packets dropped because of this entry (atomic add in the kernel).
+    pub hits: u64,
+    /// One of [`reason`].
+    pub reason: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+/// Value of a prefix ban. An LPM trie stores the value right after the key bytes, so its
+/// alignment must not exceed 4 (the IPv4 key is 4 bytes): hence 32-bit fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixBan {
+    /// CLOCK_MONOTONIC seconds after which the ban no longer drops; 0 = permanent.
+    pub expires_s: u32,
+    /// Packets dropped because of this entry (atomic add, wraps at 2^32).
+    pub hits: u32,
+    /// One of [`reason`].
+    pub reason: u32,
+}
+
+/// Runtime switches of the XDP program (SETTINGS[0]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Bit set of [`settings_flags`].
+    pub flags: u32,
+}
+
+pub mod settings_flags {
+    /// Count matches but pass them (dry run).
+    pub const OBSERVE: u32 = 1 << 0;
+    /// PREFIX_V4 holds at least one entry; otherwise its (slow) lookup is skipped.
+    pub const HAVE_PREFIX_V4: u32 = 1 << 1;
+    /// PREFIX_V6 holds at least one entry.
+    pub const HAVE_PREFIX_V6: u32 = 1 << 2;
+}
+
+/// Indices into the per-CPU STATS array. Seen = passed + dropped.
+pub mod stats {
+    pub const PASSED: u32 = 0;
+    pub const DROPPED: u32 = 1;
+    pub const DROPPED_BYTES: u32 = 2;
+    /// Matched a live ban while in observe mode (passed, counted in PASSED too).
+    pub const OBSERVED: u32 = 3;
+    /// Matched an expired ban (passed).
+    pub const EXPIRED_HITS: u32 = 4;
+    /// Truncated or malformed frames (passed).
+    pub const MALFORMED: u32 = 5;
+    /// Non-IP frames such as ARP (passed).
+    pub const NON_IP: u32 = 6;
+    pub const COUNT: u32 = 7;
+}
+
+/// Why an entry is in the ban maps. Rule codes mirror the engine's rule names.
+pub mod reason {
+    pub const MANUAL: u32 = 0;
+    pub const PROBE_LOGIN: u32 = 1;
+    pub const SLOW_REPEAT: u32 = 2;
+    pub const TARGET_CAMPAIGN: u32 = 3;
+    pub const BURST: u32 = 4;
+    pub const OTHER: u32 = 255;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), contain only integers and have no padding holes
+    // that could leak uninitialised memory (fields are laid out to fill their size).
+    unsafe impl aya::Pod for super::Ipv4Key {}
+    unsafe impl aya::Pod for super::Ipv6Key {}
+    unsafe impl aya::Pod for super::ExactBan {}
+    unsafe impl aya::Pod for super::PrefixBan {}
+    unsafe impl aya::Pod for super::Settings {}
+}

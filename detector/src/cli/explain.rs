@@ -1,0 +1,9 @@
+//! `detector explain` (not implemented yet).
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> crate::Result<ExitCode> {
+    Err(crate::Error::Usage("`detector explain` is not implemented yet".into()))
+}

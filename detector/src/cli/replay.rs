@@ -1,0 +1,9 @@
+//! `detector replay` (not implemented yet).
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> crate::Result<ExitCode> {
+    Err(crate::Error::Usage("`detector replay` is not implemented yet".into()))
+}

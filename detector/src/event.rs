@@ -1,0 +1,122 @@
+//! The typed events that parsers produce and the engine consumes.
+//!
+//! An `Event` only ever carries facts taken from the server-written parts of a log line: the
+//! client IP comes from fixed positions (`[ip]` after the client name, `rip=`, the second
+//! field of `driver(user,ip,...)`), never from text an attacker controls.
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+/// Which daemon wrote the line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Service {
+    Postfix,
+    Dovecot,
+}
+
+/// The protocol the client spoke, where the line tells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Postfix smtpd on port 25 (and postscreen).
+    Smtp,
+    /// Postfix submission (587) or Dovecot submission-login.
+    Submission,
+    /// Postfix smtps (465, implicit TLS).
+    Smtps,
+    Imap,
+    Pop3,
+    Managesieve,
+    Lmtp,
+}
+
+/// What happened. Serialised names are the `kind` values of `detector parse --json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A client connected (Postfix `connect from`, postscreen `CONNECT from`).
+    Connect,
+    /// A client disconnected; see [`Event::smtp`] for the command counters.
+    Disconnect,
+    /// The server accepted a recipient (Postfix `NOQUEUE: info|warn: RCPT ... to=<..>`).
+    Rcpt,
+    /// The server rejected a recipient (`NOQUEUE: reject: RCPT ...`).
+    RcptRejected,
+    /// Other SMTP-level rejects: CONNECT/HELO/MAIL/DATA rejects, postscreen PREGREET/DNSBL,
+    /// non-SMTP command, too many errors.
+    Rejected,
+    /// Postfix `lost connection after X`.
+    LostConnection,
+    /// A transaction that named a recipient ended without an accepted message (derived from
+    /// the disconnect counters: `rcpt>=1` and no successful `data`/`bdat`; or cleanup
+    /// `removed (canceled)`).
+    TransactionAborted,
+    /// A failed login whose reason is a wrong password or unknown.
+    AuthFailure,
+    /// A failed login for a user that does not exist (the strongest signal).
+    AuthUnknownUser,
+    /// A successful login.
+    AuthSuccess,
+    /// A message was accepted for delivery.
+    MessageAccepted,
+    /// A recognised line that matters to no rule.
+    Other,
+}
+
+/// Postfix `disconnect from ...` command counters (`ehlo=1 mail=1 rcpt=1 data=0/1 quit=1`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SmtpCounters {
+    /// Successful RCPT commands.
+    pub rcpt_ok: u32,
+    /// Successful DATA/BDAT commands (messages accepted).
+    pub data_ok: u32,
+    /// DATA/BDAT commands attempted.
+    pub data_tried: u32,
+    /// Successful AUTH commands.
+    pub auth_ok: u32,
+    /// AUTH commands attempted.
+    pub auth_tried: u32,
+    /// The client said QUIT.
+    pub quit: bool,
+    /// RSET commands seen.
+    pub rset: u32,
+}
+
+/// One typed event from one log line.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Event {
+    /// The log's own timestamp (UTC).
+    pub time: DateTime<Utc>,
+    pub service: Service,
+    pub kind: EventKind,
+    /// The client IP, from a server-written position of the line.
+    pub ip: IpAddr,
+    /// The login name (SASL user name, Dovecot `user=<..>`), lower-cased.
+    pub user: Option<String>,
+    /// The envelope recipient (`to=<..>`), lower-cased.
+    pub recipient: Option<String>,
+    pub protocol: Option<Protocol>,
+    /// 1-based number of the input line this event came from.
+    pub line: u64,
+    /// Connection identity used to tie lines of one session together: Dovecot `session=<..>`
+    /// or the auth request's `<session>`, or `pid:<n>` for Postfix smtpd.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// How many new failed login attempts this event adds. Several lines can describe the same
+    /// attempt (Dovecot auth + login lines, Postfix SASL warning + `auth=0/1`); the parser's
+    /// de-duplication gives the first of them the count and the rest 0. Only failure kinds
+    /// carry a non-zero value.
+    pub failures: u32,
+    /// Disconnect counters, on `Disconnect`/`TransactionAborted` events from Postfix.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<SmtpCounters>,
+}
+
+impl Event {
+    /// True for kinds that mean a failed login.
+    pub fn is_auth_failure(&self) -> bool {
+        matches!(self.kind, EventKind::AuthFailure | EventKind::AuthUnknownUser)
+    }
+}

@@ -1,0 +1,2 @@
+//! Shared harness for the kernel and end-to-end tests: network namespaces, veth pairs, and
+//! running the detector binary.

@@ -1,0 +1,196 @@
+//! `cargo xtask setup`: installs the build and test prerequisites, idempotently.
+//!
+//! - the nightly toolchain's `rust-src` (aya-build compiles the eBPF crate with
+//!   `-Z build-std=core`);
+//! - `bpf-linker`, built against the nightly rustc's own libLLVM (Debian 12 has no LLVM of the
+//!   version nightly uses). bpf-linker finds LLVM through `LLVM_PREFIX/lib/libLLVM.so`, so we
+//!   make a prefix of symlinks into the toolchain; the linker's rpath points at that prefix, so
+//!   it lives under CARGO_HOME, keyed by the nightly release, and must persist;
+//! - the Debian packages the tests use.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::util::{output, run_cmd};
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the build, the kernel tests and the lab need.
+pub const APT_PACKAGES: &[&str] = &["bpftool", "iproute2", "util-linux", "procps"];
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Skip the Debian packages (only the Rust side).
+    #[arg(long)]
+    no_apt: bool,
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    let nightly = Nightly::detect()?;
+    ensure_rust_src(&nightly)?;
+    ensure_bpf_linker(&nightly)?;
+    if !opts.no_apt {
+        ensure_apt_packages(APT_PACKAGES)?;
+    }
+    eprintln!("setup: all prerequisites are in place");
+    Ok(())
+}
+
+/// What `rustc +nightly -vV` says about the installed nightly.
+pub struct Nightly {
+    /// e.g. `1.97.0-nightly`
+    pub release: String,
+    /// e.g. `22` from `LLVM version: 22.1.4`
+    pub llvm_major: String,
+    pub sysroot: PathBuf,
+}
+
+impl Nightly {
+    pub fn detect() -> Result<Self> {
+        let vv = output(Command::new("rustc").args(["+nightly", "-vV"])).context(
+            "the nightly toolchain is needed to build the eBPF program; it is not installed \
+             (rustup toolchain install nightly)",
+        )?;
+        let field = |name: &str| {
+            vv.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_string())
+                .with_context(|| format!("`rustc +nightly -vV` printed no `{name}` line"))
+        };
+        let release = field("release:")?;
+        let llvm = field("LLVM version:")?;
+        let llvm_major = llvm.split('.').next().unwrap_or_default().to_string();
+        let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+        Ok(Nightly { release, llvm_major, sysroot: PathBuf::from(sysroot.trim()) })
+    }
+
+    fn has_rust_src(&self) -> bool {
+        self.sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml").exists()
+    }
+
+    /// The toolchain's own libLLVM, e.g. `lib/libLLVM.so.22.1-rust-1.97.0-nightly`.
+    fn libllvm(&self) -> Result<PathBuf> {
+        let lib = self.sysroot.join("lib");
+        let suffix = format!("-rust-{}", self.release);
+        let entries = std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))?;
+        for entry in entries {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if name.starts_with("libLLVM.so.") && name.ends_with(&suffix) {
+                return Ok(lib.join(name));
+            }
+        }
+        bail!("no libLLVM.so.*{suffix} in {}", lib.display())
+    }
+
+    /// Where the symlink prefix for bpf-linker lives (persistent, per nightly release).
+    fn llvm_prefix(&self) -> PathBuf {
+        cargo_home().join("detector-llvm").join(&self.release)
+    }
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+fn ensure_rust_src(n: &Nightly) -> Result<()> {
+    if n.has_rust_src() {
+        eprintln!("setup: nightly rust-src: present");
+        return Ok(());
+    }
+    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// The stamp records which nightly the installed bpf-linker was built against.
+fn stamp_path(n: &Nightly) -> PathBuf {
+    n.llvm_prefix().join("bpf-linker.stamp")
+}
+
+fn stamp_text(n: &Nightly) -> String {
+    format!("bpf-linker {BPF_LINKER_VERSION} llvm-{} rustc {}\n", n.llvm_major, n.release)
+}
+
+fn bpf_linker_ok(n: &Nightly) -> bool {
+    let stamped = std::fs::read_to_string(stamp_path(n)).is_ok_and(|s| s == stamp_text(n));
+    let runs = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION));
+    stamped && runs
+}
+
+fn ensure_bpf_linker(n: &Nightly) -> Result<()> {
+    if bpf_linker_ok(n) {
+        eprintln!("setup: bpf-linker {BPF_LINKER_VERSION} (llvm-{}): present", n.llvm_major);
+        return Ok(());
+    }
+    let libllvm = n.libllvm()?;
+    let prefix = n.llvm_prefix();
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let file_name = libllvm.file_name().expect("libLLVM path has a file name");
+    for link in [lib.join("libLLVM.so"), lib.join(file_name)] {
+        symlink_force(&libllvm, &link)?;
+    }
+    run_cmd(
+        Command::new("cargo")
+            .args(["+nightly", "install", "bpf-linker", "--force", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features"])
+            .arg(format!("llvm-{}", n.llvm_major))
+            .env("LLVM_PREFIX", &prefix),
+    )?;
+    std::fs::write(stamp_path(n), stamp_text(n)).context("writing the bpf-linker stamp")?;
+    Ok(())
+}
+
+fn symlink_force(target: &Path, link: &Path) -> Result<()> {
+    match std::fs::remove_file(link) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", link.display())),
+    }
+    std::os::unix::fs::symlink(target, link)
+        .with_context(|| format!("linking {} -> {}", link.display(), target.display()))
+}
+
+fn dpkg_installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Installs the missing Debian packages (one `apt-get update` first, only if needed).
+pub fn ensure_apt_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !dpkg_installed(p)).collect();
+    if missing.is_empty() {
+        eprintln!("setup: Debian packages: present ({})", packages.join(" "));
+        return Ok(());
+    }
+    run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_cmd(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+/// Checks (without installing) what building the eBPF program needs; used by every other task.
+pub fn check_build_prereqs() -> Result<()> {
+    let n = Nightly::detect()?;
+    let mut missing = Vec::new();
+    if !n.has_rust_src() {
+        missing.push("the nightly rust-src component".to_string());
+    }
+    if !bpf_linker_ok(&n) {
+        missing.push(format!("bpf-linker {BPF_LINKER_VERSION} built for llvm-{}", n.llvm_major));
+    }
+    if !missing.is_empty() {
+        bail!("missing: {}; run `cargo xtask setup` first", missing.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,31 @@
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::setup::check_build_prereqs;
+use crate::util::{ensure_bpffs, is_root, run_cmd, workspace_root};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    check_build_prereqs()?;
+    if !is_root() {
+        bail!("the kernel and end-to-end tests need root (XDP, network namespaces); rerun as root");
+    }
+    ensure_bpffs()?;
+    let root = workspace_root();
+    // The kernel tests drive the real binary; build it first so they find it.
+    run_cmd(Command::new("cargo").current_dir(&root).args(["build", "--package", "detector"]))?;
+    run_cmd(
+        Command::new("cargo")
+            .current_dir(&root)
+            .args(["test", "--workspace"])
+            .args(&opts.args)
+            .env("DETECTOR_BIN", root.join("target/debug/detector")),
+    )
+}
