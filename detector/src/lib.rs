@@ -10,6 +10,7 @@ pub mod enforce;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod metrics;
 pub mod parse;
 pub mod source;
 pub mod store;
