@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: everything needed to go from a fresh machine to a running detector.
 mod build;
+mod dist;
 mod run;
 mod setup;
 mod test;
@@ -26,6 +27,8 @@ enum Task {
     Run(run::Options),
     /// Run every test, including the kernel and end-to-end ones (needs root).
     Test(test::Options),
+    /// Build the release binary, man pages, shell completions and a .deb under target/dist.
+    Dist(dist::Options),
 }
 
 fn main() -> Result<()> {
@@ -34,5 +37,6 @@ fn main() -> Result<()> {
         Task::Build(o) => build::run(o),
         Task::Run(o) => run::run(o),
         Task::Test(o) => test::run(o),
+        Task::Dist(o) => dist::run(o),
     }
 }
