@@ -24,7 +24,8 @@ use super::{bpf_error, chain, sys, verify};
 use crate::Error;
 
 /// The XDP object built by build.rs from detector-ebpf.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector"));
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector"));
 
 #[derive(Clone, Debug)]
 pub struct AttachOptions {

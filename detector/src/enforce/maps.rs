@@ -29,6 +29,9 @@ pub struct Enforcer {
     prefix_v6: LpmTrie<MapData, [u8; 16], PrefixBan>,
     stats: PerCpuArray<MapData, u64>,
     settings: Array<MapData, Settings>,
+    /// max_entries of the exact maps and of the tries (for "map full" messages).
+    exact_capacity: u32,
+    prefix_capacity: u32,
 }
 
 fn open_map(pins: &PinPaths, name: &str) -> crate::Result<Map> {
@@ -108,6 +111,8 @@ impl Enforcer {
             .get(&0, 0)
             .map_err(|e| bpf_error("reading SETTINGS", &e))?;
         verify::check_layout_version(&pins, current.layout_version)?;
+        let exact_capacity = capacity_of(&pins, map_names::BANS_V4);
+        let prefix_capacity = capacity_of(&pins, map_names::PREFIX_V4);
         Ok(Enforcer {
             bans_v4: typed!(&pins, map_names::BANS_V4, HashMap),
             bans_v6: typed!(&pins, map_names::BANS_V6, HashMap),
@@ -117,7 +122,68 @@ impl Enforcer {
             settings,
             pins,
             allow: Allowlist::default(),
+            exact_capacity,
+            prefix_capacity,
         })
+    }
+
+    /// Wraps the maps of a freshly loaded, unpinned object (BPF_PROG_TEST_RUN harness and
+    /// benchmark); SETTINGS is initialised like a first attach does.
+    pub(crate) fn from_loaded(
+        ebpf: &mut aya::Ebpf,
+        capacity: super::Capacity,
+    ) -> crate::Result<Self> {
+        fn take(ebpf: &mut aya::Ebpf, name: &str) -> crate::Result<Map> {
+            ebpf.take_map(name)
+                .ok_or_else(|| Error::Bpf(format!("the XDP object has no map {name}")))
+        }
+        let mut settings: Array<MapData, Settings> =
+            Array::try_from(take(ebpf, map_names::SETTINGS)?)
+                .map_err(|e| bpf_error("SETTINGS", &e))?;
+        let fresh = Settings {
+            flags: 0,
+            layout_version: detector_common::LAYOUT_VERSION,
+        };
+        settings
+            .set(0, fresh, 0)
+            .map_err(|e| bpf_error("writing SETTINGS", &e))?;
+        let conv = |e: MapError| bpf_error("typed map", &e);
+        Ok(Enforcer {
+            pins: PinPaths::new("(unpinned)"),
+            allow: Allowlist::default(),
+            bans_v4: HashMap::try_from(take(ebpf, map_names::BANS_V4)?).map_err(conv)?,
+            bans_v6: HashMap::try_from(take(ebpf, map_names::BANS_V6)?).map_err(conv)?,
+            prefix_v4: LpmTrie::try_from(take(ebpf, map_names::PREFIX_V4)?).map_err(conv)?,
+            prefix_v6: LpmTrie::try_from(take(ebpf, map_names::PREFIX_V6)?).map_err(conv)?,
+            stats: PerCpuArray::try_from(take(ebpf, map_names::STATS)?).map_err(conv)?,
+            settings,
+            exact_capacity: capacity.exact,
+            prefix_capacity: capacity.prefix,
+        })
+    }
+
+    /// Bulk insert for benchmarks: exact IPv4 bans with no allowlist check or merge.
+    pub(crate) fn insert_exact_v4_raw(
+        &mut self,
+        addr: [u8; 4],
+        value: ExactBan,
+    ) -> crate::Result<()> {
+        let cap = self.exact_capacity;
+        self.bans_v4
+            .insert(Ipv4Key { addr }, value, 0)
+            .map_err(|e| full_error(map_names::BANS_V4, cap, &e))
+    }
+
+    /// Bulk insert for benchmarks: exact IPv6 bans with no allowlist check or merge.
+    pub(crate) fn insert_exact_v6_raw(
+        &mut self,
+        addr: [u8; 16],
+        value: ExactBan,
+    ) -> crate::Result<()> {
+        let cap = self.exact_capacity;
+        self.bans_v6
+            .insert(Ipv6Key { addr }, value, 0)
+            .map_err(|e| full_error(map_names::BANS_V6, cap, &e))
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -151,7 +217,7 @@ impl Enforcer {
                     addr: n.addr().octets(),
                 };
                 let old = lookup(self.bans_v4.get(&key, 0), map_names::BANS_V4)?;
-                let cap = self.bans_v4_capacity();
+                let cap = self.exact_capacity;
                 let (value, outcome) = merge_exact(old, expires_ns, reason);
                 if outcome != BanOutcome::Unchanged {
                     self.bans_v4
@@ -165,7 +231,7 @@ impl Enforcer {
                     addr: n.addr().octets(),
                 };
                 let old = lookup(self.bans_v6.get(&key, 0), map_names::BANS_V6)?;
-                let cap = self.bans_v6_capacity();
+                let cap = self.exact_capacity;
                 let (value, outcome) = merge_exact(old, expires_ns, reason);
                 if outcome != BanOutcome::Unchanged {
                     self.bans_v6
@@ -179,7 +245,7 @@ impl Enforcer {
                 let old = lookup(self.prefix_v4.get(&key, 0), map_names::PREFIX_V4)?;
                 let (value, outcome) = merge_prefix(old, ttl, reason);
                 if outcome != BanOutcome::Unchanged {
-                    let cap = capacity_of(&self.pins, map_names::PREFIX_V4);
+                    let cap = self.prefix_capacity;
                     self.prefix_v4
                         .insert(&key, value, 0)
                         .map_err(|e| full_error(map_names::PREFIX_V4, cap, &e))?;
@@ -192,7 +258,7 @@ impl Enforcer {
                 let old = lookup(self.prefix_v6.get(&key, 0), map_names::PREFIX_V6)?;
                 let (value, outcome) = merge_prefix(old, ttl, reason);
                 if outcome != BanOutcome::Unchanged {
-                    let cap = capacity_of(&self.pins, map_names::PREFIX_V6);
+                    let cap = self.prefix_capacity;
                     self.prefix_v6
                         .insert(&key, value, 0)
                         .map_err(|e| full_error(map_names::PREFIX_V6, cap, &e))?;
@@ -201,14 +267,6 @@ impl Enforcer {
                 Ok(outcome)
             }
         }
-    }
-
-    fn bans_v4_capacity(&self) -> u32 {
-        capacity_of(&self.pins, map_names::BANS_V4)
-    }
-
-    fn bans_v6_capacity(&self) -> u32 {
-        capacity_of(&self.pins, map_names::BANS_V6)
     }
 
     /// Removes the ban on exactly `net` (a /24 ban is not lifted by unbanning one address in

@@ -17,6 +17,7 @@ mod clock;
 mod maps;
 mod pins;
 mod sys;
+pub mod testrun;
 mod types;
 mod verify;
 
