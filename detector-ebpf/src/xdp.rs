@@ -73,11 +73,11 @@ fn check(
 ) -> Verdict {
     let mut now: Option<u64> = None;
     if let Some(ban) = exact {
-        let t = coarse_now(&mut now);
         // SAFETY: `ban` points into a live hash element; a concurrent delete from user space
         // frees it only after an RCU grace period, which cannot end while we run.
         let expires = unsafe { (*ban).expires_ns };
-        if expires == 0 || t < expires {
+        // Permanent bans never read the clock.
+        if expires == 0 || coarse_now(&mut now) < expires {
             unsafe {
                 atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*ban).hits, 1)
             };
@@ -87,9 +87,8 @@ fn check(
     }
     if have_prefix && let Some(ban) = prefix_lookup() {
         let ban = ban as *const PrefixBan as *mut PrefixBan;
-        let t = coarse_now(&mut now);
         let expires_s = u64::from(unsafe { (*ban).expires_s });
-        if expires_s == 0 || t / NS_PER_S < expires_s {
+        if expires_s == 0 || coarse_now(&mut now) / NS_PER_S < expires_s {
             unsafe {
                 atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*ban).hits, 1)
             };

@@ -1,4 +1,5 @@
 //! `cargo xtask <task>`: everything needed to go from a fresh machine to a running detector.
+mod bench_xdp;
 mod build;
 mod run;
 mod setup;
@@ -26,6 +27,15 @@ enum Task {
     Run(run::Options),
     /// Run every test, including the kernel and end-to-end ones (needs root).
     Test(test::Options),
+    /// Benchmarks: `cargo xtask bench xdp`.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// ns/packet of the XDP program vs an empty and a bare-lookup program (BPF_PROG_TEST_RUN).
+    Xdp(bench_xdp::Options),
 }
 
 fn main() -> Result<()> {
@@ -34,5 +44,6 @@ fn main() -> Result<()> {
         Task::Build(o) => build::run(o),
         Task::Run(o) => run::run(o),
         Task::Test(o) => test::run(o),
+        Task::Bench(Bench::Xdp(o)) => bench_xdp::run(o),
     }
 }

@@ -167,9 +167,16 @@ fn load_and_attach(
             pinned_program = Some(old);
         } else {
             for iface in pins.linked_interfaces() {
-                upgrade_link(program, &pins.link(&iface))?;
-                info!(iface = %iface, "upgraded the XDP program in place (BPF_LINK_UPDATE)");
-                report.upgraded_links.push(iface);
+                match upgrade_link(program, &pins.link(&iface)) {
+                    Ok(()) => {
+                        info!(iface = %iface, "upgraded the XDP program in place (BPF_LINK_UPDATE)");
+                        report.upgraded_links.push(iface);
+                    }
+                    // A link whose interface is gone cannot be updated; it filters nothing.
+                    Err(e) => {
+                        warn!(iface = %iface, error = %e, "pinned XDP link not upgraded (interface gone?)")
+                    }
+                }
             }
             std::fs::remove_file(&program_pin).map_err(|e| Error::io(&program_pin, e))?;
         }
