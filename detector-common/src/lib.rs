@@ -31,6 +31,23 @@ pub mod map_names {
 /// The XDP program's name in the object file.
 pub const XDP_PROGRAM: &str = "detector_xdp";
 
+/// Reference programs in the same object, used only by `cargo xtask bench xdp` through
+/// BPF_PROG_TEST_RUN; detector never attaches them.
+pub mod bench_programs {
+    /// Returns XDP_PASS and nothing else: the harness floor.
+    pub const EMPTY: &str = "bench_empty";
+    /// Ethernet + IPv4 at fixed offsets, one BANS_V4 lookup, drop on hit.
+    pub const BARE_V4: &str = "bench_bare_v4";
+    /// Ethernet + IPv6 at fixed offsets, one BANS_V6 lookup, drop on hit.
+    pub const BARE_V6: &str = "bench_bare_v6";
+}
+
+/// Default capacity of each exact ban map (per address family).
+pub const DEFAULT_EXACT_CAPACITY: u32 = 1 << 20;
+/// Default capacity of each prefix trie (per address family). LPM lookups get slower with
+/// depth, so prefix bans are meant to stay few.
+pub const DEFAULT_PREFIX_CAPACITY: u32 = 1 << 16;
+
 /// Key of the exact IPv4 ban map: the address in network byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -83,6 +100,9 @@ pub struct PrefixBan {
 pub struct Settings {
     /// Bit set of [`settings_flags`].
     pub flags: u32,
+    /// [`LAYOUT_VERSION`] of the loader that created the pinned maps. User space checks it
+    /// before adopting pins left by an earlier run (aya itself reuses pins without checks).
+    pub layout_version: u32,
 }
 
 pub mod settings_flags {

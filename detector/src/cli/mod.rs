@@ -11,6 +11,7 @@ pub mod explain;
 pub mod generate;
 pub mod list;
 pub mod parse;
+pub mod pin_dir;
 pub mod replay;
 pub mod run;
 pub mod stats;
@@ -23,7 +24,12 @@ pub mod unban;
 /// expire) even when the daemon is not running. `ban`, `unban`, `list` and `stats` work on those
 /// maps directly.
 #[derive(Debug, Parser)]
-#[command(name = "detector", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "detector",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
