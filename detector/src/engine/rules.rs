@@ -13,9 +13,7 @@
 use std::net::IpAddr;
 
 use super::decision::{Action, Decision, Evidence, Rule};
-use super::state::{
-    Failure, IpState, PendingRcpt, PrefixState, Probe, Success, UserFailure, UserState,
-};
+use super::state::{Failure, IpState, PendingRcpt, PrefixState, Probe, Success, UserFailure};
 use super::state::{
     MAX_PENDING_RCPTS, MAX_PROBE_RCPTS, MAX_PROBES, MAX_SUCCESS_USERS, bounded_name,
 };
