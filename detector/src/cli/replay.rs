@@ -590,8 +590,10 @@ mod tests {
         for input in inputs() {
             all.extend(input.parsed.unwrap());
         }
-        let mut c = EngineConfig::default();
-        c.slow_repeat_score = 100;
+        let c = EngineConfig {
+            slow_repeat_score: 100,
+            ..EngineConfig::default()
+        };
         let report = replay(
             vec![Input::from_events("concat".into(), all)],
             c,
