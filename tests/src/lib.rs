@@ -1,2 +1,4 @@
 //! Shared harness for the kernel and end-to-end tests: network namespaces, veth pairs, and
 //! running the detector binary.
+
+pub mod sim;

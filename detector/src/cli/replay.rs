@@ -77,7 +77,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut write_err = None;
     let report = replay(
         inputs,
-        cfg,
+        Engine::new(cfg),
         |d: &ReplayedDecision| {
             if write_err.is_some() {
                 return;
@@ -372,16 +372,15 @@ impl Ord for Head {
     }
 }
 
-/// Replays `inputs` through a new engine with `cfg`; calls `on_decision` for each decision
-/// as it happens and `on_progress` with the bytes read so far.
+/// Replays `inputs` through `engine` (usually `Engine::new(cfg)`); calls `on_decision` for
+/// each decision as it happens and `on_progress` with the bytes read so far.
 pub fn replay(
     mut inputs: Vec<Input>,
-    cfg: EngineConfig,
+    mut engine: Engine,
     mut on_decision: impl FnMut(&ReplayedDecision),
     mut on_progress: impl FnMut(u64),
 ) -> Result<ReplayReport> {
-    let keep_s = cfg.horizon.as_secs() as i64 + 3600;
-    let mut engine = Engine::new(cfg);
+    let keep_s = engine.config().horizon.as_secs() as i64 + 3600;
     let mut report = ReplayReport::default();
     let mut store = LineStore {
         keep_s,
@@ -555,7 +554,7 @@ mod tests {
         let mut seen = Vec::new();
         let report = replay(
             inputs(),
-            EngineConfig::default(),
+            Engine::new(EngineConfig::default()),
             |d| seen.push(d.decision.rule),
             |_| {},
         )
@@ -596,7 +595,7 @@ mod tests {
         };
         let report = replay(
             vec![Input::from_events("concat".into(), all)],
-            c,
+            Engine::new(c),
             |_| {},
             |_| {},
         )
@@ -610,7 +609,7 @@ mod tests {
             vec![("a".into(), "one\r\ntwo\n\nthree".into())],
             Format::Auto,
         );
-        let report = replay(inputs, EngineConfig::default(), |_| {}, |_| {}).unwrap();
+        let report = replay(inputs, Engine::new(EngineConfig::default()), |_| {}, |_| {}).unwrap();
         assert_eq!(report.stats.lines, 4);
         assert_eq!(report.stats.bytes, 15);
     }

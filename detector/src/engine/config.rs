@@ -8,6 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::decision::Rule;
 use crate::Error;
 
 /// Correlation engine settings. `Default` gives the documented defaults.
@@ -70,6 +71,10 @@ pub struct EngineConfig {
     /// Never banned, in addition to loopback and the host's own addresses.
     pub allowlist: Vec<IpNet>,
 
+    /// Rules that never ban, by name: `probe-login`, `slow-repeat`, `target-campaign`, `burst`,
+    /// `lenient-burst` (default: none).
+    pub disabled_rules: Vec<Rule>,
+
     /// Emit decisions marked `dry_run` (the enforcer logs instead of banning).
     pub dry_run: bool,
 
@@ -115,6 +120,7 @@ impl Default for EngineConfig {
             ipv4_prefix: 32,
             ipv6_prefix: 64,
             allowlist: Vec::new(),
+            disabled_rules: Vec::new(),
             dry_run: false,
             max_tracked_ips: 100_000,
             max_tracked_users: 100_000,
@@ -206,6 +212,9 @@ impl EngineConfig {
                 "must be at least engine.burst_failures",
             );
         }
+        if self.disabled_rules.contains(&Rule::Manual) {
+            return err("disabled_rules", "`manual` is not a detection rule");
+        }
         if self.ban_durations.is_empty() {
             return err("ban_durations", "needs at least one duration");
         }
@@ -240,6 +249,10 @@ impl EngineConfig {
             return err("max_ips_per_user", "must be at least engine.campaign_ips");
         }
         Ok(())
+    }
+
+    pub fn rule_enabled(&self, rule: Rule) -> bool {
+        !self.disabled_rules.contains(&rule)
     }
 
     /// Ban duration for the given offence number (1-based).
@@ -330,6 +343,14 @@ mod tests {
             vec![Duration::from_secs(7200), Duration::from_secs(86400)]
         );
         assert_eq!(c.allowlist.len(), 1);
+        let c = EngineConfig::from_toml_str("[engine]\ndisabled_rules = [\"target-campaign\"]\n")
+            .unwrap();
+        assert!(!c.rule_enabled(Rule::TargetCampaign) && c.rule_enabled(Rule::Burst));
+        let e = EngineConfig::from_toml_str("[engine]\ndisabled_rules = [\"nope\"]\n").unwrap_err();
+        assert!(
+            e.to_string().starts_with("invalid engine.disabled_rules"),
+            "{e}"
+        );
         assert_eq!(
             EngineConfig::from_toml_str("[other]\nx = 1\n").unwrap(),
             EngineConfig::default()

@@ -242,10 +242,16 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, ev: &Event) -> Vec<Decision> {
         }
     }
 
+    let enabled = |v: &(Rule, String)| engine.cfg.rule_enabled(v.0);
     let verdict = probe_login(engine, ip, ev, user.as_deref())
-        .or_else(|| burst(engine, ip, t))
-        .or_else(|| campaign_note.map(|n| (Rule::TargetCampaign, format!("failed on {n}"))))
-        .or_else(|| slow_repeat(engine, ip, t));
+        .filter(enabled)
+        .or_else(|| burst(engine, ip, t).filter(enabled))
+        .or_else(|| {
+            campaign_note
+                .map(|n| (Rule::TargetCampaign, format!("failed on {n}")))
+                .filter(enabled)
+        })
+        .or_else(|| slow_repeat(engine, ip, t).filter(enabled));
     let mut out: Vec<Decision> = verdict
         .and_then(|(rule, note)| ban(engine, ip, rule, note, t))
         .into_iter()
@@ -398,6 +404,9 @@ fn slow_repeat(engine: &Engine, ip: IpAddr, t: i64) -> Option<(Rule, String)> {
 
 /// Bans `ip`'s prefix unless it is protected or already banned.
 fn ban(engine: &mut Engine, ip: IpAddr, rule: Rule, note: String, t: i64) -> Option<Decision> {
+    if !engine.cfg.rule_enabled(rule) {
+        return None;
+    }
     if engine.is_protected(ip).is_some() {
         engine.stats.spared += 1;
         return None;
@@ -469,7 +478,9 @@ fn protocol_name(p: Protocol) -> &'static str {
 fn describe(ev: &Event) -> String {
     let user = ev.user.as_deref().map(bounded_name);
     let user = user.as_deref().unwrap_or("?");
-    let proto = ev.protocol.map_or("", protocol_name);
+    let login = ev.protocol.map_or("login".to_string(), |p| {
+        format!("{} login", protocol_name(p))
+    });
     match ev.kind {
         EventKind::Rcpt => format!(
             "RCPT to <{}>",
@@ -483,9 +494,9 @@ fn describe(ev: &Event) -> String {
         EventKind::TransactionAborted => "SMTP transaction aborted without a message".into(),
         EventKind::LostConnection => "SMTP connection lost".into(),
         EventKind::Disconnect => "SMTP disconnect without a message".into(),
-        EventKind::AuthSuccess => format!("{proto} login as {user} succeeded"),
-        EventKind::AuthFailure => format!("{proto} login as {user} failed"),
-        EventKind::AuthUnknownUser => format!("{proto} login as non-existent {user} failed"),
+        EventKind::AuthSuccess => format!("{login} as {user} succeeded"),
+        EventKind::AuthFailure => format!("{login} as {user} failed"),
+        EventKind::AuthUnknownUser => format!("{login} as non-existent {user} failed"),
         _ => format!("{:?}", ev.kind),
     }
 }

@@ -127,25 +127,16 @@ fn cfg() -> EngineConfig {
     EngineConfig::default()
 }
 
-/// Config where only the named rule can fire within the test (others set out of reach).
+/// Config where only the named rule can fire.
 fn only(rule: Rule) -> EngineConfig {
-    let mut c = cfg();
-    if rule != Rule::SlowRepeat {
-        c.slow_repeat_score = 1000;
+    let disabled_rules = Rule::ALL
+        .into_iter()
+        .filter(|r| *r != rule && *r != Rule::Manual)
+        .collect();
+    EngineConfig {
+        disabled_rules,
+        ..cfg()
     }
-    if rule != Rule::Burst {
-        c.burst_failures = 1000;
-        c.lenient_burst_failures = 1000;
-        c.max_failures_per_ip = 1000;
-    }
-    if rule != Rule::TargetCampaign {
-        c.campaign_ips = 1000;
-        c.max_ips_per_user = 1000;
-    }
-    if rule != Rule::ProbeLogin {
-        c.probe_window = Duration::from_secs(1);
-    }
-    c
 }
 
 const BOT: &str = "198.18.0.7";
