@@ -79,7 +79,8 @@ fn matters(ev: &Event) -> bool {
         | EventKind::AuthSuccess
         | EventKind::AuthFailure
         | EventKind::AuthUnknownUser => true,
-        EventKind::Disconnect => ev.smtp.is_some_and(|c| c.rcpt_ok >= 1 && c.data_ok == 0),
+        // A disconnect closes the transaction of its session (probe or not).
+        EventKind::Disconnect => ev.smtp.is_some_and(|c| c.rcpt_ok >= 1),
         _ => false,
     }
 }
@@ -493,6 +494,9 @@ fn describe(ev: &Event) -> String {
         EventKind::MessageAccepted => "message accepted".into(),
         EventKind::TransactionAborted => "SMTP transaction aborted without a message".into(),
         EventKind::LostConnection => "SMTP connection lost".into(),
+        EventKind::Disconnect if ev.smtp.is_some_and(|c| c.data_ok > 0) => {
+            "SMTP disconnect after a message".into()
+        }
         EventKind::Disconnect => "SMTP disconnect without a message".into(),
         EventKind::AuthSuccess => format!("{login} as {user} succeeded"),
         EventKind::AuthFailure => format!("{login} as {user} failed"),
