@@ -1,4 +1,5 @@
 //! `cargo xtask <task>`: everything needed to go from a fresh machine to a running detector.
+mod bench;
 mod build;
 mod run;
 mod setup;
@@ -26,6 +27,8 @@ enum Task {
     Run(run::Options),
     /// Run every test, including the kernel and end-to-end ones (needs root).
     Test(test::Options),
+    /// Measure throughput: `cargo xtask bench parse`.
+    Bench(bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -34,5 +37,6 @@ fn main() -> Result<()> {
         Task::Build(o) => build::run(o),
         Task::Run(o) => run::run(o),
         Task::Test(o) => test::run(o),
+        Task::Bench(b) => bench::run(b),
     }
 }
