@@ -1,5 +1,5 @@
 //! `cargo xtask <task>`: everything needed to go from a fresh machine to a running detector.
-mod bench_xdp;
+mod bench;
 mod build;
 mod dist;
 mod run;
@@ -30,15 +30,8 @@ enum Task {
     Test(test::Options),
     /// Build the release binary, man pages, shell completions and a .deb under target/dist.
     Dist(dist::Options),
-    /// Benchmarks: `cargo xtask bench xdp`.
-    #[command(subcommand)]
-    Bench(Bench),
-}
-
-#[derive(Subcommand)]
-enum Bench {
-    /// ns/packet of the XDP program vs an empty and a bare-lookup program (BPF_PROG_TEST_RUN).
-    Xdp(bench_xdp::Options),
+    /// Measure: `cargo xtask bench parse|xdp|e2e`.
+    Bench(bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -48,6 +41,6 @@ fn main() -> Result<()> {
         Task::Run(o) => run::run(o),
         Task::Test(o) => test::run(o),
         Task::Dist(o) => dist::run(o),
-        Task::Bench(Bench::Xdp(o)) => bench_xdp::run(o),
+        Task::Bench(b) => bench::run(b),
     }
 }
