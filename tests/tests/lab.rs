@@ -1,0 +1,394 @@
+//! The mail lab itself: real Postfix + Dovecot in namespaces, a bot round and a legitimate
+//! client, and the exact log lines they produce in files and in the journal. Needs root
+//! (`cargo xtask test`); skipped with a message otherwise.
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use detector_tests::lab::{self, Lab, LabOptions, LogMode, Peer};
+use detector_tests::mailclient::{Outcome, Report, random_token};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn options(log_mode: LogMode, ipv6: bool) -> LabOptions {
+    LabOptions {
+        log_mode,
+        ipv6,
+        bots: 1,
+        mailbot: Some(PathBuf::from(env!("CARGO_BIN_EXE_mailbot"))),
+        ..LabOptions::default()
+    }
+}
+
+fn root_or_skip() -> bool {
+    if !lab::is_root() {
+        eprintln!("skipped: the mail lab needs root (run `cargo xtask test`)");
+    }
+    lab::is_root()
+}
+
+fn outcomes(reports: &[Report]) -> Vec<(String, Outcome)> {
+    reports
+        .iter()
+        .map(|r| (r.step.clone(), r.outcome))
+        .collect()
+}
+
+/// How a client address appears in the logs.
+fn client_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("unknown[{v4}]"),
+        IpAddr::V6(v6) => format!("unknown[{v6}]"),
+    }
+}
+
+/// Dovecot lines: "imap-login: Info: ..." in its log file, "imap-login: ..." in the journal.
+fn dovecot_prefix(lab: &Lab, process: &str) -> String {
+    match lab.log_mode() {
+        LogMode::File => format!("{process}: Info: "),
+        LogMode::Journal => format!("{process}: "),
+    }
+}
+
+/// A bot round (probe, then IMAP/POP3/submission logins with the probed address) and the
+/// log lines it must produce.
+fn bot_round_and_assert(lab: &Lab, bot: &Peer) {
+    let local = format!("r{}", random_token(9));
+    let addr = format!("{local}@example.test");
+    let reports = lab
+        .mailbot(
+            bot,
+            &["round", "--local", &local, "--password", "WrongPass1"],
+        )
+        .expect("mailbot round");
+    assert_eq!(
+        outcomes(&reports),
+        vec![
+            ("probe".into(), Outcome::Ok),
+            ("imap".into(), Outcome::Rejected),
+            ("pop3".into(), Outcome::Rejected),
+            ("smtp-auth".into(), Outcome::Rejected)
+        ],
+        "{reports:#?}"
+    );
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.user.as_deref() == Some(addr.as_str()))
+    );
+
+    let ip = bot.ip.to_string();
+    let who = client_name(bot.ip);
+    let mail_ip = match bot.ip {
+        IpAddr::V4(_) => lab.mail_ip().to_string(),
+        IpAddr::V6(_) => lab.mail_ip6().expect("lab has IPv6").to_string(),
+    };
+    // Postfix, port 25
+    lab.expect_log(WAIT, &["postfix/smtpd[", &format!("]: connect from {who}")])
+        .unwrap();
+    lab.expect_log(
+        WAIT,
+        &[&format!(
+            "NOQUEUE: info: RCPT from {who}: lab-rcpt=<{addr}>; from=<probe@bot.invalid> to=<{addr}> proto=ESMTP helo=<bot.invalid>"
+        )],
+    )
+    .unwrap();
+    lab.expect_log(
+        WAIT,
+        &[&format!(
+            "disconnect from {who} ehlo=1 mail=1 rcpt=1 quit=1 commands=4"
+        )],
+    )
+    .unwrap();
+    // Dovecot, IMAP and POP3 with an unknown user
+    lab.expect_log(
+        WAIT,
+        &[
+            &format!("{}passwd-file({addr},{ip},<", dovecot_prefix(lab, "auth")),
+            ">): unknown user",
+        ],
+    )
+    .unwrap();
+    for proto in ["imap-login", "pop3-login"] {
+        lab.expect_log(
+            WAIT,
+            &[
+                &format!(
+                    "{}Disconnected: Aborted login by logging out (auth failed, 1 attempts in ",
+                    dovecot_prefix(lab, proto)
+                ),
+                &format!(" secs): user=<{addr}>, method=PLAIN, rip={ip}, lip={mail_ip}, session=<"),
+            ],
+        )
+        .unwrap();
+    }
+    // Submission: Postfix's SASL warning and Dovecot's auth line without a session
+    lab.expect_log(
+        WAIT,
+        &[
+            "postfix/submission/smtpd[",
+            &format!("]: warning: {who}: SASL PLAIN authentication failed: (reason unavailable), sasl_username={addr}"),
+        ],
+    )
+    .unwrap();
+    lab.expect_log(
+        WAIT,
+        &[&format!(
+            "{}passwd-file({addr},{ip}): unknown user",
+            dovecot_prefix(lab, "auth")
+        )],
+    )
+    .unwrap();
+    lab.expect_log(
+        WAIT,
+        &[&format!(
+            "disconnect from {who} ehlo=1 auth=0/1 quit=1 commands=2/3"
+        )],
+    )
+    .unwrap();
+
+    // The same probe, dropping the connection after RCPT
+    let dropped = format!("x{addr}");
+    let r = lab
+        .mailbot(bot, &["probe", "--to", &dropped, "--drop"])
+        .expect("mailbot probe --drop");
+    assert_eq!(
+        outcomes(&r),
+        vec![("probe-drop".into(), Outcome::Ok)],
+        "{r:#?}"
+    );
+    lab.expect_log(
+        WAIT,
+        &[&format!(
+            "lab-rcpt=<{dropped}>; from=<probe@bot.invalid> to=<{dropped}>"
+        )],
+    )
+    .unwrap();
+    lab.expect_log(WAIT, &[&format!("lost connection after RCPT from {who}")])
+        .unwrap();
+    lab.expect_log(
+        WAIT,
+        &[&format!(
+            "disconnect from {who} ehlo=1 mail=1 rcpt=1 commands=3"
+        )],
+    )
+    .unwrap();
+}
+
+/// alice logs in on IMAP and sends bob a message through submission.
+fn legit_client_and_assert(lab: &Lab) {
+    let client = lab.client().clone();
+    let r = lab
+        .mailbot(
+            &client,
+            &[
+                "imap",
+                "--user",
+                "alice@example.test",
+                "--password",
+                "AlicePass123",
+            ],
+        )
+        .unwrap();
+    assert_eq!(outcomes(&r), vec![("imap".into(), Outcome::Ok)], "{r:#?}");
+    let subject = format!("lab-{}", random_token(8));
+    let r = lab
+        .mailbot(
+            &client,
+            &[
+                "deliver",
+                "--user",
+                "alice@example.test",
+                "--password",
+                "AlicePass123",
+                "--to",
+                "bob@example.test",
+                "--subject",
+                &subject,
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        outcomes(&r),
+        vec![("deliver".into(), Outcome::Ok)],
+        "{r:#?}"
+    );
+    assert!(r[0].detail.contains("queued as"), "{r:#?}");
+
+    let ip = client.ip.to_string();
+    lab.expect_log(
+        WAIT,
+        &[&format!(
+            "{}Login: user=<alice@example.test>, method=PLAIN, rip={ip}, lip={}, mpid=",
+            dovecot_prefix(lab, "imap-login"),
+            lab.mail_ip()
+        )],
+    )
+    .unwrap();
+    lab.expect_log(
+        WAIT,
+        &[&format!(
+            ": client=unknown[{ip}], sasl_method=PLAIN, sasl_username=alice@example.test"
+        )],
+    )
+    .unwrap();
+    lab.expect_log(
+        WAIT,
+        &[
+            "postfix/virtual[",
+            "to=<bob@example.test>",
+            "status=sent (delivered to maildir)",
+        ],
+    )
+    .unwrap();
+    lab.expect_log(
+        WAIT,
+        &[&format!(
+            "disconnect from unknown[{ip}] ehlo=1 auth=1 mail=1 rcpt=1 data=1 quit=1 commands=6"
+        )],
+    )
+    .unwrap();
+    // ... and the message really is in bob's maildir.
+    let new = lab.dir().join("mail/example.test/bob/new");
+    let found = std::fs::read_dir(&new).unwrap().flatten().any(|e| {
+        std::fs::read_to_string(e.path()).is_ok_and(|m| m.contains(&format!("Subject: {subject}")))
+    });
+    assert!(
+        found,
+        "no message with subject {subject} in {}",
+        new.display()
+    );
+}
+
+/// Tears the lab down and checks that nothing of it is left.
+fn down_and_assert_clean(lab: Lab) {
+    let tag = lab.tag().to_string();
+    let dir = lab.dir().to_path_buf();
+    let mut pids = Vec::new();
+    for ns in
+        std::iter::once(lab.mail_ns().to_string()).chain(lab.peers().iter().map(|p| p.ns.clone()))
+    {
+        pids.extend(lab::netns_pids(&ns));
+    }
+    assert!(
+        pids.len() >= 3,
+        "expected the lab's daemons in its namespaces, found pids {pids:?}"
+    );
+    lab.down();
+    let prefix = format!("dtl-{tag}-");
+    let left: Vec<String> = lab::netns_list()
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix))
+        .collect();
+    assert!(left.is_empty(), "namespaces left behind: {left:?}");
+    let alive: Vec<i32> = pids.into_iter().filter(|&p| lab::alive(p)).collect();
+    assert!(alive.is_empty(), "processes left behind: {alive:?}");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+#[test]
+fn file_mode_bot_round_client_and_ipv6_bot() {
+    if !root_or_skip() {
+        return;
+    }
+    let lab = Lab::up(options(LogMode::File, true)).expect("lab up");
+    assert!(lab.postfix_log().unwrap().exists() || lab.dovecot_log().unwrap().exists());
+    assert_eq!(lab.mail_ifaces(), vec!["mh-client", "mh-bot0", "mh-bot6"]);
+    let bot = lab.bots()[0].clone();
+    bot_round_and_assert(&lab, &bot);
+    legit_client_and_assert(&lab);
+    let bot6 = lab.bot6().expect("ipv6 bot").clone();
+    assert_eq!(bot6.ip.to_string(), "2001:db8:1::6");
+    bot_round_and_assert(&lab, &bot6);
+    // File mode: the exact file line shapes (timestamp, host field for Postfix, none for Dovecot).
+    let lines = lab.log_lines().unwrap();
+    assert!(lines.iter().any(|l| l.origin == lab::LogOrigin::PostfixFile
+        && l.text.contains(" mail postfix/smtpd[")
+        && l.text.contains("]: connect from unknown[198.18.0.10]")));
+    assert!(lines.iter().any(|l| l.origin == lab::LogOrigin::DovecotFile
+        && l.text.contains(" imap-login: Info: Disconnected: ")));
+    down_and_assert_clean(lab);
+}
+
+#[test]
+fn journal_mode_bot_round_and_client() {
+    if !root_or_skip() {
+        return;
+    }
+    let lab = Lab::up(options(LogMode::Journal, false)).expect("lab up");
+    let journal = lab.journal_dir().unwrap();
+    assert!(journal.is_dir());
+    let bot = lab.bots()[0].clone();
+    bot_round_and_assert(&lab, &bot);
+    legit_client_and_assert(&lab);
+    // Real journal metadata from the standalone journald.
+    let smtpd = lab
+        .expect_log(WAIT, &["connect from unknown[198.18.0.10]"])
+        .unwrap();
+    assert_eq!(
+        smtpd.field("SYSLOG_IDENTIFIER").as_deref(),
+        Some("postfix/smtpd")
+    );
+    assert_eq!(
+        smtpd.field("_SYSTEMD_UNIT").as_deref(),
+        Some("postfix@-.service")
+    );
+    assert_eq!(smtpd.field("_TRANSPORT").as_deref(), Some("syslog"));
+    assert_eq!(smtpd.field("SYSLOG_FACILITY").as_deref(), Some("2"));
+    let dovecot = lab
+        .expect_log(WAIT, &["imap-login: Login: user=<alice@example.test>"])
+        .unwrap();
+    assert_eq!(
+        dovecot.field("SYSLOG_IDENTIFIER").as_deref(),
+        Some("dovecot")
+    );
+    assert_eq!(
+        dovecot.field("_SYSTEMD_UNIT").as_deref(),
+        Some("dovecot.service")
+    );
+    // journalctl's unit filter works on it, as on a real host.
+    let out = std::process::Command::new("journalctl")
+        .arg(format!("--directory={}", journal.display()))
+        .args(["-u", "dovecot.service", "-o", "cat", "--no-pager"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("imap-login: Login: user=<alice@example.test>"),
+        "journalctl -u dovecot.service printed:\n{text}"
+    );
+    assert!(
+        !text.contains("postfix"),
+        "the unit filter let Postfix lines through:\n{text}"
+    );
+    down_and_assert_clean(lab);
+}
+
+#[test]
+fn drop_on_panic_tears_the_lab_down() {
+    if !root_or_skip() {
+        return;
+    }
+    let tag = format!("p{}", std::process::id());
+    let opts = LabOptions {
+        bots: 0,
+        tag: Some(tag.clone()),
+        ..options(LogMode::Journal, false)
+    };
+    let result = std::thread::spawn(move || {
+        let lab = Lab::up(opts).expect("lab up");
+        assert!(lab::netns_list().iter().any(|n| n == lab.mail_ns()));
+        panic!("deliberate panic with the lab up");
+    })
+    .join();
+    assert!(result.is_err(), "the thread should have panicked");
+    let left: Vec<String> = lab::netns_list()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("dtl-{tag}-")))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "namespaces left behind after a panic: {left:?}"
+    );
+    assert!(!std::path::Path::new(lab::STATE_ROOT).join(&tag).exists());
+}
