@@ -260,6 +260,95 @@ fn legit_client_and_assert(lab: &Lab) {
     );
 }
 
+/// Refused and timed-out connections are reported as such, and the namespace helpers keep
+/// the host's mount namespace while switching the network namespace.
+fn outcomes_and_namespace_helpers(lab: &Lab) {
+    let bot = lab.bots()[0].clone();
+    // Nothing listens on 2525: the SYN gets a RST.
+    let r = lab
+        .mailbot(
+            &bot,
+            &[
+                "smtp-auth",
+                "--user",
+                "a@example.test",
+                "--password",
+                "x",
+                "--port",
+                "2525",
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        outcomes(&r),
+        vec![("smtp-auth".into(), Outcome::Refused)],
+        "{r:#?}"
+    );
+    // With the mail side of the pair down the SYN vanishes, as if dropped at XDP.
+    let iface = &bot.mail_iface;
+    let link = |state: &str| {
+        let st = lab
+            .in_mail_mount_ns("ip")
+            .args(["link", "set", iface, state])
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip link set {iface} {state}");
+    };
+    link("down");
+    let r = lab.mailbot(
+        &bot,
+        &["--connect-timeout", "1", "probe", "--to", "t@example.test"],
+    );
+    link("up");
+    let r = r.unwrap();
+    assert_eq!(
+        outcomes(&r),
+        vec![("probe".into(), Outcome::Timeout)],
+        "{r:#?}"
+    );
+    assert!(
+        r[0].secs < 5.0,
+        "the connect timeout (1 s), not the I/O timeout, should fire: {r:#?}"
+    );
+
+    // In-process client inside the client's namespace (enter_net_ns: this thread only).
+    let mail_ip = lab.mail_ip();
+    let client_ns = lab.client().ns.clone();
+    let report = std::thread::spawn(move || {
+        let _guard = lab::enter_net_ns(&client_ns).unwrap();
+        let t = detector_tests::mailclient::Target::new(mail_ip.into());
+        detector_tests::mailclient::pop3_login(&t, "bob@example.test", "BobPass123")
+    })
+    .join()
+    .unwrap();
+    assert_eq!(report.outcome, Outcome::Ok, "{report:#?}");
+
+    // command_in_net_ns: the mail namespace's links, but the host's mounts (/sys/fs/bpf).
+    let out = lab::command_in_net_ns(lab.mail_ns(), "ip")
+        .unwrap()
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&out.stdout);
+    for iface in lab.mail_ifaces() {
+        assert!(
+            links.contains(&format!(" {iface}@")),
+            "{iface} missing from:\n{links}"
+        );
+    }
+    let host_mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let out = lab::command_in_net_ns(lab.mail_ns(), "cat")
+        .unwrap()
+        .arg("/proc/self/mountinfo")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        host_mounts.lines().count(),
+        "mount namespace changed"
+    );
+}
+
 /// Tears the lab down and checks that nothing of it is left.
 fn down_and_assert_clean(lab: Lab) {
     let tag = lab.tag().to_string();
@@ -297,6 +386,7 @@ fn file_mode_bot_round_client_and_ipv6_bot() {
     let bot = lab.bots()[0].clone();
     bot_round_and_assert(&lab, &bot);
     legit_client_and_assert(&lab);
+    outcomes_and_namespace_helpers(&lab);
     let bot6 = lab.bot6().expect("ipv6 bot").clone();
     assert_eq!(bot6.ip.to_string(), "2001:db8:1::6");
     bot_round_and_assert(&lab, &bot6);
