@@ -1,5 +1,6 @@
 //! `cargo xtask <task>`: everything needed to go from a fresh machine to a running detector.
 mod build;
+mod lab;
 mod run;
 mod setup;
 mod test;
@@ -26,6 +27,9 @@ enum Task {
     Run(run::Options),
     /// Run every test, including the kernel and end-to-end ones (needs root).
     Test(test::Options),
+    /// The mail lab (real Postfix + Dovecot in namespaces): `lab up [--journal] [--ipv6]
+    /// [--bots N]`, `lab attack [--rounds N]`, `lab client`, `lab logs`, `lab status`, `lab down`.
+    Lab(lab::Options),
 }
 
 fn main() -> Result<()> {
@@ -34,5 +38,6 @@ fn main() -> Result<()> {
         Task::Build(o) => build::run(o),
         Task::Run(o) => run::run(o),
         Task::Test(o) => test::run(o),
+        Task::Lab(o) => lab::run(o),
     }
 }

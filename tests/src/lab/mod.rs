@@ -615,37 +615,12 @@ impl Lab {
     /// Runs the mailbot in `peer`'s namespace against the mail host and returns its reports.
     /// `args` is a mailbot command line after `--server` (added here), e.g. `["round"]`.
     pub fn mailbot(&self, peer: &Peer, args: &[&str]) -> Result<Vec<crate::mailclient::Report>> {
-        let server = match peer.ip {
-            IpAddr::V4(_) => IpAddr::from(MAIL_IP),
-            IpAddr::V6(_) => IpAddr::from(MAIL_IP6),
-        };
-        let mut cmd = self.in_ns(&peer.ns, &self.mailbot);
-        cmd.arg("--server").arg(server.to_string()).args(args);
-        let stdout = sys::run(&mut cmd)?;
-        stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                serde_json::from_str(l).with_context(|| format!("bad mailbot output line {l:?}"))
-            })
-            .collect()
+        run_mailbot(&self.mailbot, peer, args)
     }
 
     /// All log lines written so far (files, or the journal via `journalctl -o json`).
     pub fn log_lines(&self) -> Result<Vec<LogLine>> {
-        match self.state.log_mode {
-            LogMode::File => logs::read_files(&[
-                (
-                    LogOrigin::PostfixFile,
-                    self.state.dir.join("log/postfix.log"),
-                ),
-                (
-                    LogOrigin::DovecotFile,
-                    self.state.dir.join("log/dovecot.log"),
-                ),
-            ]),
-            LogMode::Journal => logs::read_journal(&self.state.dir.join("journal")),
-        }
+        read_logs(&self.state.dir, self.state.log_mode)
     }
 
     /// Waits until a log line satisfies `pred`, polling every 100 ms.
@@ -677,6 +652,19 @@ impl Lab {
                     dump.join("\n")
                 )
             })
+    }
+
+    /// The lab's description (as `LabInfo::read(tag)` gives it).
+    pub fn info(&self) -> LabInfo {
+        LabInfo {
+            tag: self.state.tag.clone(),
+            dir: self.state.dir.clone(),
+            log_mode: self.state.log_mode,
+            mail_ns: self.state.mail_ns.clone(),
+            peers: self.state.peers.clone(),
+            ipv6: self.state.ipv6,
+            owner: self.state.owner,
+        }
     }
 
     /// Keeps the lab running after this value is gone (for `cargo xtask lab up`); tear it
@@ -773,7 +761,8 @@ fn teardown(st: &State) {
             let _ = sys::run(Command::new("ip").args(["netns", "delete", ns]));
         }
     }
-    if st.owner == 0 && st.uses_dev_log {
+    // (A lab torn down by its own process releases after dropping its shared lock.)
+    if st.uses_dev_log && st.owner != std::process::id() {
         release_dev_log();
     }
     let _ = std::fs::remove_dir_all(&st.dir);
@@ -798,6 +787,108 @@ fn read_state(dir: &Path) -> Result<State> {
     let path = dir.join("state.json");
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Runs `mailbot --server <mail host> ARGS` in `peer`'s namespace and parses its reports.
+pub fn run_mailbot(
+    mailbot: &Path,
+    peer: &Peer,
+    args: &[&str],
+) -> Result<Vec<crate::mailclient::Report>> {
+    let server = match peer.ip {
+        IpAddr::V4(_) => IpAddr::from(MAIL_IP),
+        IpAddr::V6(_) => IpAddr::from(MAIL_IP6),
+    };
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &peer.ns]).arg(mailbot);
+    cmd.arg("--server").arg(server.to_string()).args(args);
+    let stdout = sys::run(&mut cmd)?;
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("bad mailbot output line {l:?}")))
+        .collect()
+}
+
+fn read_logs(dir: &Path, mode: LogMode) -> Result<Vec<LogLine>> {
+    match mode {
+        LogMode::File => logs::read_files(&[
+            (LogOrigin::PostfixFile, dir.join("log/postfix.log")),
+            (LogOrigin::DovecotFile, dir.join("log/dovecot.log")),
+        ]),
+        LogMode::Journal => logs::read_journal(&dir.join("journal")),
+    }
+}
+
+/// What is known about a lab that is up, also one kept up by `cargo xtask lab up`.
+#[derive(Clone, Debug)]
+pub struct LabInfo {
+    pub tag: String,
+    pub dir: PathBuf,
+    pub log_mode: LogMode,
+    pub mail_ns: String,
+    /// client, bots, bot6
+    pub peers: Vec<Peer>,
+    pub ipv6: bool,
+    /// 0 when kept up on purpose.
+    pub owner: u32,
+}
+
+impl LabInfo {
+    /// Reads the state of the lab with this tag.
+    pub fn read(tag: &str) -> Result<LabInfo> {
+        let st = read_state(&Path::new(STATE_ROOT).join(tag))?;
+        Ok(LabInfo {
+            tag: st.tag,
+            dir: st.dir,
+            log_mode: st.log_mode,
+            mail_ns: st.mail_ns,
+            peers: st.peers,
+            ipv6: st.ipv6,
+            owner: st.owner,
+        })
+    }
+
+    pub fn log_lines(&self) -> Result<Vec<LogLine>> {
+        read_logs(&self.dir, self.log_mode)
+    }
+
+    /// Shell-style `KEY=value` lines describing the lab (printed by `cargo xtask lab up`).
+    pub fn env_lines(&self) -> Vec<String> {
+        let mut out = vec![
+            format!("LAB_TAG={}", self.tag),
+            format!("LAB_DIR={}", self.dir.display()),
+            format!("MAIL_NS={}", self.mail_ns),
+            format!("MAIL_IP={MAIL_IP}"),
+        ];
+        if self.ipv6 {
+            out.push(format!("MAIL_IP6={MAIL_IP6}"));
+        }
+        let ifaces: Vec<&str> = self.peers.iter().map(|p| p.mail_iface.as_str()).collect();
+        out.push(format!("MAIL_IFACES=\"{}\"", ifaces.join(" ")));
+        for p in &self.peers {
+            out.push(format!("PEER {} {} via {}", p.ns, p.ip, p.mail_iface));
+        }
+        match self.log_mode {
+            LogMode::File => {
+                out.push(format!(
+                    "POSTFIX_LOG={}",
+                    self.dir.join("log/postfix.log").display()
+                ));
+                out.push(format!(
+                    "DOVECOT_LOG={}",
+                    self.dir.join("log/dovecot.log").display()
+                ));
+            }
+            LogMode::Journal => {
+                out.push(format!(
+                    "JOURNAL_DIR={}",
+                    self.dir.join("journal").display()
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// Tears down labs whose owning process is gone (a test killed before its Drop ran).
@@ -859,7 +950,9 @@ fn set_sysctls(ns: &str, ipv6: bool) -> Result<()> {
     })
 }
 
-fn find_mailbot() -> Result<PathBuf> {
+/// The mailbot binary: `$MAILBOT_BIN`, else next to the running executable (or its parent
+/// directory, for test binaries in target/<profile>/deps/).
+pub fn find_mailbot() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("MAILBOT_BIN") {
         return Ok(PathBuf::from(p));
     }
