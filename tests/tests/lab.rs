@@ -373,6 +373,14 @@ fn down_and_assert_clean(lab: Lab) {
     let alive: Vec<i32> = pids.into_iter().filter(|&p| lab::alive(p)).collect();
     assert!(alive.is_empty(), "processes left behind: {alive:?}");
     assert!(!dir.exists(), "{} left behind", dir.display());
+    // The unit cgroups (journal mode) are gone from the cgroup2 hierarchy, wherever the host
+    // mounts it.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    for line in mountinfo.lines().filter(|l| l.contains(" - cgroup2 ")) {
+        let mount_point = line.split_whitespace().nth(4).unwrap();
+        let slice = std::path::Path::new(mount_point).join(format!("dtl-{tag}.slice"));
+        assert!(!slice.exists(), "{} left behind", slice.display());
+    }
 }
 
 #[test]

@@ -15,27 +15,10 @@ const MASTER_CF: &str = include_str!("../../lab/master.cf");
 const DOVECOT_CONF: &str = include_str!("../../lab/dovecot.conf.in");
 const JOURNALD_CONF: &str = include_str!("../../lab/journald.conf");
 
-/// uid/gid that owns the mailboxes: Debian's `mail` user, so nothing is added to /etc/passwd.
-pub struct MailUser {
-    pub uid: u32,
-    pub gid: u32,
-}
-
-impl MailUser {
-    pub fn lookup() -> Result<Self> {
-        let line = run(Command::new("getent").args(["passwd", "mail"]))
-            .context("looking up the `mail` user")?;
-        let fields: Vec<&str> = line.trim().split(':').collect();
-        let num = |i: usize| fields.get(i).and_then(|f| f.parse::<u32>().ok());
-        match (num(2), num(3)) {
-            (Some(uid), Some(gid)) => Ok(MailUser { uid, gid }),
-            _ => anyhow::bail!("unexpected `getent passwd mail` output: {line:?}"),
-        }
-    }
-}
-
-fn uid_of(user: &str) -> Result<(u32, u32)> {
-    let line = run(Command::new("getent").args(["passwd", user]))?;
+/// uid and gid of a system user, from `getent passwd`.
+fn ids_of(user: &str) -> Result<(u32, u32)> {
+    let line = run(Command::new("getent").args(["passwd", user]))
+        .with_context(|| format!("looking up the `{user}` user"))?;
     let f: Vec<&str> = line.trim().split(':').collect();
     match (
         f.get(2).and_then(|v| v.parse().ok()),
@@ -54,7 +37,8 @@ pub struct Rendered {
 
 /// Writes every configuration file below `dir` and creates the directories the daemons use.
 pub fn write_all(dir: &Path, mode: LogMode, ipv6: bool) -> Result<Rendered> {
-    let vmail = MailUser::lookup()?;
+    // The mailboxes belong to Debian's `mail` user, so nothing is added to /etc/passwd.
+    let (vmail_uid, vmail_gid) = ids_of("mail")?;
     for sub in [
         "postfix", "dovecot", "spool", "mail", "run", "log", "journal",
     ] {
@@ -64,7 +48,7 @@ pub fn write_all(dir: &Path, mode: LogMode, ipv6: bool) -> Result<Rendered> {
     for sub in ["", "postfix", "dovecot", "spool", "run", "log"] {
         std::fs::set_permissions(dir.join(sub), std::fs::Permissions::from_mode(0o755))?;
     }
-    chown(dir.join("mail"), Some(vmail.uid), Some(vmail.gid))?;
+    chown(dir.join("mail"), Some(vmail_uid), Some(vmail_gid))?;
 
     // /etc/postfix is replaced (inside the lab's mount namespace only) by a copy of the
     // package's directory with our main.cf/master.cf: postfix-files, dynamicmaps.cf and
@@ -82,8 +66,8 @@ pub fn write_all(dir: &Path, mode: LogMode, ipv6: bool) -> Result<Rendered> {
         .replace("{{LAB_DIR}}", lab_dir)
         .replace("{{INET_PROTOCOLS}}", if ipv6 { "all" } else { "ipv4" })
         .replace("{{MAILLOG_FILE}}", &maillog)
-        .replace("{{VMAIL_UID}}", &vmail.uid.to_string())
-        .replace("{{VMAIL_GID}}", &vmail.gid.to_string());
+        .replace("{{VMAIL_UID}}", &vmail_uid.to_string())
+        .replace("{{VMAIL_GID}}", &vmail_gid.to_string());
     std::fs::write(etc.join("main.cf"), main_cf)?;
     std::fs::write(etc.join("master.cf"), MASTER_CF)?;
 
@@ -106,8 +90,8 @@ pub fn write_all(dir: &Path, mode: LogMode, ipv6: bool) -> Result<Rendered> {
         .replace("{{LAB_DIR}}", lab_dir)
         .replace("{{LISTEN}}", if ipv6 { "*, ::" } else { "*" })
         .replace("{{LOG_PATH}}", &log_path)
-        .replace("{{VMAIL_UID}}", &vmail.uid.to_string())
-        .replace("{{VMAIL_GID}}", &vmail.gid.to_string());
+        .replace("{{VMAIL_UID}}", &vmail_uid.to_string())
+        .replace("{{VMAIL_GID}}", &vmail_gid.to_string());
     let dovecot_conf = dir.join("dovecot/dovecot.conf");
     std::fs::write(&dovecot_conf, dovecot)?;
     // Plain passwords are fine for a lab: the log lines do not depend on the scheme.
@@ -117,7 +101,7 @@ pub fn write_all(dir: &Path, mode: LogMode, ipv6: bool) -> Result<Rendered> {
         .collect();
     let users_file = dir.join("dovecot/users");
     std::fs::write(&users_file, users)?;
-    let (_, dovecot_gid) = uid_of("dovecot")?;
+    let (_, dovecot_gid) = ids_of("dovecot")?;
     chown(&users_file, Some(0), Some(dovecot_gid))?;
     std::fs::set_permissions(&users_file, std::fs::Permissions::from_mode(0o640))?;
 
