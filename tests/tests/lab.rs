@@ -150,11 +150,11 @@ fn bot_round_and_assert(lab: &Lab, bot: &Peer) {
     // The same probe, dropping the connection after RCPT
     let dropped = format!("x{addr}");
     let r = lab
-        .mailbot(bot, &["probe", "--to", &dropped, "--drop"])
+        .probe(bot, &dropped, true)
         .expect("mailbot probe --drop");
     assert_eq!(
-        outcomes(&r),
-        vec![("probe-drop".into(), Outcome::Ok)],
+        (r.step.as_str(), r.outcome),
+        ("probe-drop", Outcome::Ok),
         "{r:#?}"
     );
     lab.expect_log(
@@ -179,18 +179,13 @@ fn bot_round_and_assert(lab: &Lab, bot: &Peer) {
 fn legit_client_and_assert(lab: &Lab) {
     let client = lab.client().clone();
     let r = lab
-        .mailbot(
-            &client,
-            &[
-                "imap",
-                "--user",
-                "alice@example.test",
-                "--password",
-                "AlicePass123",
-            ],
-        )
+        .imap_login(&client, "alice@example.test", "AlicePass123")
         .unwrap();
-    assert_eq!(outcomes(&r), vec![("imap".into(), Outcome::Ok)], "{r:#?}");
+    assert_eq!(
+        (r.step.as_str(), r.outcome),
+        ("imap", Outcome::Ok),
+        "{r:#?}"
+    );
     let subject = format!("lab-{}", random_token(8));
     let r = lab
         .mailbot(
@@ -419,6 +414,23 @@ fn journal_mode_bot_round_and_client() {
     let bot = lab.bots()[0].clone();
     bot_round_and_assert(&lab, &bot);
     legit_client_and_assert(&lab);
+    // The typed round helper: a random address, probed then used for three failed logins.
+    let (addr, reports) = lab.round(&bot, None).unwrap();
+    let got: Vec<Outcome> = reports.iter().map(|r| r.outcome).collect();
+    use Outcome::{Ok as Accepted, Rejected};
+    assert_eq!(
+        got,
+        vec![Accepted, Rejected, Rejected, Rejected],
+        "{reports:#?}"
+    );
+    lab.expect_log(
+        WAIT,
+        &[
+            "dovecot: pop3-login: Disconnected: ",
+            &format!("user=<{addr}>"),
+        ],
+    )
+    .unwrap();
     // Real journal metadata from the standalone journald.
     let smtpd = lab
         .expect_log(WAIT, &["connect from unknown[198.18.0.10]"])

@@ -37,6 +37,8 @@ use serde::{Deserialize, Serialize};
 
 pub use install::{DEBCONF_TXT, PACKAGES_TXT, ensure_installed, packages};
 pub use logs::{LogLine, LogOrigin};
+
+use crate::mailclient::Report;
 pub use sys::{NetNsGuard, alive, command_in_net_ns, enter_net_ns, netns_list, netns_pids};
 
 /// Every namespace of every lab starts with this.
@@ -618,6 +620,53 @@ impl Lab {
         run_mailbot(&self.mailbot, peer, args)
     }
 
+    /// One botnet round from `peer`: RCPT probe of `<local>@example.test` (random if None),
+    /// QUIT, then IMAP, POP3 and submission logins with that address and a wrong password.
+    /// Returns the probed address and the four reports.
+    pub fn round(&self, peer: &Peer, local: Option<&str>) -> Result<(String, Vec<Report>)> {
+        let local = local.map_or_else(|| crate::mailclient::random_token(10), str::to_string);
+        let reports = self.mailbot(peer, &["round", "--local", &local])?;
+        Ok((format!("{local}@{DOMAIN}"), reports))
+    }
+
+    /// SMTP probe (EHLO, MAIL FROM, RCPT TO:<rcpt>, QUIT or, with `drop`, a dropped connection).
+    pub fn probe(&self, peer: &Peer, rcpt: &str, drop: bool) -> Result<Report> {
+        let mut args = vec!["probe", "--to", rcpt];
+        if drop {
+            args.push("--drop");
+        }
+        single(self.mailbot(peer, &args)?)
+    }
+
+    /// IMAP LOGIN + LOGOUT from `peer`.
+    pub fn imap_login(&self, peer: &Peer, user: &str, password: &str) -> Result<Report> {
+        single(self.mailbot(peer, &["imap", "--user", user, "--password", password])?)
+    }
+
+    /// POP3 USER/PASS + QUIT from `peer`.
+    pub fn pop3_login(&self, peer: &Peer, user: &str, password: &str) -> Result<Report> {
+        single(self.mailbot(peer, &["pop3", "--user", user, "--password", password])?)
+    }
+
+    /// SMTP AUTH PLAIN on submission (587) from `peer`.
+    pub fn smtp_auth(&self, peer: &Peer, user: &str, password: &str) -> Result<Report> {
+        single(self.mailbot(peer, &["smtp-auth", "--user", user, "--password", password])?)
+    }
+
+    /// A message from an authenticated user to `to`, through submission.
+    pub fn send_mail(&self, peer: &Peer, user: &str, password: &str, to: &str) -> Result<Report> {
+        let args = [
+            "deliver",
+            "--user",
+            user,
+            "--password",
+            password,
+            "--to",
+            to,
+        ];
+        single(self.mailbot(peer, &args)?)
+    }
+
     /// All log lines written so far (files, or the journal via `journalctl -o json`).
     pub fn log_lines(&self) -> Result<Vec<LogLine>> {
         read_logs(&self.state.dir, self.state.log_mode)
@@ -787,6 +836,13 @@ fn read_state(dir: &Path) -> Result<State> {
     let path = dir.join("state.json");
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))
+}
+
+fn single(mut reports: Vec<Report>) -> Result<Report> {
+    match reports.len() {
+        1 => Ok(reports.remove(0)),
+        n => bail!("mailbot printed {n} reports, expected one: {reports:?}"),
+    }
 }
 
 /// Runs `mailbot --server <mail host> ARGS` in `peer`'s namespace and parses its reports.
