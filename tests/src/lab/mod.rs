@@ -279,8 +279,8 @@ impl Lab {
         postfix.arg("start");
         self.in_unit_cgroup(&mut postfix, "postfix@-.service");
         let out = postfix
-            .stdout(File::create(&postfix_out)?)
-            .stderr(File::create(&postfix_out)?)
+            .stdout(output_file(&postfix_out)?)
+            .stderr(output_file(&postfix_out)?)
             .status()?;
         if !out.success() {
             bail!("postfix start failed ({out}): {}", read_lossy(&postfix_out));
@@ -290,8 +290,8 @@ impl Lab {
         dovecot.arg("-c").arg(&rendered.dovecot_conf);
         self.in_unit_cgroup(&mut dovecot, "dovecot.service");
         let out = dovecot
-            .stdout(File::create(&dovecot_out)?)
-            .stderr(File::create(&dovecot_out)?)
+            .stdout(output_file(&dovecot_out)?)
+            .stderr(output_file(&dovecot_out)?)
             .status()?;
         if !out.success() {
             bail!(
@@ -419,8 +419,8 @@ impl Lab {
         let mut cmd = self.in_mail_mount_ns("/lib/systemd/systemd-journald");
         self.in_unit_cgroup(&mut cmd, "systemd-journald.service");
         let child = cmd
-            .stdout(File::create(&out)?)
-            .stderr(File::create(&out)?)
+            .stdout(output_file(&out)?)
+            .stderr(output_file(&out)?)
             .spawn()?;
         self.journald = Some(child);
         let socket = self.ns_root().join(DEV_LOG_TARGET.trim_start_matches('/'));
@@ -1029,6 +1029,15 @@ pub fn find_mailbot() -> Result<PathBuf> {
 fn path_str(p: &Path) -> Result<&str> {
     p.to_str()
         .with_context(|| format!("path {} is not UTF-8", p.display()))
+}
+
+/// A daemon's stdout/stderr file; opened in append mode so both streams keep their lines.
+fn output_file(p: &Path) -> Result<File> {
+    File::options()
+        .create(true)
+        .append(true)
+        .open(p)
+        .with_context(|| format!("opening {}", p.display()))
 }
 
 fn read_lossy(p: &Path) -> String {
