@@ -1,11 +1,12 @@
 //! labctl: keeps a mail lab up between commands (for `cargo xtask lab` and the demo).
 //!
 //!   labctl up [--journal] [--ipv6] [--bots N] [--tag demo]   start and detach; prints KEY=value lines
-//!   labctl attack [--tag demo] [--bot 0|6] [--rounds N] [--delay S] [--pause S]
+//!   labctl attack [--tag demo] [--bot 0|6 | --all-bots] [--rounds N] [--delay S] [--pause S]
 //!   labctl client [--tag demo]                                alice: IMAP login + a mail to bob
 //!   labctl logs [--tag demo]                                  the log lines so far
 //!   labctl status                                             labs that are up
 //!   labctl down [--tag demo | --all]
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -43,8 +44,11 @@ enum Cmd {
         #[arg(long, default_value = "demo")]
         tag: String,
         /// Bot number; 6 means the IPv6 bot when the lab has one and fewer than 7 bots.
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 0, conflicts_with = "all_bots")]
         bot: usize,
+        /// Every bot of the lab at once (one thread per bot), like a botnet.
+        #[arg(long)]
+        all_bots: bool,
         #[arg(long, default_value_t = 1)]
         rounds: u32,
         /// Seconds between the probe and the logins of a round.
@@ -114,29 +118,30 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Attack {
             tag,
             bot,
+            all_bots,
             rounds,
             delay,
             pause,
         } => {
             let info = LabInfo::read(&tag)?;
-            let peer = pick_bot(&info, bot)?;
+            let peers = if all_bots {
+                info.peers[1..].to_vec()
+            } else {
+                vec![pick_bot(&info, bot)?]
+            };
+            let pause = Duration::try_from_secs_f64(pause).context("--pause must be >= 0")?;
             let mailbot = lab::find_mailbot()?;
-            let delay = delay.to_string();
-            for i in 0..rounds {
-                if i > 0 {
-                    std::thread::sleep(Duration::try_from_secs_f64(pause).context("--pause")?);
-                }
-                let t0 = Instant::now();
-                for r in lab::run_mailbot(&mailbot, &peer, &["round", "--delay", &delay])? {
-                    println!("{}", serde_json::to_string(&r)?);
-                }
-                eprintln!(
-                    "labctl: round {} from {} in {:.2} s",
-                    i + 1,
-                    peer.ip,
-                    t0.elapsed().as_secs_f64()
-                );
-            }
+            let results: Vec<Result<()>> = std::thread::scope(|s| {
+                let workers: Vec<_> = peers
+                    .iter()
+                    .map(|peer| s.spawn(|| attack(&mailbot, peer, rounds, delay, pause)))
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().unwrap_or_else(|_| bail!("attack thread panicked")))
+                    .collect()
+            });
+            results.into_iter().collect::<Result<Vec<()>>>()?;
         }
         Cmd::Client { tag } => {
             let info = LabInfo::read(&tag)?;
@@ -184,6 +189,35 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("labctl: {tag} down in {:.2} s", t0.elapsed().as_secs_f64());
             }
         }
+    }
+    Ok(())
+}
+
+/// `rounds` botnet rounds from one peer, printing each report as a JSON line.
+fn attack(
+    mailbot: &std::path::Path,
+    peer: &Peer,
+    rounds: u32,
+    delay: f64,
+    pause: Duration,
+) -> Result<()> {
+    let delay = delay.to_string();
+    for i in 0..rounds {
+        if i > 0 {
+            std::thread::sleep(pause);
+        }
+        let t0 = Instant::now();
+        let reports = lab::run_mailbot(mailbot, peer, &["round", "--delay", &delay])?;
+        let mut out = std::io::stdout().lock();
+        for r in reports {
+            writeln!(out, "{}", serde_json::to_string(&r)?)?;
+        }
+        eprintln!(
+            "labctl: round {} from {} in {:.2} s",
+            i + 1,
+            peer.ip,
+            t0.elapsed().as_secs_f64()
+        );
     }
     Ok(())
 }
