@@ -2,6 +2,7 @@
 mod bench;
 mod build;
 mod dist;
+mod lab;
 mod run;
 mod setup;
 mod test;
@@ -32,6 +33,9 @@ enum Task {
     Dist(dist::Options),
     /// Measure: `cargo xtask bench parse|xdp|e2e`.
     Bench(bench::Args),
+    /// The mail lab (real Postfix + Dovecot in namespaces): `lab up [--journal] [--ipv6]
+    /// [--bots N]`, `lab attack [--rounds N]`, `lab client`, `lab logs`, `lab status`, `lab down`.
+    Lab(lab::Options),
 }
 
 fn main() -> Result<()> {
@@ -42,5 +46,6 @@ fn main() -> Result<()> {
         Task::Test(o) => test::run(o),
         Task::Dist(o) => dist::run(o),
         Task::Bench(b) => bench::run(b),
+        Task::Lab(o) => lab::run(o),
     }
 }
