@@ -85,20 +85,48 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("lines_read", "Log lines read, per source", m.lines.clone());
-        registry.register("lines_unparsed", "Lines no parser understood, per source", m.unparsed.clone());
+        registry.register(
+            "lines_unparsed",
+            "Lines no parser understood, per source",
+            m.unparsed.clone(),
+        );
         registry.register("events", "Typed events, per kind", m.events.clone());
         registry.register("decisions", "Ban decisions, per rule", m.decisions.clone());
-        registry.register("active_bans", "Bans in the kernel maps, per address family", m.active_bans.clone());
-        registry.register("xdp_packets", "Packets seen by the XDP program, per verdict", m.xdp_packets.clone());
-        registry.register("xdp_dropped_bytes", "Bytes dropped by the XDP program", m.xdp_dropped_bytes.clone());
-        registry.register("ban_hits", "Sum of the per-ban drop counters of active bans", m.ban_hits.clone());
+        registry.register(
+            "active_bans",
+            "Bans in the kernel maps, per address family",
+            m.active_bans.clone(),
+        );
+        registry.register(
+            "xdp_packets",
+            "Packets seen by the XDP program, per verdict",
+            m.xdp_packets.clone(),
+        );
+        registry.register(
+            "xdp_dropped_bytes",
+            "Bytes dropped by the XDP program",
+            m.xdp_dropped_bytes.clone(),
+        );
+        registry.register(
+            "ban_hits",
+            "Sum of the per-ban drop counters of active bans",
+            m.ban_hits.clone(),
+        );
         registry.register(
             "journal_lag_seconds",
             "Age of the newest journal entry processed, at the time it was processed",
             m.journal_lag_seconds.clone(),
         );
-        registry.register("tracked_ips", "Addresses the engine keeps state for", m.tracked_ips.clone());
-        registry.register("state_bytes", "Size of the persisted engine snapshot", m.state_bytes.clone());
+        registry.register(
+            "tracked_ips",
+            "Addresses the engine keeps state for",
+            m.tracked_ips.clone(),
+        );
+        registry.register(
+            "state_bytes",
+            "Size of the persisted engine snapshot",
+            m.state_bytes.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -111,7 +139,11 @@ impl Metrics {
         if verdict == "dropped_bytes" {
             self.xdp_dropped_bytes.inc_by(delta);
         } else {
-            self.xdp_packets.get_or_create(&VerdictLabel { verdict: verdict.to_string() }).inc_by(delta);
+            self.xdp_packets
+                .get_or_create(&VerdictLabel {
+                    verdict: verdict.to_string(),
+                })
+                .inc_by(delta);
         }
     }
 
@@ -126,10 +158,14 @@ impl Metrics {
 
 /// Serves `GET /metrics` until `cancel` fires. Anything else gets 404. Requests are tiny and
 /// rare (one scrape every few seconds), so one task handles them one at a time.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, cancel: CancellationToken) -> crate::Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| crate::Error::config("metrics.listen", format!("cannot listen on {addr}: {e}")))?;
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> crate::Result<()> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        crate::Error::config("metrics.listen", format!("cannot listen on {addr}: {e}"))
+    })?;
     tracing::info!(%addr, "serving metrics on /metrics");
     loop {
         let (mut stream, _) = tokio::select! {
@@ -142,19 +178,26 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, cancel: Cancellation
         let metrics = Arc::clone(&metrics);
         tokio::spawn(async move {
             let mut buf = [0u8; 2048];
-            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await {
+            let n = match tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                stream.read(&mut buf),
+            )
+            .await
+            {
                 Ok(Ok(n)) => n,
                 _ => return,
             };
             let head = String::from_utf8_lossy(&buf[..n]);
-            let response = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
+            let response = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?")
+            {
                 let body = metrics.render();
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 )
             } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
             };
             let _ = stream.write_all(response.as_bytes()).await;
             let _ = stream.shutdown().await;
@@ -173,13 +216,20 @@ mod tests {
         m.set_kernel_counter("dropped", 25);
         m.set_kernel_counter("dropped", 5); // program reloaded: counters restarted at 0
         let text = m.render();
-        assert!(text.contains("detector_xdp_packets_total{verdict=\"dropped\"} 30"), "{text}");
+        assert!(
+            text.contains("detector_xdp_packets_total{verdict=\"dropped\"} 30"),
+            "{text}"
+        );
     }
 
     #[tokio::test]
     async fn serves_metrics_over_http_on_loopback() {
         let m = Arc::new(Metrics::new());
-        m.events.get_or_create(&KindLabel { kind: "auth_failure".into() }).inc_by(3);
+        m.events
+            .get_or_create(&KindLabel {
+                kind: "auth_failure".into(),
+            })
+            .inc_by(3);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
@@ -188,7 +238,9 @@ mod tests {
         let mut body = String::new();
         for _ in 0..50 {
             if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
-                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
                 s.read_to_string(&mut body).await.unwrap();
                 break;
             }
@@ -197,6 +249,9 @@ mod tests {
         cancel.cancel();
         server.await.unwrap().unwrap();
         assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-        assert!(body.contains("detector_events_total{kind=\"auth_failure\"} 3"), "{body}");
+        assert!(
+            body.contains("detector_events_total{kind=\"auth_failure\"} 3"),
+            "{body}"
+        );
     }
 }

@@ -28,7 +28,13 @@ pub fn run(opts: Options) -> Result<()> {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_cargo_deb {
-        run_cmd(Command::new("cargo").args(["install", "cargo-deb", "--locked", "--version", "^3"]))?;
+        run_cmd(Command::new("cargo").args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            "^3",
+        ]))?;
     }
     run_cmd(
         Command::new("cargo")

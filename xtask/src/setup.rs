@@ -29,7 +29,11 @@ const LAB_DEBCONF_TXT: &str = include_str!("../../tests/lab/debconf.txt");
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 pub fn lab_packages() -> Vec<&'static str> {
-    LAB_PACKAGES_TXT.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
+    LAB_PACKAGES_TXT
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
 }
 
 #[derive(clap::Args)]
@@ -45,7 +49,11 @@ pub fn run(opts: Options) -> Result<()> {
     ensure_bpf_linker(&nightly)?;
     if !opts.no_apt {
         let mut packages = APT_PACKAGES.to_vec();
-        packages.extend(lab_packages().into_iter().filter(|p| !APT_PACKAGES.contains(p)));
+        packages.extend(
+            lab_packages()
+                .into_iter()
+                .filter(|p| !APT_PACKAGES.contains(p)),
+        );
         ensure_apt_packages(&packages)?;
     }
     eprintln!("setup: all prerequisites are in place");
@@ -217,7 +225,14 @@ pub fn ensure_apt_packages(packages: &[&str]) -> Result<()> {
     run_cmd(Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=300", "update", "-qq"]))?;
     run_cmd(
         Command::new("apt-get")
-            .args(["-o", "DPkg::Lock::Timeout=300", "install", "-y", "-qq", "--no-install-recommends"])
+            .args([
+                "-o",
+                "DPkg::Lock::Timeout=300",
+                "install",
+                "-y",
+                "-qq",
+                "--no-install-recommends",
+            ])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
     )
@@ -229,7 +244,11 @@ fn preseed_debconf(answers: &str) -> Result<()> {
         .stdin(std::process::Stdio::piped())
         .spawn()
         .context("starting debconf-set-selections")?;
-    child.stdin.take().expect("piped stdin").write_all(answers.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(answers.as_bytes())?;
     let status = child.wait()?;
     if !status.success() {
         bail!("debconf-set-selections failed with {status}");

@@ -28,6 +28,10 @@ pub fn run(args: Args) -> crate::Result<ExitCode> {
         clap_complete::generate_to(shell, &mut cmd.clone(), "detector", &completion_dir)
             .map_err(|e| Error::io(&completion_dir, e))?;
     }
-    println!("wrote {} and {}", man_dir.display(), completion_dir.display());
+    println!(
+        "wrote {} and {}",
+        man_dir.display(),
+        completion_dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
