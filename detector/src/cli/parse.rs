@@ -183,9 +183,9 @@ fn push_time(buf: &mut Vec<u8>, ev: &Event) {
     );
     let n = t.nanosecond();
     if n == 0 {
-    } else if n % 1_000_000 == 0 {
+    } else if n.is_multiple_of(1_000_000) {
         let _ = write!(buf, ".{:03}", n / 1_000_000);
-    } else if n % 1_000 == 0 {
+    } else if n.is_multiple_of(1_000) {
         let _ = write!(buf, ".{:06}", n / 1_000);
     } else {
         let _ = write!(buf, ".{n:09}");

@@ -139,7 +139,7 @@ fn driver_line(s: &[u8]) -> Parsed {
         return Parsed::Ignored;
     }
     let open = n;
-    let mut found: Option<(std::net::IpAddr, &[u8], Option<&[u8]>, &[u8])> = None;
+    let mut found: Option<(AuthFields<'_>, &[u8])> = None;
     // Cap the work on hostile lines: at most 64 closing parentheses are considered.
     for close in memchr::memchr_iter(b')', &s[open + 1..])
         .take(64)
@@ -160,16 +160,17 @@ fn driver_line(s: &[u8]) -> Parsed {
         let Some(text) = after.strip_prefix(b": ") else {
             continue;
         };
-        let Some((ip, user, session)) = fields(&s[open + 1..close]) else {
+        let Some(mut f) = fields(&s[open + 1..close]) else {
             continue;
         };
         if found.is_some() {
             // A user name or password produced a second well-formed candidate.
             return Parsed::Unparsed;
         }
-        found = Some((ip, user, session.or(session2), text));
+        f.session = f.session.or(session2);
+        found = Some((f, text));
     }
-    let Some((ip, user, session, text)) = found else {
+    let Some((AuthFields { ip, user, session }, text)) = found else {
         return Parsed::Ignored;
     };
     let text = strip_level(text);
@@ -212,12 +213,23 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// The parenthesised `user,ip[,<session>|,sasl:mech|,]`: (ip, user, session).
-fn fields(c: &[u8]) -> Option<(std::net::IpAddr, &[u8], Option<&[u8]>)> {
+/// The parts of `driver(user,ip[,<session>])`.
+struct AuthFields<'a> {
+    ip: std::net::IpAddr,
+    user: &'a [u8],
+    session: Option<&'a [u8]>,
+}
+
+/// The parenthesised `user,ip[,<session>|,sasl:mech|,]`.
+fn fields(c: &[u8]) -> Option<AuthFields<'_>> {
     let last_comma = memchr::memrchr(b',', c)?;
     let last = &c[last_comma + 1..];
     if let Some(ip) = parse_ip(last) {
-        return Some((ip, &c[..last_comma], None));
+        return Some(AuthFields {
+            ip,
+            user: &c[..last_comma],
+            session: None,
+        });
     }
     let session = if last.is_empty() || last.starts_with(b"sasl:") {
         None
@@ -233,7 +245,11 @@ fn fields(c: &[u8]) -> Option<(std::net::IpAddr, &[u8], Option<&[u8]>)> {
     let head = &c[..last_comma];
     let comma = memchr::memrchr(b',', head)?;
     let ip = parse_ip(&head[comma + 1..])?;
-    Some((ip, &head[..comma], session))
+    Some(AuthFields {
+        ip,
+        user: &head[..comma],
+        session,
+    })
 }
 
 /// `authentication failure; logname= uid=0 euid=0 tty=dovecot ruser=X rhost=IP[  user=Y]`.

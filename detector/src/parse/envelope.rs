@@ -108,10 +108,10 @@ pub(crate) fn syslog<'a>(
         && b[1..close].iter().all(u8::is_ascii_digit)
     {
         b = &b[close + 1..];
-        if let Some(rest) = b.strip_prefix(b"1 ") {
-            if let Some(env) = rfc5424(rest, reference, offset) {
-                return env;
-            }
+        if let Some(rest) = b.strip_prefix(b"1 ")
+            && let Some(env) = rfc5424(rest, reference, offset)
+        {
+            return env;
         }
     }
     let Some(stamp) = parse_stamp(b, reference, offset) else {

@@ -252,9 +252,13 @@ fn dispatch(env: &envelope::Envelope<'_>, line: &[u8]) -> Parsed {
     } else if env.has_header {
         return dovecot::parse(None, msg);
     }
-    // A bare message (no timestamp): a Dovecot process prefix, or an smtpd message.
+    // A bare message (no timestamp): a Dovecot process prefix, or an smtpd message; anything
+    // else without a header is junk to us.
     match dovecot::parse(None, line) {
-        Parsed::Ignored => postfix::parse_bare(line),
+        Parsed::Ignored => match postfix::parse_bare(line) {
+            Parsed::Ignored => Parsed::Unparsed,
+            p => p,
+        },
         p => p,
     }
 }

@@ -315,10 +315,10 @@ fn warning(w: &[u8], proto: Protocol) -> Parsed {
     } else {
         rec.attempts = 1;
     }
-    if let Some(user) = after(reason, b", sasl_username=") {
-        if user != b"(unavailable)" {
-            rec.user = owned_lower(user);
-        }
+    if let Some(user) = after(reason, b", sasl_username=")
+        && user != b"(unavailable)"
+    {
+        rec.user = owned_lower(user);
     }
     Parsed::Record(rec)
 }

@@ -154,7 +154,14 @@ fn postfix_fields() {
 #[test]
 fn kinds_of_dovecot_lines() {
     use EventKind::*;
-    let cases: &[(&str, EventKind, &str, Option<&str>, Option<Protocol>)] = &[
+    type Case<'a> = (
+        &'a str,
+        EventKind,
+        &'a str,
+        Option<&'a str>,
+        Option<Protocol>,
+    );
+    let cases: &[Case] = &[
         (
             "Nov 27 05:31:02 auth: Info: passwd-file(u@x.test,198.18.0.2,<Mb2sXTthtZfGEgAC>): unknown user",
             AuthUnknownUser,
@@ -485,7 +492,8 @@ fn hostile_input_never_panics() {
     let real = b"Nov 27 05:31:03 imap-login: Info: Disconnected: Aborted login by logging out (auth failed, 1 attempts in 1 secs): user=<t@example.test>, method=PLAIN, rip=198.18.0.2, lip=198.18.0.1, session=<Mb2sXTthtZfGEgAC>";
     for n in 0..real.len() {
         if let Outcome::Event(e) = p.parse_line(&real[..n], 1) {
-            assert_eq!(e.ip.to_string().len() <= "198.18.0.2".len(), true);
+            // A truncated address may parse as a shorter one, never as a foreign one.
+            assert!("198.18.0.2".starts_with(&e.ip.to_string()), "{}", e.ip);
         }
     }
     assert_eq!(
