@@ -22,7 +22,7 @@ pub mod map_names {
     pub const PREFIX_V4: &str = "PREFIX_V4";
     /// IPv6 prefix bans: LPM_TRIE<[u8; 16], PrefixBan>.
     pub const PREFIX_V6: &str = "PREFIX_V6";
-    /// PERCPU_ARRAY<u64> indexed by [`crate::stats`].
+    /// PERCPU_ARRAY<Counters> with one entry (index 0).
     pub const STATS: &str = "STATS";
     /// ARRAY<Settings> with one entry (index 0).
     pub const SETTINGS: &str = "SETTINGS";
@@ -114,20 +114,22 @@ pub mod settings_flags {
     pub const HAVE_PREFIX_V6: u32 = 1 << 2;
 }
 
-/// Indices into the per-CPU STATS array. Seen = passed + dropped.
-pub mod stats {
-    pub const PASSED: u32 = 0;
-    pub const DROPPED: u32 = 1;
-    pub const DROPPED_BYTES: u32 = 2;
-    /// Matched a live ban while in observe mode (passed, counted in PASSED too).
-    pub const OBSERVED: u32 = 3;
+/// The XDP program's counters: STATS is a per-CPU array with one `Counters` (index 0), so a
+/// frame costs one map lookup whatever it bumps. Seen = passed + dropped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub passed: u64,
+    pub dropped: u64,
+    pub dropped_bytes: u64,
+    /// Matched a live ban while in observe mode (passed, counted in `passed` too).
+    pub observed: u64,
     /// Matched an expired ban (passed).
-    pub const EXPIRED_HITS: u32 = 4;
+    pub expired_hits: u64,
     /// Truncated or malformed frames (passed).
-    pub const MALFORMED: u32 = 5;
+    pub malformed: u64,
     /// Non-IP frames such as ARP (passed).
-    pub const NON_IP: u32 = 6;
-    pub const COUNT: u32 = 7;
+    pub non_ip: u64,
 }
 
 /// Why an entry is in the ban maps. Rule codes mirror the engine's rule names.
@@ -149,4 +151,5 @@ mod pod {
     unsafe impl aya::Pod for super::ExactBan {}
     unsafe impl aya::Pod for super::PrefixBan {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::Counters {}
 }

@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use detector_common::{
-    DEFAULT_EXACT_CAPACITY, DEFAULT_PREFIX_CAPACITY, ExactBan, Ipv4Key, Ipv6Key, PrefixBan,
-    Settings, stats,
+    Counters, DEFAULT_EXACT_CAPACITY, DEFAULT_PREFIX_CAPACITY, ExactBan, Ipv4Key, Ipv6Key,
+    PrefixBan, Settings,
 };
 
 const EXACT: usize = DEFAULT_EXACT_CAPACITY as usize;
@@ -22,18 +22,15 @@ pub static PREFIX_V4: LpmTrie<[u8; 4], PrefixBan, PREFIX> = LpmTrie::new();
 #[btf_map]
 pub static PREFIX_V6: LpmTrie<[u8; 16], PrefixBan, PREFIX> = LpmTrie::new();
 #[btf_map]
-pub static STATS: PerCpuArray<u64, { stats::COUNT as usize }> = PerCpuArray::new();
+pub static STATS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 #[btf_map]
 pub static SETTINGS: Array<Settings, 1> = Array::new();
 
-/// Adds `n` to a per-CPU counter. No atomics: an XDP program runs with migration disabled, so
-/// nothing else writes this CPU's slot meanwhile.
+/// This CPU's counters. No atomics needed on them: an XDP program runs with migration
+/// disabled, so nothing else writes this CPU's slot meanwhile.
 #[inline(always)]
-pub fn count(index: u32, n: u64) {
-    if let Some(c) = STATS.get_ptr_mut(index) {
-        // SAFETY: the pointer is this CPU's slot of a live array element.
-        unsafe { *c += n }
-    }
+pub fn counters() -> Option<*mut Counters> {
+    STATS.get_ptr_mut(0)
 }
 
 /// The flags word of SETTINGS[0] (0 if the array were somehow empty).

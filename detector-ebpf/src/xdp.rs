@@ -11,9 +11,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
-use detector_common::{ExactBan, Ipv4Key, Ipv6Key, PrefixBan, settings_flags as sf, stats};
+use detector_common::{Counters, ExactBan, Ipv4Key, Ipv6Key, PrefixBan, settings_flags as sf};
 
-use crate::maps::{BANS_V4, BANS_V6, PREFIX_V4, PREFIX_V6, count, settings_flags};
+use crate::maps::{BANS_V4, BANS_V6, PREFIX_V4, PREFIX_V6, counters, settings_flags};
 use crate::packet::{Source, source};
 
 const NS_PER_S: u64 = 1_000_000_000;
@@ -23,40 +23,51 @@ enum Verdict {
     Drop,
 }
 
+/// Adds to one field of this CPU's counters (if the STATS slot exists, which it always does).
+macro_rules! bump {
+    ($c:expr, $field:ident, $n:expr) => {
+        if let Some(c) = $c {
+            // SAFETY: this CPU's slot of a live per-CPU array element (see maps::counters).
+            unsafe { (*c).$field += $n }
+        }
+    };
+}
+
 #[xdp]
 pub fn detector_xdp(ctx: XdpContext) -> u32 {
+    let c = counters();
     let verdict = match source(&ctx) {
         Source::V4(addr) => {
             let flags = settings_flags();
             let exact = BANS_V4.get_ptr_mut(Ipv4Key { addr });
-            check(exact, flags, flags & sf::HAVE_PREFIX_V4 != 0, || {
+            check(c, exact, flags, flags & sf::HAVE_PREFIX_V4 != 0, || {
                 PREFIX_V4.get(&Key::new(32, addr))
             })
         }
         Source::V6(addr) => {
             let flags = settings_flags();
             let exact = BANS_V6.get_ptr_mut(Ipv6Key { addr });
-            check(exact, flags, flags & sf::HAVE_PREFIX_V6 != 0, || {
+            check(c, exact, flags, flags & sf::HAVE_PREFIX_V6 != 0, || {
                 PREFIX_V6.get(&Key::new(128, addr))
             })
         }
         Source::NonIp => {
-            count(stats::NON_IP, 1);
+            bump!(c, non_ip, 1);
             Verdict::Pass
         }
         Source::Malformed => {
-            count(stats::MALFORMED, 1);
+            bump!(c, malformed, 1);
             Verdict::Pass
         }
     };
     match verdict {
         Verdict::Drop => {
-            count(stats::DROPPED, 1);
-            count(stats::DROPPED_BYTES, (ctx.data_end() - ctx.data()) as u64);
+            bump!(c, dropped, 1);
+            bump!(c, dropped_bytes, (ctx.data_end() - ctx.data()) as u64);
             XDP_DROP
         }
         Verdict::Pass => {
-            count(stats::PASSED, 1);
+            bump!(c, passed, 1);
             XDP_PASS
         }
     }
@@ -66,6 +77,7 @@ pub fn detector_xdp(ctx: XdpContext) -> u32 {
 /// entry does not hide a live prefix ban covering the same address.
 #[inline(always)]
 fn check(
+    c: Option<*mut Counters>,
     exact: Option<*mut ExactBan>,
     flags: u32,
     have_prefix: bool,
@@ -81,9 +93,9 @@ fn check(
             unsafe {
                 atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*ban).hits, 1)
             };
-            return matched(flags);
+            return matched(c, flags);
         }
-        count(stats::EXPIRED_HITS, 1);
+        bump!(c, expired_hits, 1);
     }
     if have_prefix && let Some(ban) = prefix_lookup() {
         let ban = ban as *const PrefixBan as *mut PrefixBan;
@@ -92,18 +104,18 @@ fn check(
             unsafe {
                 atomic_xadd::<u32, u32, { AtomicOrdering::Relaxed }>(&raw mut (*ban).hits, 1)
             };
-            return matched(flags);
+            return matched(c, flags);
         }
-        count(stats::EXPIRED_HITS, 1);
+        bump!(c, expired_hits, 1);
     }
     Verdict::Pass
 }
 
 /// A live ban matched: drop, or in observe mode count it and pass.
 #[inline(always)]
-fn matched(flags: u32) -> Verdict {
+fn matched(c: Option<*mut Counters>, flags: u32) -> Verdict {
     if flags & sf::OBSERVE != 0 {
-        count(stats::OBSERVED, 1);
+        bump!(c, observed, 1);
         Verdict::Pass
     } else {
         Verdict::Drop

@@ -118,6 +118,31 @@ pub fn detector(pins: &PinDir, netns: Option<&NetNs>, args: &[&str]) -> Result<R
         .into())
 }
 
+/// Runs `detector ARGS --pin-dir DIR` as user `nobody` (privilege checks).
+pub fn detector_unprivileged(pins: &PinDir, args: &[&str]) -> Result<Run> {
+    let mut cmd = Command::new(detector_bin());
+    cmd.args(args)
+        .arg("--pin-dir")
+        .arg(&pins.path)
+        .env_remove("DETECTOR_PIN_DIR");
+    // SAFETY: only setgroups/setgid/setuid (async-signal-safe) run between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd
+        .output()
+        .with_context(|| format!("running {}", detector_bin().display()))?
+        .into())
+}
+
 /// Like [`detector`] but fails unless the command succeeded.
 pub fn detector_ok(pins: &PinDir, netns: Option<&NetNs>, args: &[&str]) -> Result<Run> {
     let run = detector(pins, netns, args)?;

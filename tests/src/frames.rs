@@ -34,7 +34,7 @@ fn checksum(b: &[u8]) -> u16 {
 
 /// IPv4 header (with `options` bytes, a multiple of 4) + 8 bytes of UDP.
 pub fn ipv4(src: [u8; 4], dst: [u8; 4], options: &[u8]) -> Vec<u8> {
-    assert!(options.len() % 4 == 0 && options.len() <= 40);
+    assert!(options.len().is_multiple_of(4) && options.len() <= 40);
     let hlen = 20 + options.len();
     let mut h = vec![0u8; hlen];
     h[0] = 0x40 | (hlen / 4) as u8;

@@ -5,7 +5,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use anyhow::Result;
-use detector_tests::bin::{PinDir, detector, detector_ok};
+use detector_tests::bin::{PinDir, detector, detector_ok, detector_unprivileged};
 use detector_tests::netns::{SERVER_IFACE, Topology};
 
 const PORT: u16 = 2525;
@@ -246,5 +246,54 @@ fn bad_input_gives_one_clear_line_and_nonzero_exit() -> Result<()> {
     assert!(!run.ok && run.stderr.contains("loopback"), "{}", run.stderr);
     let run = detector(&pins, None, &["ban", "::/0"])?;
     assert!(!run.ok && run.stderr.contains("refusing"), "{}", run.stderr);
+    // Not root: one clear line.
+    for args in [
+        &["list"][..],
+        &["ban", "198.18.15.9"],
+        &["attach", "--iface", SERVER_IFACE],
+    ] {
+        let run = detector_unprivileged(&pins, args)?;
+        assert!(
+            !run.ok && run.stderr.contains("must run as root"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    }
+    Ok(())
+}
+
+#[test]
+fn attach_upgrades_a_different_pinned_program_in_place() -> Result<()> {
+    use detector::enforce::Capacity;
+    use detector::enforce::testrun::TestObject;
+
+    let t = Topology::new("upg", 16)?;
+    let pins = PinDir::new("upg")?;
+    let _l = t.listen(PORT)?;
+    attach(&t, &pins)?;
+    detector_ok(&pins, None, &["ban", &t.v4(2).to_string()])?;
+    // Pretend an older build left its program pin: pin another program under that name.
+    let prog_pin = pins.path.join("prog_detector_xdp");
+    std::fs::remove_file(&prog_pin)?;
+    let mut other = TestObject::load(Capacity {
+        exact: 16,
+        prefix: 16,
+    })?;
+    other.pin_program(detector_common::bench_programs::EMPTY, &prog_pin)?;
+    drop(other);
+
+    let out = attach(&t, &pins)?;
+    assert!(
+        out.contains("veth-s: replaced the running XDP program"),
+        "{out}"
+    );
+    assert!(out.contains("veth-s: already attached"), "{out}");
+    // Same maps, same bans, still enforced, no second link.
+    assert!(!t.can_connect(t.v4(2), PORT)?);
+    assert!(t.can_connect(t.v4(3), PORT)?);
+    // A third attach finds this build's program pinned: nothing to upgrade.
+    let out = attach(&t, &pins)?;
+    assert!(!out.contains("replaced"), "{out}");
     Ok(())
 }

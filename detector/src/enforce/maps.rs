@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use detector_common::{
-    ExactBan, Ipv4Key, Ipv6Key, PrefixBan, Settings, map_names, settings_flags, stats,
+    Counters, ExactBan, Ipv4Key, Ipv6Key, PrefixBan, Settings, map_names, settings_flags,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
@@ -27,7 +27,7 @@ pub struct Enforcer {
     bans_v6: HashMap<MapData, Ipv6Key, ExactBan>,
     prefix_v4: LpmTrie<MapData, [u8; 4], PrefixBan>,
     prefix_v6: LpmTrie<MapData, [u8; 16], PrefixBan>,
-    stats: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, Counters>,
     settings: Array<MapData, Settings>,
     /// max_entries of the exact maps and of the tries (for "map full" messages).
     exact_capacity: u32,
@@ -445,24 +445,29 @@ impl Enforcer {
 
     /// Packet counters summed over CPUs.
     pub fn stats(&self) -> crate::Result<Stats> {
-        let get = |i: u32| -> crate::Result<u64> {
-            let v = self
-                .stats
-                .get(&i, 0)
-                .map_err(|e| bpf_error("reading STATS", &e))?;
-            Ok(v.iter().fold(0u64, |a, b| a.wrapping_add(*b)))
-        };
-        let passed = get(stats::PASSED)?;
-        let dropped = get(stats::DROPPED)?;
+        let per_cpu = self
+            .stats
+            .get(&0, 0)
+            .map_err(|e| bpf_error("reading STATS", &e))?;
+        let mut t = Counters::default();
+        for c in per_cpu.iter() {
+            t.passed = t.passed.wrapping_add(c.passed);
+            t.dropped = t.dropped.wrapping_add(c.dropped);
+            t.dropped_bytes = t.dropped_bytes.wrapping_add(c.dropped_bytes);
+            t.observed = t.observed.wrapping_add(c.observed);
+            t.expired_hits = t.expired_hits.wrapping_add(c.expired_hits);
+            t.malformed = t.malformed.wrapping_add(c.malformed);
+            t.non_ip = t.non_ip.wrapping_add(c.non_ip);
+        }
         Ok(Stats {
-            seen: passed.wrapping_add(dropped),
-            passed,
-            dropped,
-            dropped_bytes: get(stats::DROPPED_BYTES)?,
-            observed: get(stats::OBSERVED)?,
-            expired_hits: get(stats::EXPIRED_HITS)?,
-            malformed: get(stats::MALFORMED)?,
-            non_ip: get(stats::NON_IP)?,
+            seen: t.passed.wrapping_add(t.dropped),
+            passed: t.passed,
+            dropped: t.dropped,
+            dropped_bytes: t.dropped_bytes,
+            observed: t.observed,
+            expired_hits: t.expired_hits,
+            malformed: t.malformed,
+            non_ip: t.non_ip,
             observe_mode: self.observe()?,
         })
     }

@@ -116,6 +116,18 @@ impl TestObject {
         )
     }
 
+    /// Pins one of the object's programs (tests use it to fake a pin left by another build).
+    pub fn pin_program(&mut self, program: &str, path: &std::path::Path) -> crate::Result<()> {
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| Error::Bpf(format!("no program {program}")))?
+            .try_into()
+            .map_err(|e| bpf_error(program, &e))?;
+        p.pin(path)
+            .map_err(|e| bpf_error(format!("pinning {program}"), &e))
+    }
+
     /// Runs `program` on `frame` `repeat` times (BPF_PROG_TEST_RUN).
     pub fn run(&self, program: &str, frame: &[u8], repeat: u32) -> crate::Result<TestRun> {
         let p: &Xdp = self

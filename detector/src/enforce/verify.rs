@@ -4,7 +4,7 @@
 use std::mem::size_of;
 
 use aya::maps::{MapInfo, MapType, lpm_trie::Key};
-use detector_common::{ExactBan, Ipv4Key, Ipv6Key, PrefixBan, Settings, map_names, stats};
+use detector_common::{Counters, ExactBan, Ipv4Key, Ipv6Key, PrefixBan, Settings, map_names};
 
 use super::pins::PinPaths;
 use super::types::Capacity;
@@ -55,8 +55,8 @@ fn expected(capacity: Option<Capacity>) -> [Expected; 6] {
             name: map_names::STATS,
             map_type: MapType::PerCpuArray,
             key_size: size_of::<u32>(),
-            value_size: size_of::<u64>(),
-            max_entries: Some(stats::COUNT),
+            value_size: size_of::<Counters>(),
+            max_entries: Some(1),
         },
         Expected {
             name: map_names::SETTINGS,
