@@ -2,6 +2,7 @@
 mod build;
 mod run;
 mod setup;
+mod sim;
 mod test;
 mod util;
 
@@ -26,6 +27,8 @@ enum Task {
     Run(run::Options),
     /// Run every test, including the kernel and end-to-end ones (needs root).
     Test(test::Options),
+    /// Write simulated mail logs with ground truth: `cargo xtask sim --seed 1 --hours 48 > log`.
+    Sim(sim::Options),
 }
 
 fn main() -> Result<()> {
@@ -34,5 +37,6 @@ fn main() -> Result<()> {
         Task::Build(o) => build::run(o),
         Task::Run(o) => run::run(o),
         Task::Test(o) => test::run(o),
+        Task::Sim(o) => sim::run(o),
     }
 }
