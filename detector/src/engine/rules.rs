@@ -15,10 +15,10 @@ use std::net::IpAddr;
 use super::decision::{Action, Decision, Evidence, Rule};
 use super::state::{Failure, IpState, PendingRcpt, PrefixState, Probe, Success, UserFailure};
 use super::state::{
-    MAX_PENDING_RCPTS, MAX_PROBE_RCPTS, MAX_PROBES, MAX_SUCCESS_USERS, bounded_name,
+    MAX_PENDING_RCPTS, MAX_PROBE_RCPTS, MAX_PROBES, MAX_SUCCESS_USERS, SaslSide, bounded_name,
 };
 use super::{Engine, canonical, to_time};
-use crate::event::{Event, EventKind, Protocol};
+use crate::event::{Event, EventKind, Protocol, Service};
 
 pub(super) fn observe(engine: &mut Engine, ev: &Event) -> Vec<Decision> {
     let ip = canonical(ev.ip);
@@ -195,6 +195,22 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, ev: &Event) -> Vec<Decision> {
     let lenient = user
         .as_deref()
         .is_some_and(|u| state.succeeded_as(u, lenient_since));
+    let sasl = sasl_side(ev);
+    if let Some(side) = sasl
+        && let Some(other) = state.failures.iter_mut().rev().take(8).find(|f| {
+            f.sasl.is_some_and(|s| s != side)
+                && !f.paired
+                && (t - f.time).abs() <= SASL_PAIR_S
+                && f.user
+                    .as_deref()
+                    .zip(user.as_deref())
+                    .is_none_or(|(a, b)| a == b)
+        })
+    {
+        // The other half of an attempt that is already counted.
+        other.paired = true;
+        return Vec::new();
+    }
     if state.failures.len() >= cfg.max_failures_per_ip {
         state.failures.pop_front();
     }
@@ -205,6 +221,8 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, ev: &Event) -> Vec<Decision> {
         count: ev.failures,
         unknown_user: ev.kind == EventKind::AuthUnknownUser,
         lenient,
+        sasl,
+        paired: false,
     });
 
     if lenient {
@@ -259,6 +277,19 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, ev: &Event) -> Vec<Decision> {
         .collect();
     out.extend(campaign_bans);
     out
+}
+
+/// Longest gap between the Postfix and the Dovecot line of one SMTP AUTH attempt.
+const SASL_PAIR_S: i64 = 2;
+
+fn sasl_side(ev: &Event) -> Option<SaslSide> {
+    match ev.service {
+        Service::Postfix => Some(SaslSide::Postfix),
+        // Dovecot's auth process logs SASL requests from Postfix without a session id; IMAP
+        // and POP3 logins carry one.
+        Service::Dovecot if ev.session.is_none() => Some(SaslSide::Dovecot),
+        Service::Dovecot => None,
+    }
 }
 
 /// Sum of counted failures since `since` that pass `filter`.

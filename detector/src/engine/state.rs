@@ -39,6 +39,21 @@ pub struct Failure {
     /// The IP has logged in successfully as this user (before or after): only the lenient
     /// burst applies.
     pub lenient: bool,
+    /// Which half of an SMTP AUTH attempt this is, if any (see [`SaslSide`]).
+    #[serde(default)]
+    pub sasl: Option<SaslSide>,
+    /// Already matched with the other half of the same SMTP AUTH attempt.
+    #[serde(default)]
+    pub paired: bool,
+}
+
+/// One SMTP AUTH attempt is logged twice: Postfix's `SASL ... authentication failed` warning
+/// and Dovecot's session-less `passwd-file(user,ip)` auth line. When Postfix and Dovecot are
+/// read from different sources, each parser counts its own line, so the engine pairs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaslSide {
+    Postfix,
+    Dovecot,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -624,3 +624,47 @@ fn bytes_per_tracked_ip() {
         "{bytes}"
     );
 }
+
+#[test]
+fn smtp_auth_counted_by_both_postfix_and_dovecot_parsers_counts_once() {
+    // Postfix and Dovecot read from two sources: each parser counts its own line of the one
+    // SMTP AUTH attempt (Postfix warning, Dovecot session-less auth line).
+    let mut f = Feed::new(only(Rule::SlowRepeat));
+    let mut dovecot = f.ev(0, BOT, EventKind::AuthFailure);
+    dovecot.service = Service::Dovecot;
+    dovecot.user = Some("alice@example.test".into());
+    dovecot.failures = 1;
+    assert!(f.push(dovecot).is_empty());
+    let mut postfix = f.ev(1, BOT, EventKind::AuthFailure);
+    postfix.service = Service::Postfix;
+    postfix.protocol = Some(Protocol::Submission);
+    postfix.session = Some("pid:77".into());
+    postfix.user = Some("alice@example.test".into());
+    postfix.failures = 1;
+    assert!(
+        f.push(postfix.clone()).is_empty(),
+        "the second half must not count"
+    );
+    let x = f.engine.explain(BOT.parse().unwrap());
+    assert_eq!(x.failures.len(), 1);
+    // A second attempt 30 s later does count (and bans: score 2).
+    postfix.time = at_time(31);
+    assert_eq!(f.push(postfix).len(), 1);
+
+    // IMAP failures carry a Dovecot session and are never paired away.
+    let mut f = Feed::new(only(Rule::SlowRepeat));
+    let mut imap = f.ev(0, BOT, EventKind::AuthFailure);
+    imap.service = Service::Dovecot;
+    imap.session = Some("Mb2sXTthtZfGEgAC".into());
+    imap.user = Some("alice@example.test".into());
+    imap.failures = 1;
+    f.push(imap.clone());
+    let mut postfix = f.ev(0, BOT, EventKind::AuthFailure);
+    postfix.user = Some("alice@example.test".into());
+    postfix.failures = 1;
+    assert_eq!(
+        f.push(postfix).len(),
+        1,
+        "IMAP + SMTP AUTH are two attempts"
+    );
+}

@@ -46,10 +46,7 @@ pub struct LineParser {
 
 impl LineParser {
     pub fn new(format: Format) -> Self {
-        LineParser {
-            format,
-            stats: ParseStats::default(),
-        }
+        LineParser { format, stats: ParseStats::default() }
     }
 
     /// Parses one line (without its trailing newline). `line_no` is 1-based.
