@@ -36,6 +36,10 @@ pub struct Args {
     /// Input envelope.
     #[arg(long, value_enum, default_value_t = Format::Auto)]
     pub format: Format,
+    /// After the replay, explain what the engine knows about this address (repeatable); the
+    /// explanation goes to stderr after the summary.
+    #[arg(long, value_name = "IP")]
+    pub explain: Vec<IpAddr>,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -109,6 +113,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     eprint!("{}", report.summary());
+    if let Some(engine) = &report.engine {
+        for ip in &args.explain {
+            eprint!("{}", engine.explain(*ip));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -271,6 +280,8 @@ pub struct ReplayReport {
     pub decisions: Vec<ReplayedDecision>,
     /// First ban per address: failed logins it made up to and including the banning one.
     pub attempts_before_ban: BTreeMap<IpAddr, u64>,
+    /// The engine after the last event (for `explain` and snapshots).
+    pub engine: Option<Engine>,
 }
 
 impl ReplayReport {
@@ -466,6 +477,7 @@ pub fn replay(
         while input.next_event(&mut report.stats)?.is_some() {}
     }
     on_progress(report.stats.bytes);
+    report.engine = Some(engine);
     Ok(report)
 }
 
