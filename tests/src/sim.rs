@@ -346,7 +346,8 @@ impl Gen {
         );
         let mut e = self.event(t0, Service::Postfix, EventKind::Rcpt, ip);
         e.protocol = Some(Protocol::Smtp);
-        e.session = session.clone();
+        // Like the parser: NOQUEUE and `lost connection` lines carry no session key.
+        e.session = None;
         e.recipient = Some(rcpt.to_ascii_lowercase());
         self.push(
             t0,
@@ -411,7 +412,7 @@ impl Gen {
             SmtpEnd::Dropped => {
                 let mut e = self.event(t1, Service::Postfix, EventKind::LostConnection, ip);
                 e.protocol = Some(Protocol::Smtp);
-                e.session = session.clone();
+                e.session = None;
                 self.push(
                     t1,
                     LogFile::Postfix,

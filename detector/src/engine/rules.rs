@@ -51,7 +51,7 @@ pub(super) fn observe(engine: &mut Engine, ev: &Event) -> Vec<Decision> {
         EventKind::MessageAccepted => {
             state
                 .pending_rcpts
-                .retain(|p| ev.session.is_some() && p.session.as_deref() != ev.session.as_deref());
+                .retain(|p| !same_session(p.session.as_deref(), ev.session.as_deref()));
             Vec::new()
         }
         EventKind::TransactionAborted | EventKind::LostConnection | EventKind::Disconnect => {
@@ -97,10 +97,15 @@ fn on_rcpt(state: &mut IpState, ev: &Event, rcpt: &str) {
 }
 
 /// An SMTP session ended: if it named a recipient and no message was accepted, it was a probe.
+/// Two lines belong to the same SMTP session when their session keys are equal or either
+/// line has none (Postfix `NOQUEUE` and `lost connection` lines may come without one).
+fn same_session(a: Option<&str>, b: Option<&str>) -> bool {
+    a.is_none() || b.is_none() || a == b
+}
+
 fn on_transaction_end(state: &mut IpState, ev: &Event) {
     let t = ev.time.timestamp();
-    let same_session =
-        |s: &Option<Box<str>>| ev.session.is_none() || s.as_deref() == ev.session.as_deref();
+    let same_session = |s: &Option<Box<str>>| same_session(s.as_deref(), ev.session.as_deref());
     let recipients: Vec<Box<str>> = state
         .pending_rcpts
         .iter()
@@ -119,7 +124,7 @@ fn on_transaction_end(state: &mut IpState, ev: &Event) {
     }
     // `lost connection` and the following `disconnect` describe one transaction: merge.
     if let Some(last) = state.probes.back_mut()
-        && last.session.as_deref() == ev.session.as_deref()
+        && same_session(&last.session)
         && (t - last.time).abs() <= 60
     {
         for r in recipients {

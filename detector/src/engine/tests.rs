@@ -668,3 +668,27 @@ fn smtp_auth_counted_by_both_postfix_and_dovecot_parsers_counts_once() {
         "IMAP + SMTP AUTH are two attempts"
     );
 }
+
+#[test]
+fn rcpt_and_lost_connection_lines_without_a_session_still_tie_to_the_transaction() {
+    // As parsed from the lab: NOQUEUE and `lost connection` lines carry no session key, the
+    // disconnect line does. The probed recipient must still be found.
+    let mut f = Feed::new(only(Rule::ProbeLogin));
+    let mut r = f.ev(0, BOT, EventKind::Rcpt);
+    r.recipient = Some("txrj3ejbb3@example.test".into());
+    f.push(r);
+    let e = f.ev(0, BOT, EventKind::LostConnection);
+    f.push(e);
+    let mut d = f.ev(0, BOT, EventKind::TransactionAborted);
+    d.session = Some("pid:21937".into());
+    d.smtp = Some(SmtpCounters {
+        rcpt_ok: 1,
+        ..SmtpCounters::default()
+    });
+    f.push(d);
+    let x = f.engine.explain(BOT.parse().unwrap());
+    assert_eq!(x.probes.len(), 1, "one transaction: {:?}", x.probes);
+    assert_eq!(x.probes[0].1, vec!["txrj3ejbb3@example.test".to_string()]);
+    let d = f.fail(5, BOT, "txrj3ejbb3@example.test");
+    assert!(d[0].note.contains("probed address"), "{}", d[0].note);
+}
