@@ -251,8 +251,10 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, ev: &Event) -> Vec<Decision> {
     let mut campaign_bans = Vec::new();
     let mut campaign_note = None;
     if let Some(user) = &user {
-        campaign_note = record_user_failure(engine, user, ip, t);
-        if let Some(note) = &campaign_note {
+        let campaign = record_user_failure(engine, user, ip, t);
+        // Retroactive bans only when the name comes under attack: an address that failed on
+        // it long ago is not banned again each time another one tries.
+        if let Some((note, true)) = &campaign {
             let others: Vec<IpAddr> = engine.users[user]
                 .failures
                 .iter()
@@ -264,6 +266,7 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, ev: &Event) -> Vec<Decision> {
                 campaign_bans.extend(ban(engine, other, Rule::TargetCampaign, n, t));
             }
         }
+        campaign_note = campaign.map(|(note, _)| note);
     }
 
     let enabled = |v: &(Rule, String)| engine.cfg.rule_enabled(v.0);
@@ -309,7 +312,13 @@ fn count_since(state: &IpState, since: i64, filter: impl Fn(&Failure) -> bool) -
 
 /// Records a non-lenient failure on `user`; returns a description of the campaign when the
 /// name is (now) under attack.
-fn record_user_failure(engine: &mut Engine, user: &str, ip: IpAddr, t: i64) -> Option<String> {
+/// The bool is true when this failure put the name under attack (it was not before).
+fn record_user_failure(
+    engine: &mut Engine,
+    user: &str,
+    ip: IpAddr,
+    t: i64,
+) -> Option<(String, bool)> {
     let cfg = &engine.cfg;
     let u = engine.users.entry(user.into()).or_default();
     u.last_seen = u.last_seen.max(t);
@@ -320,6 +329,7 @@ fn record_user_failure(engine: &mut Engine, user: &str, ip: IpAddr, t: i64) -> O
         u.failures.pop_front();
     }
     u.failures.push_back(UserFailure { ip, time: t });
+    let was_attacked = u.attacked_until.is_some_and(|until| until >= t);
     let since = t - cfg.campaign_window.as_secs() as i64;
     let distinct = u.failures.iter().filter(|f| f.time >= since).count();
     if distinct >= cfg.campaign_ips as usize {
@@ -328,10 +338,11 @@ fn record_user_failure(engine: &mut Engine, user: &str, ip: IpAddr, t: i64) -> O
     }
     let attacked = u.attacked_until.is_some_and(|until| until >= t);
     attacked.then(|| {
-        format!(
+        let note = format!(
             "{user}, a user name under attack ({distinct} distinct IPs failed on it within {})",
             humantime::format_duration(cfg.campaign_window)
-        )
+        );
+        (note, !was_attacked)
     })
 }
 

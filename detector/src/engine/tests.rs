@@ -692,3 +692,16 @@ fn rcpt_and_lost_connection_lines_without_a_session_still_tie_to_the_transaction
     let d = f.fail(5, BOT, "txrj3ejbb3@example.test");
     assert!(d[0].note.contains("probed address"), "{}", d[0].note);
 }
+
+#[test]
+fn target_campaign_retro_bans_once_not_on_every_later_failure() {
+    let mut f = Feed::new(only(Rule::TargetCampaign));
+    f.fail(0, "198.18.1.1", "ceo@example.test");
+    f.fail(60, "198.18.1.2", "ceo@example.test");
+    assert_eq!(f.fail(120, "198.18.1.3", "ceo@example.test").len(), 3);
+    // Two hours later the 1 h bans have expired; a fourth address fails: only it is banned,
+    // the first three did nothing new.
+    let d = f.fail(2 * 3600, "198.18.1.4", "ceo@example.test");
+    let ips: Vec<String> = d.iter().map(|d| d.ip.to_string()).collect();
+    assert_eq!(ips, vec!["198.18.1.4"]);
+}
