@@ -346,7 +346,8 @@ impl Gen {
         );
         let mut e = self.event(t0, Service::Postfix, EventKind::Rcpt, ip);
         e.protocol = Some(Protocol::Smtp);
-        e.session = session.clone();
+        // Like the parser: NOQUEUE and `lost connection` lines carry no session key.
+        e.session = None;
         e.recipient = Some(rcpt.to_ascii_lowercase());
         self.push(
             t0,
@@ -411,7 +412,7 @@ impl Gen {
             SmtpEnd::Dropped => {
                 let mut e = self.event(t1, Service::Postfix, EventKind::LostConnection, ip);
                 e.protocol = Some(Protocol::Smtp);
-                e.session = session.clone();
+                e.session = None;
                 self.push(
                     t1,
                     LogFile::Postfix,
@@ -537,7 +538,8 @@ impl Gen {
                     ),
                     Some(e),
                 );
-                let mut e = self.event(t1, Service::Postfix, EventKind::Disconnect, ip);
+                // `auth=0/1` describes the same failed attempt again (failures 0).
+                let mut e = self.event(t1, Service::Postfix, EventKind::AuthFailure, ip);
                 e.protocol = Some(Protocol::Submission);
                 e.session = Some(format!("pid:{pid}"));
                 e.smtp = Some(SmtpCounters {
@@ -838,6 +840,11 @@ impl Gen {
                     }
                     self.imap_ok(t, ip, &user);
                     if self.rng.chance(0.15) {
+                        // The mail client sometimes has the old password for SMTP AUTH:
+                        // one failure logged by both Postfix and Dovecot, then success.
+                        if self.rng.chance(0.2) {
+                            self.failed_login(t + 50, ip, &user, Login::Submission, true, false);
+                        }
                         self.submission_ok(t + 60, ip, &user);
                     }
                     first = false;

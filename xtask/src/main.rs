@@ -5,6 +5,7 @@ mod dist;
 mod lab;
 mod run;
 mod setup;
+mod sim;
 mod test;
 mod util;
 
@@ -36,6 +37,8 @@ enum Task {
     /// The mail lab (real Postfix + Dovecot in namespaces): `lab up [--journal] [--ipv6]
     /// [--bots N]`, `lab attack [--rounds N]`, `lab client`, `lab logs`, `lab status`, `lab down`.
     Lab(lab::Options),
+    /// Write simulated mail logs with ground truth: `cargo xtask sim --seed 1 --hours 48 > log`.
+    Sim(sim::Options),
 }
 
 fn main() -> Result<()> {
@@ -47,5 +50,6 @@ fn main() -> Result<()> {
         Task::Dist(o) => dist::run(o),
         Task::Bench(b) => bench::run(b),
         Task::Lab(o) => lab::run(o),
+        Task::Sim(o) => sim::run(o),
     }
 }

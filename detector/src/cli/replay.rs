@@ -1,7 +1,7 @@
 //! `detector replay`: runs the engine over log files in log time and prints its decisions.
 //! Touches no kernel map. Several files are merged by event time (k-way merge; each file keeps
 //! its own order), so a Postfix and a Dovecot log can be replayed together.
-use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::fs::File;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::net::IpAddr;
@@ -36,6 +36,10 @@ pub struct Args {
     /// Input envelope.
     #[arg(long, value_enum, default_value_t = Format::Auto)]
     pub format: Format,
+    /// After the replay, explain what the engine knows about this address (repeatable); the
+    /// explanation goes to stderr after the summary.
+    #[arg(long, value_name = "IP")]
+    pub explain: Vec<IpAddr>,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -109,6 +113,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     }
     eprint!("{}", report.summary());
+    if let Some(engine) = &report.engine {
+        for ip in &args.explain {
+            eprint!("{}", engine.explain(*ip));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -206,7 +215,8 @@ pub struct RawLine {
 pub struct ReplayedDecision {
     pub decision: Decision,
     pub raw: Vec<RawLine>,
-    /// Failed login attempts the address made before this decision (counted by the replay).
+    /// Failed logins the engine counted for the address within the horizon, up to and
+    /// including the one that triggered this decision.
     pub attempts_before: u64,
 }
 
@@ -268,10 +278,10 @@ pub struct ReplayStats {
 pub struct ReplayReport {
     pub stats: ReplayStats,
     pub decisions: Vec<ReplayedDecision>,
-    /// First ban per address: failed login attempts it made before that ban.
+    /// First ban per address: failed logins it made up to and including the banning one.
     pub attempts_before_ban: BTreeMap<IpAddr, u64>,
-    /// Failed login attempts per address over the whole replay.
-    pub attempts: HashMap<IpAddr, u64>,
+    /// The engine after the last event (for `explain` and snapshots).
+    pub engine: Option<Engine>,
 }
 
 impl ReplayReport {
@@ -305,7 +315,7 @@ impl ReplayReport {
             for n in self.attempts_before_ban.values() {
                 *hist.entry(*n).or_insert(0) += 1;
             }
-            out += "  failed logins before the first ban: ";
+            out += "  failed logins up to the first ban: ";
             out += &hist
                 .iter()
                 .map(|(n, ips)| format!("{n}: {ips} IPs"))
@@ -313,7 +323,7 @@ impl ReplayReport {
                 .join(", ");
             out += "\n";
             for (ip, n) in &self.attempts_before_ban {
-                out += &format!("  {ip}: {n} failed logins before its ban\n");
+                out += &format!("  {ip}: {n} failed logins up to its ban\n");
             }
         }
         out
@@ -420,19 +430,20 @@ pub fn replay(
                 text,
             },
         );
-        if event.is_auth_failure() {
-            *report
-                .attempts
-                .entry(crate::engine::canonical(event.ip))
-                .or_insert(0) += u64::from(event.failures);
-        }
         for decision in engine.observe(&event) {
             let raw = decision
                 .evidence
                 .iter()
                 .filter_map(|e| store.get(e.line).cloned())
                 .collect();
-            let attempts_before = report.attempts.get(&decision.ip).copied().unwrap_or(0);
+            // The engine's own count: de-duplicated, within the horizon, including the
+            // failure that triggered the decision.
+            let attempts_before = engine
+                .explain(decision.ip)
+                .failures
+                .iter()
+                .map(|f| u64::from(f.count))
+                .sum();
             if decision.action == Action::Ban {
                 report
                     .attempts_before_ban
@@ -466,6 +477,7 @@ pub fn replay(
         while input.next_event(&mut report.stats)?.is_some() {}
     }
     on_progress(report.stats.bytes);
+    report.engine = Some(engine);
     Ok(report)
 }
 

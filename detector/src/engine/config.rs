@@ -133,6 +133,9 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
+    /// The documented `[engine]` table with every default (`engine.example.toml`).
+    pub const EXAMPLE_TOML: &'static str = include_str!("engine.example.toml");
+
     /// Reads the `[engine]` table of a TOML document (a missing table gives the defaults) and
     /// validates it.
     pub fn from_toml_str(text: &str) -> crate::Result<Self> {
@@ -329,6 +332,21 @@ mod tests {
         assert_eq!(c.ban_duration(2), Duration::from_secs(86400));
         assert_eq!(c.ban_duration(4), Duration::from_secs(30 * 86400));
         assert_eq!(c.ban_duration(9), Duration::from_secs(30 * 86400));
+    }
+
+    #[test]
+    fn example_file_documents_exactly_the_defaults() {
+        assert_eq!(
+            EngineConfig::from_toml_str(EngineConfig::EXAMPLE_TOML).unwrap(),
+            EngineConfig::default()
+        );
+        // And names every key.
+        let table: toml::Table = toml::from_str(EngineConfig::EXAMPLE_TOML).unwrap();
+        let documented = table["engine"].as_table().unwrap().len();
+        let all = toml::Table::try_from(EngineConfig::default())
+            .unwrap()
+            .len();
+        assert_eq!(documented, all);
     }
 
     #[test]

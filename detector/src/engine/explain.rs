@@ -168,12 +168,12 @@ impl fmt::Display for Explanation {
             )?;
         }
         for (t, rcpts) in &self.probes {
-            writeln!(
-                f,
-                "  aborted SMTP transaction at {} to {}",
-                ts(*t),
+            let to = if rcpts.is_empty() {
+                "(recipient not logged)".to_string()
+            } else {
                 rcpts.join(", ")
-            )?;
+            };
+            writeln!(f, "  aborted SMTP transaction at {} to {to}", ts(*t))?;
         }
         for x in &self.failures {
             writeln!(

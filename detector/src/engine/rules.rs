@@ -15,10 +15,10 @@ use std::net::IpAddr;
 use super::decision::{Action, Decision, Evidence, Rule};
 use super::state::{Failure, IpState, PendingRcpt, PrefixState, Probe, Success, UserFailure};
 use super::state::{
-    MAX_PENDING_RCPTS, MAX_PROBE_RCPTS, MAX_PROBES, MAX_SUCCESS_USERS, bounded_name,
+    MAX_PENDING_RCPTS, MAX_PROBE_RCPTS, MAX_PROBES, MAX_SUCCESS_USERS, SaslSide, bounded_name,
 };
 use super::{Engine, canonical, to_time};
-use crate::event::{Event, EventKind, Protocol};
+use crate::event::{Event, EventKind, Protocol, Service};
 
 pub(super) fn observe(engine: &mut Engine, ev: &Event) -> Vec<Decision> {
     let ip = canonical(ev.ip);
@@ -51,7 +51,7 @@ pub(super) fn observe(engine: &mut Engine, ev: &Event) -> Vec<Decision> {
         EventKind::MessageAccepted => {
             state
                 .pending_rcpts
-                .retain(|p| ev.session.is_some() && p.session.as_deref() != ev.session.as_deref());
+                .retain(|p| !same_session(p.session.as_deref(), ev.session.as_deref()));
             Vec::new()
         }
         EventKind::TransactionAborted | EventKind::LostConnection | EventKind::Disconnect => {
@@ -97,10 +97,15 @@ fn on_rcpt(state: &mut IpState, ev: &Event, rcpt: &str) {
 }
 
 /// An SMTP session ended: if it named a recipient and no message was accepted, it was a probe.
+/// Two lines belong to the same SMTP session when their session keys are equal or either
+/// line has none (Postfix `NOQUEUE` and `lost connection` lines may come without one).
+fn same_session(a: Option<&str>, b: Option<&str>) -> bool {
+    a.is_none() || b.is_none() || a == b
+}
+
 fn on_transaction_end(state: &mut IpState, ev: &Event) {
     let t = ev.time.timestamp();
-    let same_session =
-        |s: &Option<Box<str>>| ev.session.is_none() || s.as_deref() == ev.session.as_deref();
+    let same_session = |s: &Option<Box<str>>| same_session(s.as_deref(), ev.session.as_deref());
     let recipients: Vec<Box<str>> = state
         .pending_rcpts
         .iter()
@@ -119,7 +124,7 @@ fn on_transaction_end(state: &mut IpState, ev: &Event) {
     }
     // `lost connection` and the following `disconnect` describe one transaction: merge.
     if let Some(last) = state.probes.back_mut()
-        && last.session.as_deref() == ev.session.as_deref()
+        && same_session(&last.session)
         && (t - last.time).abs() <= 60
     {
         for r in recipients {
@@ -195,6 +200,22 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, ev: &Event) -> Vec<Decision> {
     let lenient = user
         .as_deref()
         .is_some_and(|u| state.succeeded_as(u, lenient_since));
+    let sasl = sasl_side(ev);
+    if let Some(side) = sasl
+        && let Some(other) = state.failures.iter_mut().rev().take(8).find(|f| {
+            f.sasl.is_some_and(|s| s != side)
+                && !f.paired
+                && (t - f.time).abs() <= SASL_PAIR_S
+                && f.user
+                    .as_deref()
+                    .zip(user.as_deref())
+                    .is_none_or(|(a, b)| a == b)
+        })
+    {
+        // The other half of an attempt that is already counted.
+        other.paired = true;
+        return Vec::new();
+    }
     if state.failures.len() >= cfg.max_failures_per_ip {
         state.failures.pop_front();
     }
@@ -205,6 +226,8 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, ev: &Event) -> Vec<Decision> {
         count: ev.failures,
         unknown_user: ev.kind == EventKind::AuthUnknownUser,
         lenient,
+        sasl,
+        paired: false,
     });
 
     if lenient {
@@ -228,8 +251,10 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, ev: &Event) -> Vec<Decision> {
     let mut campaign_bans = Vec::new();
     let mut campaign_note = None;
     if let Some(user) = &user {
-        campaign_note = record_user_failure(engine, user, ip, t);
-        if let Some(note) = &campaign_note {
+        let campaign = record_user_failure(engine, user, ip, t);
+        // Retroactive bans only when the name comes under attack: an address that failed on
+        // it long ago is not banned again each time another one tries.
+        if let Some((note, true)) = &campaign {
             let others: Vec<IpAddr> = engine.users[user]
                 .failures
                 .iter()
@@ -241,6 +266,7 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, ev: &Event) -> Vec<Decision> {
                 campaign_bans.extend(ban(engine, other, Rule::TargetCampaign, n, t));
             }
         }
+        campaign_note = campaign.map(|(note, _)| note);
     }
 
     let enabled = |v: &(Rule, String)| engine.cfg.rule_enabled(v.0);
@@ -261,6 +287,19 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, ev: &Event) -> Vec<Decision> {
     out
 }
 
+/// Longest gap between the Postfix and the Dovecot line of one SMTP AUTH attempt.
+const SASL_PAIR_S: i64 = 2;
+
+fn sasl_side(ev: &Event) -> Option<SaslSide> {
+    match ev.service {
+        Service::Postfix => Some(SaslSide::Postfix),
+        // Dovecot's auth process logs SASL requests from Postfix without a session id; IMAP
+        // and POP3 logins carry one.
+        Service::Dovecot if ev.session.is_none() => Some(SaslSide::Dovecot),
+        Service::Dovecot => None,
+    }
+}
+
 /// Sum of counted failures since `since` that pass `filter`.
 fn count_since(state: &IpState, since: i64, filter: impl Fn(&Failure) -> bool) -> u32 {
     state
@@ -273,7 +312,13 @@ fn count_since(state: &IpState, since: i64, filter: impl Fn(&Failure) -> bool) -
 
 /// Records a non-lenient failure on `user`; returns a description of the campaign when the
 /// name is (now) under attack.
-fn record_user_failure(engine: &mut Engine, user: &str, ip: IpAddr, t: i64) -> Option<String> {
+/// The bool is true when this failure put the name under attack (it was not before).
+fn record_user_failure(
+    engine: &mut Engine,
+    user: &str,
+    ip: IpAddr,
+    t: i64,
+) -> Option<(String, bool)> {
     let cfg = &engine.cfg;
     let u = engine.users.entry(user.into()).or_default();
     u.last_seen = u.last_seen.max(t);
@@ -284,6 +329,7 @@ fn record_user_failure(engine: &mut Engine, user: &str, ip: IpAddr, t: i64) -> O
         u.failures.pop_front();
     }
     u.failures.push_back(UserFailure { ip, time: t });
+    let was_attacked = u.attacked_until.is_some_and(|until| until >= t);
     let since = t - cfg.campaign_window.as_secs() as i64;
     let distinct = u.failures.iter().filter(|f| f.time >= since).count();
     if distinct >= cfg.campaign_ips as usize {
@@ -292,10 +338,11 @@ fn record_user_failure(engine: &mut Engine, user: &str, ip: IpAddr, t: i64) -> O
     }
     let attacked = u.attacked_until.is_some_and(|until| until >= t);
     attacked.then(|| {
-        format!(
+        let note = format!(
             "{user}, a user name under attack ({distinct} distinct IPs failed on it within {})",
             humantime::format_duration(cfg.campaign_window)
-        )
+        );
+        (note, !was_attacked)
     })
 }
 

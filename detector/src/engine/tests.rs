@@ -624,3 +624,84 @@ fn bytes_per_tracked_ip() {
         "{bytes}"
     );
 }
+
+#[test]
+fn smtp_auth_counted_by_both_postfix_and_dovecot_parsers_counts_once() {
+    // Postfix and Dovecot read from two sources: each parser counts its own line of the one
+    // SMTP AUTH attempt (Postfix warning, Dovecot session-less auth line).
+    let mut f = Feed::new(only(Rule::SlowRepeat));
+    let mut dovecot = f.ev(0, BOT, EventKind::AuthFailure);
+    dovecot.service = Service::Dovecot;
+    dovecot.user = Some("alice@example.test".into());
+    dovecot.failures = 1;
+    assert!(f.push(dovecot).is_empty());
+    let mut postfix = f.ev(1, BOT, EventKind::AuthFailure);
+    postfix.service = Service::Postfix;
+    postfix.protocol = Some(Protocol::Submission);
+    postfix.session = Some("pid:77".into());
+    postfix.user = Some("alice@example.test".into());
+    postfix.failures = 1;
+    assert!(
+        f.push(postfix.clone()).is_empty(),
+        "the second half must not count"
+    );
+    let x = f.engine.explain(BOT.parse().unwrap());
+    assert_eq!(x.failures.len(), 1);
+    // A second attempt 30 s later does count (and bans: score 2).
+    postfix.time = at_time(31);
+    assert_eq!(f.push(postfix).len(), 1);
+
+    // IMAP failures carry a Dovecot session and are never paired away.
+    let mut f = Feed::new(only(Rule::SlowRepeat));
+    let mut imap = f.ev(0, BOT, EventKind::AuthFailure);
+    imap.service = Service::Dovecot;
+    imap.session = Some("Mb2sXTthtZfGEgAC".into());
+    imap.user = Some("alice@example.test".into());
+    imap.failures = 1;
+    f.push(imap.clone());
+    let mut postfix = f.ev(0, BOT, EventKind::AuthFailure);
+    postfix.user = Some("alice@example.test".into());
+    postfix.failures = 1;
+    assert_eq!(
+        f.push(postfix).len(),
+        1,
+        "IMAP + SMTP AUTH are two attempts"
+    );
+}
+
+#[test]
+fn rcpt_and_lost_connection_lines_without_a_session_still_tie_to_the_transaction() {
+    // As parsed from the lab: NOQUEUE and `lost connection` lines carry no session key, the
+    // disconnect line does. The probed recipient must still be found.
+    let mut f = Feed::new(only(Rule::ProbeLogin));
+    let mut r = f.ev(0, BOT, EventKind::Rcpt);
+    r.recipient = Some("txrj3ejbb3@example.test".into());
+    f.push(r);
+    let e = f.ev(0, BOT, EventKind::LostConnection);
+    f.push(e);
+    let mut d = f.ev(0, BOT, EventKind::TransactionAborted);
+    d.session = Some("pid:21937".into());
+    d.smtp = Some(SmtpCounters {
+        rcpt_ok: 1,
+        ..SmtpCounters::default()
+    });
+    f.push(d);
+    let x = f.engine.explain(BOT.parse().unwrap());
+    assert_eq!(x.probes.len(), 1, "one transaction: {:?}", x.probes);
+    assert_eq!(x.probes[0].1, vec!["txrj3ejbb3@example.test".to_string()]);
+    let d = f.fail(5, BOT, "txrj3ejbb3@example.test");
+    assert!(d[0].note.contains("probed address"), "{}", d[0].note);
+}
+
+#[test]
+fn target_campaign_retro_bans_once_not_on_every_later_failure() {
+    let mut f = Feed::new(only(Rule::TargetCampaign));
+    f.fail(0, "198.18.1.1", "ceo@example.test");
+    f.fail(60, "198.18.1.2", "ceo@example.test");
+    assert_eq!(f.fail(120, "198.18.1.3", "ceo@example.test").len(), 3);
+    // Two hours later the 1 h bans have expired; a fourth address fails: only it is banned,
+    // the first three did nothing new.
+    let d = f.fail(2 * 3600, "198.18.1.4", "ceo@example.test");
+    let ips: Vec<String> = d.iter().map(|d| d.ip.to_string()).collect();
+    assert_eq!(ips, vec!["198.18.1.4"]);
+}
