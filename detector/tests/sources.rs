@@ -548,3 +548,41 @@ async fn journal_missing_journalctl_is_a_clear_error_before_anything_starts() {
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn backpressure_blocks_without_loss_and_cancel_stops_a_blocked_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("mail.log");
+    let all: Vec<String> = (0..200).map(|i| format!("line {i}")).collect();
+    fs::write(
+        &log,
+        all.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let config = files_config(&log, StartAt::Beginning);
+
+    // The consumer takes 3 lines and then stops reading: the source blocks on the full channel.
+    let mut checkpoints = Checkpoints::default();
+    let mut run = start(&config, &checkpoints);
+    for want in &all[..3] {
+        let line = run.line().await;
+        assert_eq!(String::from_utf8_lossy(&line.bytes), *want);
+        checkpoints.commit(&line.origin, &line.position);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        run.handles[0].counters.snapshot().lines < 200,
+        "the source should be blocked, not dropping"
+    );
+    run.stop().await; // returns only if the blocked source honours cancellation
+
+    // Everything after the committed position comes back, in order, exactly once.
+    let mut run = start(&config, &checkpoints);
+    let mut got = Vec::new();
+    for _ in 3..200 {
+        got.push(run.text().await);
+    }
+    assert_eq!(got, all[3..]);
+    run.quiet().await;
+    run.stop().await;
+}

@@ -92,6 +92,8 @@ pub(super) async fn run(opts: FileOptions, resume: Option<Position>, ctx: Source
         last_error: None,
     };
     follower.open_initial(resume).await;
+    let mut poll = tokio::time::interval(follower.opts.poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if follower.step().await == Flow::Stop {
             break;
@@ -100,7 +102,7 @@ pub(super) async fn run(opts: FileOptions, resume: Option<Position>, ctx: Source
             biased;
             _ = ctx.cancel.cancelled() => break,
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(follower.opts.poll_interval) => watch.refresh(),
+            _ = poll.tick() => watch.refresh(),
         }
     }
     ctx.report(StatusEvent::Stopped);
