@@ -1,7 +1,7 @@
 //! Log sources through their public API: `source::spawn` with real files and a fake journalctl.
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -363,8 +363,17 @@ esac
 "#,
         dir = dir.display()
     );
-    fs::write(&path, script).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    // Written by a child process: if this test process held a write descriptor on the script,
+    // a fork by a concurrent test could inherit it and make exec fail with ETXTBSY.
+    let source = dir.join("journalctl.src");
+    fs::write(&source, script).unwrap();
+    let installed = std::process::Command::new("install")
+        .arg("-m755")
+        .arg(&source)
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(installed.success());
     path
 }
 
