@@ -509,7 +509,8 @@ fn check_max_line(key: &str, value: usize) -> Result<()> {
 
 /// Validates `config` and starts one task per source, each resuming from its checkpoint in
 /// `checkpoints`. Must be called inside a tokio runtime. Errors (bad settings, journalctl not
-/// found) are returned before any task is started.
+/// found) are returned before any task is started. Relative file paths are made absolute
+/// (without resolving symlinks: the name is what is followed).
 pub fn spawn(
     config: &SourceConfig,
     checkpoints: &Checkpoints,
@@ -522,6 +523,11 @@ pub fn spawn(
         Some(j) => Some(journal::resolve_program(&j.journalctl)?),
         None => None,
     };
+    // Relative paths are taken from the current directory now, so that the source id (the
+    // checkpoint key) does not depend on where the daemon is started next time.
+    let files = (config.files.iter())
+        .map(|p| std::path::absolute(p).map_err(|e| Error::io(p, e)))
+        .collect::<Result<Vec<_>>>()?;
 
     let mut handles = Vec::new();
     let ctx = |id: SourceId| SourceCtx {
@@ -546,10 +552,10 @@ pub fn spawn(
         let task = tokio::spawn(journal::run(journal.clone(), program, resume, ctx.clone()));
         handles.push(finish(&ctx, task));
     }
-    for path in &config.files {
-        let ctx = ctx(SourceId::file(path));
+    for path in files {
+        let ctx = ctx(SourceId::file(&path));
         let opts = file::FileOptions {
-            path: path.clone(),
+            path,
             start: config.file_start,
             max_line: config.max_line_bytes,
             poll_interval: config.poll_interval,
