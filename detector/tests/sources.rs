@@ -595,3 +595,42 @@ async fn backpressure_blocks_without_loss_and_cancel_stops_a_blocked_source() {
     run.quiet().await;
     run.stop().await;
 }
+
+#[tokio::test]
+async fn rotated_file_is_closed_after_grace_with_its_last_partial_line_and_rotations_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("mail.log");
+    fs::write(&log, "").unwrap();
+    let config = SourceConfig {
+        rotate_grace: Duration::from_millis(300),
+        ..files_config(&log, StartAt::End)
+    };
+    let mut run = start(&config, &Checkpoints::default());
+    run.status_where("started", |e| matches!(e, StatusEvent::Started { .. }))
+        .await;
+
+    // First rotation; the old writer leaves a last line without its newline.
+    let mut old_writer = OpenOptions::new().append(true).open(&log).unwrap();
+    fs::rename(&log, tmp.path().join("mail.log.1")).unwrap();
+    fs::write(&log, "second file\n").unwrap();
+    assert_eq!(run.text().await, "second file");
+    old_writer.write_all(b"cut short").unwrap();
+    // Delivered once the old file has been quiet for rotate_grace (the poll notices that).
+    assert_eq!(run.text().await, "cut short");
+
+    // Two more rotations, the second within the first one's grace period: the older retired
+    // file is finished and replaced, and every file is read to its end.
+    let mut second_writer = OpenOptions::new().append(true).open(&log).unwrap();
+    fs::rename(&log, tmp.path().join("mail.log.2")).unwrap();
+    fs::write(&log, "third file\n").unwrap();
+    assert_eq!(run.text().await, "third file");
+    fs::rename(&log, tmp.path().join("mail.log.3")).unwrap();
+    second_writer.write_all(b"second file, late\n").unwrap();
+    fs::write(&log, "fourth file\n").unwrap();
+    let mut got = run.texts(2).await;
+    got.sort();
+    assert_eq!(got, ["fourth file", "second file, late"]);
+    assert_eq!(run.handles[0].counters.snapshot().rotations, 3);
+    run.quiet().await;
+    run.stop().await;
+}
