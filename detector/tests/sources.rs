@@ -347,15 +347,16 @@ async fn file_overlong_line_is_cut_and_counted_not_buffered() {
 // ---------------------------------------------------------------------------------------------
 
 /// Writes an executable fake journalctl that logs its arguments (one invocation per line,
-/// prefixed with a timestamp in ms), then behaves as `script_for_run` says for run N.
+/// prefixed with a timestamp in ms) and its pid (written first, so it is complete once the
+/// invocation is logged), then behaves as `cases` says for run N; later runs just sleep.
 fn fake_journalctl(dir: &Path, cases: &str) -> PathBuf {
     let path = dir.join("journalctl");
     let script = format!(
         r#"#!/bin/sh
 d='{dir}'
 n=$(cat "$d/count" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$d/count"
+echo $$ > "$d/pid.new" && mv "$d/pid.new" "$d/pid"
 echo "$(date +%s%3N) $*" >> "$d/invocations"
-echo $$ > "$d/pid"
 case $n in
 {cases}
 *) exec sleep 60 ;;
