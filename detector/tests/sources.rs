@@ -1,7 +1,7 @@
 //! Log sources through their public API: `source::spawn` with real files and a fake journalctl.
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -347,15 +347,16 @@ async fn file_overlong_line_is_cut_and_counted_not_buffered() {
 // ---------------------------------------------------------------------------------------------
 
 /// Writes an executable fake journalctl that logs its arguments (one invocation per line,
-/// prefixed with a timestamp in ms), then behaves as `script_for_run` says for run N.
+/// prefixed with a timestamp in ms) and its pid (written first, so it is complete once the
+/// invocation is logged), then behaves as `cases` says for run N; later runs just sleep.
 fn fake_journalctl(dir: &Path, cases: &str) -> PathBuf {
     let path = dir.join("journalctl");
     let script = format!(
         r#"#!/bin/sh
 d='{dir}'
 n=$(cat "$d/count" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$d/count"
+echo $$ > "$d/pid.new" && mv "$d/pid.new" "$d/pid"
 echo "$(date +%s%3N) $*" >> "$d/invocations"
-echo $$ > "$d/pid"
 case $n in
 {cases}
 *) exec sleep 60 ;;
@@ -363,8 +364,17 @@ esac
 "#,
         dir = dir.display()
     );
-    fs::write(&path, script).unwrap();
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+    // Written by a child process: if this test process held a write descriptor on the script,
+    // a fork by a concurrent test could inherit it and make exec fail with ETXTBSY.
+    let source = dir.join("journalctl.src");
+    fs::write(&source, script).unwrap();
+    let installed = std::process::Command::new("install")
+        .arg("-m755")
+        .arg(&source)
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(installed.success());
     path
 }
 
@@ -547,4 +557,81 @@ async fn journal_missing_journalctl_is_a_clear_error_before_anything_starts() {
         msg.contains("detector-test-no-such-journalctl not found in PATH"),
         "{msg}"
     );
+}
+
+#[tokio::test]
+async fn backpressure_blocks_without_loss_and_cancel_stops_a_blocked_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("mail.log");
+    let all: Vec<String> = (0..200).map(|i| format!("line {i}")).collect();
+    fs::write(
+        &log,
+        all.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let config = files_config(&log, StartAt::Beginning);
+
+    // The consumer takes 3 lines and then stops reading: the source blocks on the full channel.
+    let mut checkpoints = Checkpoints::default();
+    let mut run = start(&config, &checkpoints);
+    for want in &all[..3] {
+        let line = run.line().await;
+        assert_eq!(String::from_utf8_lossy(&line.bytes), *want);
+        checkpoints.commit(&line.origin, &line.position);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        run.handles[0].counters.snapshot().lines < 200,
+        "the source should be blocked, not dropping"
+    );
+    run.stop().await; // returns only if the blocked source honours cancellation
+
+    // Everything after the committed position comes back, in order, exactly once.
+    let mut run = start(&config, &checkpoints);
+    let mut got = Vec::new();
+    for _ in 3..200 {
+        got.push(run.text().await);
+    }
+    assert_eq!(got, all[3..]);
+    run.quiet().await;
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn rotated_file_is_closed_after_grace_with_its_last_partial_line_and_rotations_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = tmp.path().join("mail.log");
+    fs::write(&log, "").unwrap();
+    let config = SourceConfig {
+        rotate_grace: Duration::from_millis(300),
+        ..files_config(&log, StartAt::End)
+    };
+    let mut run = start(&config, &Checkpoints::default());
+    run.status_where("started", |e| matches!(e, StatusEvent::Started { .. }))
+        .await;
+
+    // First rotation; the old writer leaves a last line without its newline.
+    let mut old_writer = OpenOptions::new().append(true).open(&log).unwrap();
+    fs::rename(&log, tmp.path().join("mail.log.1")).unwrap();
+    fs::write(&log, "second file\n").unwrap();
+    assert_eq!(run.text().await, "second file");
+    old_writer.write_all(b"cut short").unwrap();
+    // Delivered once the old file has been quiet for rotate_grace (the poll notices that).
+    assert_eq!(run.text().await, "cut short");
+
+    // Two more rotations, the second within the first one's grace period: the older retired
+    // file is finished and replaced, and every file is read to its end.
+    let mut second_writer = OpenOptions::new().append(true).open(&log).unwrap();
+    fs::rename(&log, tmp.path().join("mail.log.2")).unwrap();
+    fs::write(&log, "third file\n").unwrap();
+    assert_eq!(run.text().await, "third file");
+    fs::rename(&log, tmp.path().join("mail.log.3")).unwrap();
+    second_writer.write_all(b"second file, late\n").unwrap();
+    fs::write(&log, "fourth file\n").unwrap();
+    let mut got = run.texts(2).await;
+    got.sort();
+    assert_eq!(got, ["fourth file", "second file, late"]);
+    assert_eq!(run.handles[0].counters.snapshot().rotations, 3);
+    run.quiet().await;
+    run.stop().await;
 }

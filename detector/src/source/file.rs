@@ -23,8 +23,10 @@
 //! - **Partial lines** wait for their newline (a retired file's last partial line is delivered
 //!   when it is closed). Lines over `max_line_bytes` are cut; see [`LineSplitter`].
 //!
-//! Known limit: while a retired file is still being read, lines of the old and the new file
-//! interleave; a crash in that window can repeat some lines of the new file on restart.
+//! Known limits: a file that appears at the path and is renamed away again before the
+//! follower looks (within a millisecond or so) is never seen, as with any follow-by-name.
+//! While a retired file is still being read, lines of the old and the new file interleave; a
+//! crash in that window can repeat some lines of the new file on restart.
 use std::ffi::OsString;
 use std::fs::Metadata;
 use std::io::{self, SeekFrom};
@@ -92,18 +94,34 @@ pub(super) async fn run(opts: FileOptions, resume: Option<Position>, ctx: Source
         last_error: None,
     };
     follower.open_initial(resume).await;
+    let mut poll = tokio::time::interval(follower.opts.poll_interval);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if follower.step().await == Flow::Stop {
             break;
         }
+        // A retired file is closed when its grace period ends, not only at the next poll.
+        let grace_end = follower
+            .retired
+            .as_ref()
+            .map(|r| r.last_growth + follower.opts.rotate_grace);
         tokio::select! {
             biased;
             _ = ctx.cancel.cancelled() => break,
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(follower.opts.poll_interval) => watch.refresh(),
+            _ = poll.tick() => watch.refresh(),
+            _ = sleep_until_opt(grace_end) => {}
         }
     }
     ctx.report(StatusEvent::Stopped);
+}
+
+/// Sleeps until `deadline`, or forever if there is none.
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 struct Follower {

@@ -72,7 +72,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -313,11 +313,11 @@ pub struct SourceConfig {
     #[serde(default = "default_max_line")]
     pub max_line_bytes: usize,
     /// How often files are re-checked even without an inotify event (default 250 ms).
-    #[serde(default = "default_poll_interval", deserialize_with = "duration")]
+    #[serde(default = "default_poll_interval", with = "humantime_duration")]
     pub poll_interval: Duration,
     /// How long a rotated (renamed) file is still read after its last growth, for writers that
     /// reopen their log only a little after the rename (default 10 s).
-    #[serde(default = "default_rotate_grace", deserialize_with = "duration")]
+    #[serde(default = "default_rotate_grace", with = "humantime_duration")]
     pub rotate_grace: Duration,
 }
 
@@ -342,10 +342,10 @@ pub struct JournalConfig {
     #[serde(default)]
     pub start: StartAt,
     /// First delay before journalctl is started again after it exited; doubles each time.
-    #[serde(default = "default_restart_delay", deserialize_with = "duration")]
+    #[serde(default = "default_restart_delay", with = "humantime_duration")]
     pub restart_delay: Duration,
     /// Cap on the restart delay.
-    #[serde(default = "default_restart_delay_max", deserialize_with = "duration")]
+    #[serde(default = "default_restart_delay_max", with = "humantime_duration")]
     pub restart_delay_max: Duration,
     /// Cap on one JSON line (default 1 MiB). A cut line is no longer valid JSON; the parser
     /// counts it as unparsed.
@@ -379,10 +379,20 @@ fn default_journal_max_line() -> usize {
 }
 
 /// Durations are written the humantime way: "250ms", "10s", "1m 30s".
-fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+mod humantime_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
 }
 
 impl Default for JournalConfig {
@@ -499,7 +509,8 @@ fn check_max_line(key: &str, value: usize) -> Result<()> {
 
 /// Validates `config` and starts one task per source, each resuming from its checkpoint in
 /// `checkpoints`. Must be called inside a tokio runtime. Errors (bad settings, journalctl not
-/// found) are returned before any task is started.
+/// found) are returned before any task is started. Relative file paths are made absolute
+/// (without resolving symlinks: the name is what is followed).
 pub fn spawn(
     config: &SourceConfig,
     checkpoints: &Checkpoints,
@@ -512,6 +523,11 @@ pub fn spawn(
         Some(j) => Some(journal::resolve_program(&j.journalctl)?),
         None => None,
     };
+    // Relative paths are taken from the current directory now, so that the source id (the
+    // checkpoint key) does not depend on where the daemon is started next time.
+    let files = (config.files.iter())
+        .map(|p| std::path::absolute(p).map_err(|e| Error::io(p, e)))
+        .collect::<Result<Vec<_>>>()?;
 
     let mut handles = Vec::new();
     let ctx = |id: SourceId| SourceCtx {
@@ -536,10 +552,10 @@ pub fn spawn(
         let task = tokio::spawn(journal::run(journal.clone(), program, resume, ctx.clone()));
         handles.push(finish(&ctx, task));
     }
-    for path in &config.files {
-        let ctx = ctx(SourceId::file(path));
+    for path in files {
+        let ctx = ctx(SourceId::file(&path));
         let opts = file::FileOptions {
-            path: path.clone(),
+            path,
             start: config.file_start,
             max_line: config.max_line_bytes,
             poll_interval: config.poll_interval,
@@ -673,6 +689,16 @@ mod tests {
         let top: Top = toml::from_str("[sources]\nstdin = true\n").unwrap();
         assert!(top.sources.journal.is_none());
         assert!(top.sources.stdin);
+    }
+
+    #[test]
+    fn effective_settings_serialise_back_to_the_same_toml() {
+        let mut config = SourceConfig::default();
+        config.files.push("/var/log/mail.log".into());
+        config.poll_interval = Duration::from_millis(1500);
+        let text = toml::to_string(&config).unwrap();
+        assert!(text.contains("poll_interval = \"1s 500ms\""), "{text}");
+        assert_eq!(toml::from_str::<SourceConfig>(&text).unwrap(), config);
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //!
 //! Positions are line numbers. They identify a line in a report but cannot be resumed from:
 //! a pipe cannot be re-read.
+//!
+//! Shutdown note: tokio reads stdin on a blocking thread. Cancellation ends this task at once,
+//! but that thread stays in `read(2)` until input or EOF arrives, and dropping a runtime waits
+//! for it. A daemon that reads stdin should end its runtime with `shutdown_timeout`.
 use tokio::io::AsyncRead;
 
 use super::lines::{Line, LineSplitter};
