@@ -56,7 +56,7 @@ impl Engine {
     /// Explains `ip` from the remembered state (nothing is changed).
     pub fn explain(&self, ip: IpAddr) -> Explanation {
         let ip = canonical(ip);
-        let prefix = self.cfg.ban_prefix(ip);
+        let prefix = self.ban_prefix(ip);
         let p = self.prefixes.get(&prefix);
         let s = self.ips.get(&ip);
         let memory = self.cfg.offence_memory.as_secs() as i64;

@@ -138,11 +138,29 @@ impl Engine {
         None
     }
 
+    /// The network a ban of `ip` covers: the configured prefix (IPv6: the /64), narrowed to
+    /// the address itself when that prefix would also cover a host address or overlap the
+    /// allowlist. A bot in the mail host's own /64 (a neighbour on a shared segment) is still
+    /// banned, without the ban reaching the host or its allowed neighbours (which the
+    /// enforcer would refuse, leaving the bot unbanned).
+    pub fn ban_prefix(&self, ip: IpAddr) -> IpNet {
+        let ip = canonical(ip);
+        let wide = self.cfg.ban_prefix(ip);
+        let overlaps = |n: &IpNet| wide.contains(&n.network()) || n.contains(&wide.network());
+        if self.host_addrs.iter().any(|a| wide.contains(a))
+            || self.cfg.allowlist.iter().any(overlaps)
+        {
+            IpNet::from(ip)
+        } else {
+            wide
+        }
+    }
+
     /// Forgets the ban of `ip`'s prefix (an admin ran `detector unban`) and returns the unban
     /// decision if one was active. Offences are kept so a relapse still escalates.
     pub fn unban(&mut self, ip: IpAddr, time: DateTime<Utc>) -> Option<Decision> {
         let ip = canonical(ip);
-        let prefix = self.cfg.ban_prefix(ip);
+        let prefix = self.ban_prefix(ip);
         let p = self.prefixes.get_mut(&prefix)?;
         if p.banned_until <= time.timestamp() {
             return None;

@@ -459,8 +459,8 @@ fn ban(engine: &mut Engine, ip: IpAddr, rule: Rule, note: String, t: i64) -> Opt
         engine.stats.spared += 1;
         return None;
     }
+    let prefix = engine.ban_prefix(ip);
     let cfg = &engine.cfg;
-    let prefix = cfg.ban_prefix(ip);
     let now = engine.now.max(t);
     let memory = cfg.offence_memory.as_secs() as i64;
     let p = engine.prefixes.entry(prefix).or_insert(PrefixState {

@@ -467,6 +467,30 @@ fn protected_addresses_are_never_banned() {
 }
 
 #[test]
+fn ipv6_ban_narrows_to_the_address_when_the_64_holds_the_host() {
+    let mut c = cfg();
+    c.allowlist = vec!["2001:db8:2::10/128".parse().unwrap()];
+    let mut f = Feed::new(c);
+    f.engine.set_host_addrs([
+        "2001:db8:1::1".parse().unwrap(),
+        "198.18.0.1".parse().unwrap(),
+    ]);
+    for (ip, want) in [
+        // the host's own /64 and a /64 holding an allowlisted address: only the bot
+        ("2001:db8:1::6", "2001:db8:1::6/128"),
+        ("2001:db8:2::6", "2001:db8:2::6/128"),
+        // elsewhere: the whole /64
+        ("2001:db8:3::6", "2001:db8:3::/64"),
+    ] {
+        f.probe(0, ip, "x@example.test");
+        let d = f.fail(1, ip, "x@example.test");
+        assert_eq!(d.len(), 1, "{ip} not banned");
+        assert_eq!(d[0].prefix.to_string(), want, "{ip}");
+        assert_eq!(f.engine.explain(ip.parse().unwrap()).offences, 1, "{ip}");
+    }
+}
+
+#[test]
 fn no_re_ban_while_banned_then_escalation() {
     let mut c = only(Rule::SlowRepeat);
     c.slow_repeat_score = 1;
