@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: everything needed to go from a fresh machine to a running detector.
 mod bench;
 mod build;
+mod demo;
 mod dist;
 mod lab;
 mod run;
@@ -32,6 +33,9 @@ enum Task {
     Test(test::Options),
     /// Build the release binary, man pages, shell completions and a .deb under target/dist.
     Dist(dist::Options),
+    /// Show detector on a real mail server: lab up, `detector run` attached, a remote MTA, a
+    /// customer and a botnet; bans as they happen, dropped SYNs, list and stats; teardown.
+    Demo(demo::Options),
     /// Measure: `cargo xtask bench parse|xdp|e2e`.
     Bench(bench::Args),
     /// The mail lab (real Postfix + Dovecot in namespaces): `lab up [--journal] [--ipv6]
@@ -48,6 +52,7 @@ fn main() -> Result<()> {
         Task::Run(o) => run::run(o),
         Task::Test(o) => test::run(o),
         Task::Dist(o) => dist::run(o),
+        Task::Demo(o) => demo::run(o),
         Task::Bench(b) => bench::run(b),
         Task::Lab(o) => lab::run(o),
         Task::Sim(o) => sim::run(o),

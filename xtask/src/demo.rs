@@ -1,0 +1,45 @@
+//! `cargo xtask demo`: the first thing to run after the README. Builds detector and the lab
+//! tools, brings up a real Postfix + Dovecot in network namespaces, starts `detector run`
+//! attached to the mail host, and shows a remote MTA, a customer and a botnet: bans as they
+//! happen, SYNs dropped at XDP, `detector list` and `detector stats`. Everything is torn down
+//! at the end, also on Ctrl-C or an error (the `demo` binary of the tests crate owns that).
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::util::{ensure_bpffs, is_root, run_cmd, workspace_root};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Arguments for the demo binary: `--bots N`, `--pause` (keep everything up until Enter),
+    /// `--pin-dir DIR` (default /sys/fs/bpf/detector-demo).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    if !is_root() {
+        bail!("the demo needs root (network namespaces, XDP); rerun as root");
+    }
+    let root = workspace_root();
+    run_cmd(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--package",
+        "detector",
+        "--package",
+        "detector-tests",
+        "--bin",
+        "detector",
+        "--bin",
+        "mailbot",
+        "--bin",
+        "demo",
+    ]))?;
+    ensure_bpffs()?;
+    run_cmd(
+        Command::new(root.join("target/debug/demo"))
+            .args(&opts.args)
+            .env("DETECTOR_BIN", root.join("target/debug/detector"))
+            .env("MAILBOT_BIN", root.join("target/debug/mailbot")),
+    )
+}
