@@ -56,6 +56,8 @@ pub struct E2eOptions {
     pub extra_config: String,
     /// Pin directory; default `/sys/fs/bpf/detector-e2e-<tag>`.
     pub pin_dir: Option<PathBuf>,
+    /// Source flags for `detector run` instead of the lab's logs (e.g. `--file X`).
+    pub source_args: Option<Vec<String>>,
 }
 
 impl E2eOptions {
@@ -69,6 +71,7 @@ impl E2eOptions {
             mailbot: None,
             extra_config: String::new(),
             pin_dir: None,
+            source_args: None,
         }
     }
 }
@@ -90,6 +93,7 @@ pub struct E2e {
     work: WorkDir,
     pub lab: Lab,
     config: PathBuf,
+    source_args: Option<Vec<String>>,
     runs: u32,
 }
 
@@ -126,6 +130,7 @@ impl E2e {
             work,
             lab,
             config,
+            source_args: opts.source_args,
             runs: 0,
         })
     }
@@ -161,6 +166,9 @@ impl E2e {
             cmd.arg("--iface").arg(iface);
         }
         match self.lab.log_mode() {
+            _ if self.source_args.is_some() => {
+                cmd.args(self.source_args.iter().flatten());
+            }
             LogMode::File => {
                 for f in [self.lab.postfix_log(), self.lab.dovecot_log()]
                     .into_iter()

@@ -593,6 +593,13 @@ impl Lab {
         (self.state.log_mode == LogMode::Journal).then(|| self.state.dir.join("journal"))
     }
 
+    /// The lab journald's syslog socket as reachable from the host (journal mode): a
+    /// datagram sent here is logged like one Postfix or Dovecot writes to /dev/log.
+    pub fn journal_syslog_socket(&self) -> Option<PathBuf> {
+        (self.state.log_mode == LogMode::Journal)
+            .then(|| self.ns_root().join(DEV_LOG_TARGET.trim_start_matches('/')))
+    }
+
     /// `ip netns exec <ns> <program>`: a command in a namespace with its own /sys (fine for
     /// clients; use `command_in_net_ns` for anything that needs the host's /sys/fs/bpf).
     pub fn in_ns(&self, ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {

@@ -1,6 +1,7 @@
 //! `cargo xtask bench <what>`: throughput measurements (never timed assertions in tests).
 use anyhow::Result;
 
+mod e2e;
 mod parse;
 mod xdp;
 
@@ -17,11 +18,15 @@ pub enum Bench {
     Parse(parse::Options),
     /// ns/packet of the XDP program vs an empty and a bare-lookup program (BPF_PROG_TEST_RUN).
     Xdp(xdp::Options),
+    /// Log line written -> ban in the kernel map through `detector run`, p50/p99 over 250
+    /// bans, for the file and the journal source (with journald's own share).
+    E2e(e2e::Options),
 }
 
 pub fn run(args: Args) -> Result<()> {
     match args.bench {
         Bench::Parse(o) => parse::run(o),
         Bench::Xdp(o) => xdp::run(o),
+        Bench::E2e(o) => e2e::run(o),
     }
 }
