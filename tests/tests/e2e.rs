@@ -258,44 +258,106 @@ fn ipv6_bot_is_banned() {
     client_still_fine(&e);
 }
 
-/// Bytes `[0, offset)` of each file, concatenated per file into `out_dir`; returns the paths.
-fn prefixes_of(files: &[(PathBuf, u64)], out_dir: &Path) -> Vec<PathBuf> {
-    files
-        .iter()
-        .enumerate()
-        .map(|(i, (path, offset))| {
-            let bytes = std::fs::read(path).unwrap();
-            assert!(
-                *offset as usize <= bytes.len(),
-                "{}: checkpoint {offset} beyond the file's {} bytes",
-                path.display(),
-                bytes.len()
-            );
-            let out = out_dir.join(format!("prefix-{i}.log"));
-            std::fs::write(&out, &bytes[..*offset as usize]).unwrap();
-            out
-        })
-        .collect()
-}
-
-/// Saved file offsets from checkpoints.json, in the order of `files`.
-fn checkpoint_offsets(e: &E2e, files: &[PathBuf]) -> Vec<u64> {
+/// What a source has processed, as the daemon's checkpoints.json says.
+fn positions(e: &E2e) -> Value {
     let text = std::fs::read_to_string(e.state_dir().join("checkpoints.json")).unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
-    files
-        .iter()
-        .map(|f| {
-            v["positions"][format!("file:{}", f.display())]["offset"]
-                .as_u64()
-                .unwrap_or_else(|| panic!("no offset for {} in {text}", f.display()))
-        })
-        .collect()
+    v["positions"].clone()
 }
 
 fn engine_events(e: &E2e) -> u64 {
     let text = std::fs::read_to_string(e.state_dir().join("engine.json")).unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
     v["stats"]["events"].as_u64().expect("stats.events")
+}
+
+/// `journalctl --directory <lab journal> -o json <the daemon's default matches> EXTRA`.
+fn journal_json(e: &E2e, extra: &[String]) -> Vec<String> {
+    let dir = e.lab.journal_dir().unwrap();
+    let out = std::process::Command::new("journalctl")
+        .arg(format!("--directory={}", dir.display()))
+        .args(["--output=json", "--no-pager"])
+        .args(extra)
+        .args(detector::source::DEFAULT_MATCHES)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The saved journal cursor (the source id is `journal:<directory>`).
+fn journal_cursor<'a>(e: &E2e, pos: &'a Value) -> &'a str {
+    let id = format!("journal:{}", e.lab.journal_dir().unwrap().display());
+    pos[&id]["cursor"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no cursor for {id} in {pos}"))
+}
+
+/// Log data after the saved positions (bytes of the files, entries of the journal): what a
+/// restart has to read again.
+fn unprocessed(e: &E2e, pos: &Value) -> u64 {
+    match e.lab.log_mode() {
+        LogMode::File => log_files(e)
+            .iter()
+            .map(|f| {
+                let size = std::fs::metadata(f).unwrap().len();
+                size - file_offset(pos, f)
+            })
+            .sum(),
+        LogMode::Journal => {
+            let cursor = journal_cursor(e, pos);
+            journal_json(e, &[format!("--after-cursor={cursor}")]).len() as u64
+        }
+    }
+}
+
+fn log_files(e: &E2e) -> Vec<PathBuf> {
+    vec![e.lab.postfix_log().unwrap(), e.lab.dovecot_log().unwrap()]
+}
+
+fn file_offset(pos: &Value, f: &Path) -> u64 {
+    pos[format!("file:{}", f.display())]["offset"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no offset for {} in {pos}", f.display()))
+}
+
+/// Copies of exactly the log data the positions cover (file bytes `[0, offset)`; journal
+/// entries up to and including the cursor), for `detector parse`.
+fn processed_copies(e: &E2e, pos: &Value) -> Vec<PathBuf> {
+    match e.lab.log_mode() {
+        LogMode::File => log_files(e)
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let bytes = std::fs::read(f).unwrap();
+                let offset = file_offset(pos, f) as usize;
+                assert!(
+                    offset <= bytes.len(),
+                    "{}: checkpoint beyond the end",
+                    f.display()
+                );
+                let out = e.work_dir().join(format!("processed-{i}.log"));
+                std::fs::write(&out, &bytes[..offset]).unwrap();
+                out
+            })
+            .collect(),
+        LogMode::Journal => {
+            let cursor = journal_cursor(e, pos);
+            let all = journal_json(e, &[]);
+            let end = all
+                .iter()
+                .position(|l| {
+                    serde_json::from_str::<Value>(l).unwrap()["__CURSOR"].as_str() == Some(cursor)
+                })
+                .unwrap_or_else(|| panic!("cursor {cursor} not in the journal"));
+            let out = e.work_dir().join("processed.json");
+            std::fs::write(&out, all[..=end].join("\n") + "\n").unwrap();
+            vec![out]
+        }
+    }
 }
 
 /// Events `detector parse` finds in these files (its summary line on stderr).
@@ -322,23 +384,19 @@ fn parsed_events(files: &[PathBuf]) -> u64 {
 /// engine state saved with it, so no entry counts twice and none is lost.
 ///
 /// Proof by counts: the engine's cumulative event counter (saved with the positions) equals
-/// the number of events `detector parse` finds in exactly the bytes the final checkpoint says
-/// were processed. Lines processed by the killed run after its last save are read again; had
-/// they counted twice (state newer than positions) the counter would be higher, had they been
-/// skipped (positions newer than state) it would be lower. A canary IP with one failed login
-/// in that window proves the same on a ban: one more failure after the restart must ban it
-/// (slow-repeat, score 2: not lost), it must not be banned before (not counted twice).
-#[test]
-fn sigkill_and_restart_lose_nothing_and_repeat_nothing() {
-    if !root_or_skip() {
-        return;
-    }
+/// the number of events `detector parse` finds in exactly the log data the final checkpoint
+/// says was processed (file bytes up to the offsets, journal entries up to the cursor).
+/// Entries the killed run processed after its last save are read again; had they counted
+/// twice (state newer than positions) the counter would be higher, had they been skipped
+/// (positions newer than state) it would be lower. A canary IP with one failed login in that
+/// window proves the same on a ban: one more failure after the restart must ban it
+/// (slow-repeat, score 2: not lost), and it must not be banned before (not counted twice).
+fn sigkill_and_restart(tag: &str, mode: LogMode) {
     let mut e = E2e::up(E2eOptions {
         bots: 3,
-        ..opts("e2k", LogMode::File)
+        ..opts(tag, mode)
     })
     .expect("e2e up");
-    let files = vec![e.lab.postfix_log().unwrap(), e.lab.dovecot_log().unwrap()];
     let (bot, canary, late) = (
         e.lab.bots()[0].clone(),
         e.lab.bots()[1].clone(),
@@ -350,7 +408,7 @@ fn sigkill_and_restart_lose_nothing_and_repeat_nothing() {
     e.wait_banned("198.18.0.10", BAN_WAIT).unwrap();
     let st = e.stop_daemon().unwrap();
     assert!(st.success(), "SIGTERM exit: {st}\n{}", e.daemon_logs());
-    let saved = checkpoint_offsets(&e, &files);
+    let saved = positions(&e);
     let events_1 = engine_events(&e);
     assert!(events_1 > 0);
 
@@ -374,16 +432,10 @@ fn sigkill_and_restart_lose_nothing_and_repeat_nothing() {
     );
     assert_not_banned(&e, "198.18.0.11");
     e.kill_daemon().unwrap();
-    let at_kill = checkpoint_offsets(&e, &files);
+    let at_kill = positions(&e);
     assert_eq!(at_kill, saved, "run 2 saved positions after its start");
-    let sizes: Vec<u64> = files
-        .iter()
-        .map(|f| std::fs::metadata(f).unwrap().len())
-        .collect();
-    assert!(
-        at_kill.iter().zip(&sizes).any(|(o, s)| o < s),
-        "nothing to re-read after the kill: checkpoints {at_kill:?}, sizes {sizes:?}"
-    );
+    let reread = unprocessed(&e, &at_kill);
+    assert!(reread > 0, "nothing to re-read after the kill: {at_kill}");
 
     // The gap: no daemon, the bans still drop.
     assert_dropped(&e, &bot, "198.18.0.10");
@@ -406,8 +458,8 @@ fn sigkill_and_restart_lose_nothing_and_repeat_nothing() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(ban_line(&e, 3, "198.18.0.12/32")["offence"], 1);
-    // The canary's failure (in dovecot.log before the late bot's lines, so re-read by now)
-    // counted once: not banned yet.
+    // The canary's failure (logged before the late bot's, so re-read by now) counted once:
+    // not banned yet.
     assert_not_banned(&e, "198.18.0.11");
     let r = e
         .lab
@@ -420,21 +472,36 @@ fn sigkill_and_restart_lose_nothing_and_repeat_nothing() {
 
     let st = e.stop_daemon().unwrap();
     assert!(st.success(), "SIGTERM exit: {st}\n{}", e.daemon_logs());
-    let end = checkpoint_offsets(&e, &files);
-    let processed: Vec<(PathBuf, u64)> = files.iter().cloned().zip(end.iter().copied()).collect();
-    let prefixes = prefixes_of(&processed, e.work_dir());
-    let expected = parsed_events(&prefixes);
+    let end = positions(&e);
+    let expected = parsed_events(&processed_copies(&e, &end));
     let counted = engine_events(&e);
-    let reread: u64 = sizes.iter().zip(&at_kill).map(|(s, o)| s - o).sum();
     eprintln!(
-        "restart proof: run 1 counted {events_1} events; after kill + restart the engine counted \
-         {counted}, parse of the {:?} processed bytes finds {expected}; run 3 re-read {reread} bytes",
-        end
+        "restart proof ({mode:?}): run 1 counted {events_1} events; run 3 re-read {reread} \
+         {} after the kill; the engine counted {counted} events in all, `detector parse` finds \
+         {expected} in the processed log data ({end})",
+        match mode {
+            LogMode::File => "bytes",
+            LogMode::Journal => "entries",
+        }
     );
     assert_eq!(
         counted,
         expected,
-        "engine events vs events in the processed bytes\n{}",
+        "engine events vs events in the processed log data\n{}",
         e.daemon_logs()
     );
+}
+
+#[test]
+fn file_sigkill_and_restart_lose_nothing_and_repeat_nothing() {
+    if root_or_skip() {
+        sigkill_and_restart("e2k", LogMode::File);
+    }
+}
+
+#[test]
+fn journal_sigkill_and_restart_lose_nothing_and_repeat_nothing() {
+    if root_or_skip() {
+        sigkill_and_restart("e2l", LogMode::Journal);
+    }
 }
