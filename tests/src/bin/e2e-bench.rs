@@ -102,18 +102,34 @@ impl Results {
         line("  written -> in kernel map", &self.to_map);
         if !self.to_journalctl.is_empty() {
             line("  written -> journalctl -f", &self.to_journalctl);
-            // Per-ban share of journald (and journalctl's follow wake-up) in the total.
-            let share: Vec<f64> = self
+            // Per ban: what detector adds after the entry reached a journalctl follower
+            // (its own journalctl sees it at about the same moment).
+            let mut own: Vec<f64> = self
                 .to_map
                 .iter()
                 .zip(&self.to_journalctl)
-                .map(|(m, j)| j.as_secs_f64() / m.as_secs_f64().max(1e-9))
+                .map(|(m, j)| (m.as_secs_f64() - j.as_secs_f64()) * 1000.0)
                 .collect();
-            let mean = share.iter().sum::<f64>() / share.len().max(1) as f64;
-            println!(
-                "  journald's share of the total (mean per ban): {:.0} %",
-                mean * 100.0
-            );
+            own.sort_by(f64::total_cmp);
+            let share: f64 = self
+                .to_journalctl
+                .iter()
+                .map(Duration::as_secs_f64)
+                .sum::<f64>()
+                / self
+                    .to_map
+                    .iter()
+                    .map(Duration::as_secs_f64)
+                    .sum::<f64>()
+                    .max(1e-9);
+            if !own.is_empty() {
+                println!(
+                    "  detector after journalctl -f: p50={:.2} ms p99={:.2} ms; journald's share of the total: {:.1} %",
+                    own[own.len() / 2],
+                    own[((own.len() as f64 * 0.99).ceil() as usize).clamp(1, own.len()) - 1],
+                    share * 100.0
+                );
+            }
         }
         if self.lost > 0 {
             println!("  LOST: {} bans never appeared", self.lost);
