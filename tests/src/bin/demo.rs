@@ -182,7 +182,7 @@ fn scenes(e: &E2e, bots: &[Peer], clock: &Clock, cli: &Cli) -> Result<()> {
     }
     let banned = e.wait_banned(&bot.ip.to_string(), Duration::from_secs(20))?;
     clock.say(&format!(
-        "   {} is banned ({}, expires in {}s); the steps after the first failed login already timed out",
+        "   {} is banned ({}, expires in {}s) right after its failed IMAP login: that session's\n          LOGOUT was already dropped (3 s I/O timeout), and its next SYNs time out",
         banned.address,
         banned.reason,
         banned.expires_in_s.unwrap_or(0)
