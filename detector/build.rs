@@ -11,11 +11,7 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .find(|cargo_metadata::Package { name, .. }| name.as_str() == "detector-ebpf")
         .ok_or_else(|| anyhow!("detector-ebpf package not found"))?;
-    let cargo_metadata::Package {
-        name,
-        manifest_path,
-        ..
-    } = ebpf_package;
+    let cargo_metadata::Package { name, manifest_path, .. } = ebpf_package;
     let root_dir = manifest_path
         .parent()
         .ok_or_else(|| anyhow!("detector-ebpf manifest has no parent directory"))?;

@@ -40,16 +40,10 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     pub fn config(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Config {
-            key: key.into(),
-            message: message.into(),
-        }
+        Error::Config { key: key.into(), message: message.into() }
     }
 }

@@ -117,9 +117,6 @@ pub struct Event {
 impl Event {
     /// True for kinds that mean a failed login.
     pub fn is_auth_failure(&self) -> bool {
-        matches!(
-            self.kind,
-            EventKind::AuthFailure | EventKind::AuthUnknownUser
-        )
+        matches!(self.kind, EventKind::AuthFailure | EventKind::AuthUnknownUser)
     }
 }

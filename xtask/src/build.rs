@@ -19,8 +19,7 @@ pub fn run(opts: Options) -> Result<()> {
 pub fn build(release: bool) -> Result<()> {
     check_build_prereqs()?;
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(workspace_root())
-        .args(["build", "--package", "detector"]);
+    cmd.current_dir(workspace_root()).args(["build", "--package", "detector"]);
     if release {
         cmd.arg("--release");
     }

@@ -13,16 +13,10 @@ pub struct Options {
 
 pub fn run(opts: Options) -> Result<()> {
     if !is_root() {
-        bail!(
-            "detector needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) to load XDP; rerun as root"
-        );
+        bail!("detector needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) to load XDP; rerun as root");
     }
     crate::build::build(true)?;
     ensure_bpffs()?;
-    let args = if opts.args.is_empty() {
-        vec!["run".to_string()]
-    } else {
-        opts.args
-    };
+    let args = if opts.args.is_empty() { vec!["run".to_string()] } else { opts.args };
     run_cmd(Command::new(workspace_root().join("target/release/detector")).args(args))
 }

@@ -62,25 +62,18 @@ impl Nightly {
         let llvm = field("LLVM version:")?;
         let llvm_major = llvm.split('.').next().unwrap_or_default().to_string();
         let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
-        Ok(Nightly {
-            release,
-            llvm_major,
-            sysroot: PathBuf::from(sysroot.trim()),
-        })
+        Ok(Nightly { release, llvm_major, sysroot: PathBuf::from(sysroot.trim()) })
     }
 
     fn has_rust_src(&self) -> bool {
-        self.sysroot
-            .join("lib/rustlib/src/rust/library/core/Cargo.toml")
-            .exists()
+        self.sysroot.join("lib/rustlib/src/rust/library/core/Cargo.toml").exists()
     }
 
     /// The toolchain's own libLLVM, e.g. `lib/libLLVM.so.22.1-rust-1.97.0-nightly`.
     fn libllvm(&self) -> Result<PathBuf> {
         let lib = self.sysroot.join("lib");
         let suffix = format!("-rust-{}", self.release);
-        let entries =
-            std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))?;
+        let entries = std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))?;
         for entry in entries {
             let name = entry?.file_name().to_string_lossy().into_owned();
             if name.starts_with("libLLVM.so.") && name.ends_with(&suffix) {
@@ -117,10 +110,7 @@ fn stamp_path(n: &Nightly) -> PathBuf {
 }
 
 fn stamp_text(n: &Nightly) -> String {
-    format!(
-        "bpf-linker {BPF_LINKER_VERSION} llvm-{} rustc {}\n",
-        n.llvm_major, n.release
-    )
+    format!("bpf-linker {BPF_LINKER_VERSION} llvm-{} rustc {}\n", n.llvm_major, n.release)
 }
 
 fn bpf_linker_ok(n: &Nightly) -> bool {
@@ -128,18 +118,13 @@ fn bpf_linker_ok(n: &Nightly) -> bool {
     let runs = Command::new("bpf-linker")
         .arg("--version")
         .output()
-        .is_ok_and(|o| {
-            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION)
-        });
+        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION));
     stamped && runs
 }
 
 fn ensure_bpf_linker(n: &Nightly) -> Result<()> {
     if bpf_linker_ok(n) {
-        eprintln!(
-            "setup: bpf-linker {BPF_LINKER_VERSION} (llvm-{}): present",
-            n.llvm_major
-        );
+        eprintln!("setup: bpf-linker {BPF_LINKER_VERSION} (llvm-{}): present", n.llvm_major);
         return Ok(());
     }
     let libllvm = n.libllvm()?;
@@ -152,14 +137,7 @@ fn ensure_bpf_linker(n: &Nightly) -> Result<()> {
     }
     run_cmd(
         Command::new("cargo")
-            .args([
-                "+nightly",
-                "install",
-                "bpf-linker",
-                "--force",
-                "--version",
-                BPF_LINKER_VERSION,
-            ])
+            .args(["+nightly", "install", "bpf-linker", "--force", "--version", BPF_LINKER_VERSION])
             .args(["--no-default-features", "--features"])
             .arg(format!("llvm-{}", n.llvm_major))
             .env("LLVM_PREFIX", &prefix),
@@ -187,11 +165,7 @@ fn dpkg_installed(pkg: &str) -> bool {
 
 /// Installs the missing Debian packages (one `apt-get update` first, only if needed).
 pub fn ensure_apt_packages(packages: &[&str]) -> Result<()> {
-    let missing: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|p| !dpkg_installed(p))
-        .collect();
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !dpkg_installed(p)).collect();
     if missing.is_empty() {
         eprintln!("setup: Debian packages: present ({})", packages.join(" "));
         return Ok(());
@@ -213,16 +187,10 @@ pub fn check_build_prereqs() -> Result<()> {
         missing.push("the nightly rust-src component".to_string());
     }
     if !bpf_linker_ok(&n) {
-        missing.push(format!(
-            "bpf-linker {BPF_LINKER_VERSION} built for llvm-{}",
-            n.llvm_major
-        ));
+        missing.push(format!("bpf-linker {BPF_LINKER_VERSION} built for llvm-{}", n.llvm_major));
     }
     if !missing.is_empty() {
-        bail!(
-            "missing: {}; run `cargo xtask setup` first",
-            missing.join(", ")
-        );
+        bail!("missing: {}; run `cargo xtask setup` first", missing.join(", "));
     }
     Ok(())
 }

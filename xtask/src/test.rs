@@ -20,11 +20,7 @@ pub fn run(opts: Options) -> Result<()> {
     ensure_bpffs()?;
     let root = workspace_root();
     // The kernel tests drive the real binary; build it first so they find it.
-    run_cmd(
-        Command::new("cargo")
-            .current_dir(&root)
-            .args(["build", "--package", "detector"]),
-    )?;
+    run_cmd(Command::new("cargo").current_dir(&root).args(["build", "--package", "detector"]))?;
     run_cmd(
         Command::new("cargo")
             .current_dir(&root)

@@ -14,9 +14,7 @@ pub fn workspace_root() -> PathBuf {
 /// Runs a command, echoing it first, and fails with its exit status.
 pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {}", display(cmd));
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start {}", display(cmd)))?;
+    let status = cmd.status().with_context(|| format!("cannot start {}", display(cmd)))?;
     if !status.success() {
         bail!("{} failed with {status}", display(cmd));
     }
@@ -25,9 +23,7 @@ pub fn run_cmd(cmd: &mut Command) -> Result<()> {
 
 /// Runs a command and returns its stdout; fails on a non-zero exit.
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start {}", display(cmd)))?;
+    let out = cmd.output().with_context(|| format!("cannot start {}", display(cmd)))?;
     if !out.status.success() {
         bail!(
             "{} failed with {}: {}",
@@ -59,10 +55,7 @@ pub fn is_root() -> bool {
 /// Mounts bpffs at /sys/fs/bpf when it is missing (pins live there).
 pub fn ensure_bpffs() -> Result<()> {
     let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
-    if mounts
-        .lines()
-        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
-    {
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) {
         return Ok(());
     }
     run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))

@@ -22,12 +22,7 @@ pub mod unban;
 /// expire) even when the daemon is not running. `ban`, `unban`, `list` and `stats` work on those
 /// maps directly.
 #[derive(Debug, Parser)]
-#[command(
-    name = "detector",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "detector", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -5,7 +5,5 @@ use std::process::ExitCode;
 pub struct Args {}
 
 pub fn run(_args: Args) -> crate::Result<ExitCode> {
-    Err(crate::Error::Usage(
-        "`detector run` is not implemented yet".into(),
-    ))
+    Err(crate::Error::Usage("`detector run` is not implemented yet".into()))
 }
