@@ -195,6 +195,14 @@ impl Enforcer {
         self.pins.linked_interfaces()
     }
 
+    /// Capacity of the pinned maps (exact bans and prefix bans, per family).
+    pub fn capacity(&self) -> super::Capacity {
+        super::Capacity {
+            exact: self.exact_capacity,
+            prefix: self.prefix_capacity,
+        }
+    }
+
     /// Configured allow CIDRs (on top of the built-in ranges and the host's own addresses).
     pub fn set_allowlist(&mut self, allow: Vec<IpNet>) {
         self.allow = Allowlist::new(allow);
@@ -311,14 +319,6 @@ impl Enforcer {
             .into_iter()
             .filter(|e| e.net.contains(&target))
             .max_by_key(|e| e.net.prefix_len()))
-    }
-
-    /// Capacities of the pinned maps (per family).
-    pub fn capacity(&self) -> super::Capacity {
-        super::Capacity {
-            exact: self.exact_capacity,
-            prefix: self.prefix_capacity,
-        }
     }
 
     /// Every live (unexpired) ban, exact ones first, each family in address order.

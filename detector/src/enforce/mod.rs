@@ -21,7 +21,7 @@ pub mod testrun;
 mod types;
 mod verify;
 
-pub use allow::Allowlist;
+pub use allow::{Allowlist, local_addresses};
 pub use attach::{AttachOptions, AttachOutcome, AttachReport, DetachReport, attach, detach};
 pub use maps::Enforcer;
 pub use maps::canonical;

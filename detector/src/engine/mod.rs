@@ -1,1 +1,260 @@
-//! engine (in progress)
+//! The correlation engine: a deterministic state machine over [`Event`]s in log time.
+//!
+//! No I/O and no clock: "now" is the time of the event being observed, so the same input gives
+//! the same decisions live and in replay. State is kept per IP, per user name and per ban
+//! prefix, forgotten after [`EngineConfig::horizon`] and capped in size; [`Engine::snapshot`] /
+//! [`Engine::restore`] carry it across daemon restarts.
+//!
+//! ```no_run
+//! use detector::engine::{Engine, EngineConfig};
+//! # let events: Vec<detector::event::Event> = vec![];
+//! let mut engine = Engine::new(EngineConfig::default());
+//! for ev in &events {
+//!     for decision in engine.observe(ev) {
+//!         println!("{decision}");
+//!     }
+//! }
+//! ```
+mod config;
+mod decision;
+mod explain;
+mod rules;
+mod snapshot;
+pub mod state;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
+
+pub use config::EngineConfig;
+pub use decision::{Action, Decision, Evidence, Rule};
+pub use explain::{Explanation, FailureView};
+pub use snapshot::{SNAPSHOT_VERSION, Snapshot};
+use state::{IpState, PrefixState, UserState};
+
+use crate::event::Event;
+
+/// How often (in log time) the engine drops state older than the horizon.
+const SWEEP_EVERY_S: i64 = 300;
+
+/// The correlation engine. One instance owns all state; feed it events in log order.
+#[derive(Debug)]
+pub struct Engine {
+    cfg: EngineConfig,
+    /// Addresses of this host (never banned); see [`Engine::set_host_addrs`].
+    host_addrs: Vec<IpAddr>,
+    ips: HashMap<IpAddr, IpState>,
+    users: HashMap<Box<str>, UserState>,
+    prefixes: HashMap<IpNet, PrefixState>,
+    /// Latest log time seen (Unix seconds); time never runs backwards inside the engine.
+    now: i64,
+    last_sweep: i64,
+    stats: EngineStats,
+}
+
+/// Counters for `detector status` and the replay summary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EngineStats {
+    pub events: u64,
+    pub bans: u64,
+    /// Bans a rule wanted but the allowlist, loopback or a host address prevented.
+    pub spared: u64,
+    pub evicted_ips: u64,
+    pub evicted_users: u64,
+    pub evicted_prefixes: u64,
+}
+
+impl Engine {
+    /// A new engine. `cfg` should have passed [`EngineConfig::validate`].
+    pub fn new(cfg: EngineConfig) -> Self {
+        Engine {
+            cfg,
+            host_addrs: Vec::new(),
+            ips: HashMap::new(),
+            users: HashMap::new(),
+            prefixes: HashMap::new(),
+            now: i64::MIN,
+            last_sweep: i64::MIN,
+            stats: EngineStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    /// The host's own addresses (the daemon passes its interface addresses); never banned.
+    pub fn set_host_addrs(&mut self, addrs: impl IntoIterator<Item = IpAddr>) {
+        self.host_addrs = addrs.into_iter().collect();
+        self.host_addrs.sort();
+        self.host_addrs.dedup();
+    }
+
+    pub fn stats(&self) -> EngineStats {
+        self.stats
+    }
+
+    /// Number of tracked IPs, user names and ban prefixes.
+    pub fn tracked(&self) -> (usize, usize, usize) {
+        (self.ips.len(), self.users.len(), self.prefixes.len())
+    }
+
+    /// Latest log time the engine has seen.
+    pub fn now(&self) -> Option<DateTime<Utc>> {
+        (self.now != i64::MIN).then(|| to_time(self.now))
+    }
+
+    /// Feeds one event; returns the decisions it caused (usually none).
+    pub fn observe(&mut self, ev: &Event) -> Vec<Decision> {
+        self.stats.events += 1;
+        let t = ev.time.timestamp();
+        // Log lines from several sources can be slightly out of order; rules work on the
+        // event's own time but expiry uses the latest time seen.
+        self.now = self.now.max(t);
+        if self.last_sweep == i64::MIN || self.now.saturating_sub(self.last_sweep) >= SWEEP_EVERY_S
+        {
+            self.sweep();
+        }
+        let out = rules::observe(self, ev);
+        self.stats.bans += out.iter().filter(|d| d.action == Action::Ban).count() as u64;
+        self.enforce_caps();
+        out
+    }
+
+    /// Whether `ip` may never be banned: loopback, unspecified, the allowlist, host addresses.
+    pub fn is_protected(&self, ip: IpAddr) -> Option<&'static str> {
+        let ip = canonical(ip);
+        if ip.is_loopback() || ip.is_unspecified() {
+            return Some("loopback");
+        }
+        if self.host_addrs.contains(&ip) {
+            return Some("a host address");
+        }
+        if self.cfg.allowlist.iter().any(|n| n.contains(&ip)) {
+            return Some("allowlisted");
+        }
+        None
+    }
+
+    /// Forgets the ban of `ip`'s prefix (an admin ran `detector unban`) and returns the unban
+    /// decision if one was active. Offences are kept so a relapse still escalates.
+    pub fn unban(&mut self, ip: IpAddr, time: DateTime<Utc>) -> Option<Decision> {
+        let ip = canonical(ip);
+        let prefix = self.cfg.ban_prefix(ip);
+        let p = self.prefixes.get_mut(&prefix)?;
+        if p.banned_until <= time.timestamp() {
+            return None;
+        }
+        p.banned_until = time.timestamp();
+        Some(Decision {
+            action: Action::Unban,
+            ip,
+            prefix,
+            time,
+            rule: Rule::Manual,
+            duration: std::time::Duration::ZERO,
+            offence: p.offences,
+            dry_run: self.cfg.dry_run,
+            evidence: Vec::new(),
+            note: "unbanned by the administrator".into(),
+        })
+    }
+
+    /// After a restore with a new configuration: unban every active ban that the allowlist or
+    /// the host addresses now protect.
+    pub fn reconcile(&mut self) -> Vec<Decision> {
+        let protected: Vec<IpNet> = self
+            .prefixes
+            .iter()
+            .filter(|(n, p)| p.banned_until > self.now && self.is_protected(n.network()).is_some())
+            .map(|(n, _)| *n)
+            .collect();
+        let now = to_time(self.now);
+        let mut out: Vec<Decision> = protected
+            .into_iter()
+            .filter_map(|n| self.unban(n.network(), now))
+            .collect();
+        for d in &mut out {
+            d.rule = Rule::Manual;
+            d.note = "now protected by the allowlist or a host address".into();
+        }
+        out.sort_by_key(|d| d.prefix);
+        out
+    }
+
+    /// Drops state older than the horizon (IPs, users) or the offence memory (prefixes).
+    fn sweep(&mut self) {
+        self.last_sweep = self.now;
+        let horizon = self.cfg.horizon.as_secs() as i64;
+        let cutoff = self.now.saturating_sub(horizon);
+        let lenient = self
+            .now
+            .saturating_sub(self.cfg.lenient_period.as_secs() as i64);
+        let before = self.ips.len();
+        self.ips.retain(|_, s| {
+            // Successful logins are remembered for the leniency period, the rest for the horizon.
+            s.last_seen >= cutoff || s.successes.iter().any(|x| x.time >= lenient)
+        });
+        for s in self.ips.values_mut() {
+            s.failures.retain(|f| f.time >= cutoff);
+            s.probes.retain(|p| p.time >= cutoff);
+            s.pending_rcpts.retain(|p| p.time >= cutoff);
+            s.evidence.retain(|e| e.time.timestamp() >= cutoff);
+            s.successes.retain(|x| x.time >= lenient);
+        }
+        self.stats.evicted_ips += (before - self.ips.len()) as u64;
+        let before = self.users.len();
+        self.users
+            .retain(|_, u| u.last_seen >= cutoff || u.attacked_until.is_some_and(|t| t > self.now));
+        for u in self.users.values_mut() {
+            u.failures.retain(|f| f.time >= cutoff);
+        }
+        self.stats.evicted_users += (before - self.users.len()) as u64;
+        let memory = self.cfg.offence_memory.as_secs() as i64;
+        let now = self.now;
+        let before = self.prefixes.len();
+        self.prefixes
+            .retain(|_, p| p.banned_until > now || p.last_offence >= now.saturating_sub(memory));
+        self.stats.evicted_prefixes += (before - self.prefixes.len()) as u64;
+    }
+
+    fn enforce_caps(&mut self) {
+        let now = self.now;
+        self.stats.evicted_ips += state::evict_oldest(
+            &mut self.ips,
+            self.cfg.max_tracked_ips,
+            |s| s.last_seen,
+            |_, _| false,
+        ) as u64;
+        self.stats.evicted_users += state::evict_oldest(
+            &mut self.users,
+            self.cfg.max_tracked_users,
+            |u| u.last_seen,
+            |_, _| false,
+        ) as u64;
+        // Active bans are never evicted for size: forgetting one would re-emit it.
+        self.stats.evicted_prefixes += state::evict_oldest(
+            &mut self.prefixes,
+            self.cfg.max_tracked_prefixes,
+            |p| p.last_offence,
+            |_, p| p.banned_until > now,
+        ) as u64;
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:198.18.0.2`) are treated as the IPv4 address.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn to_time(secs: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(secs, 0).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+//! `Engine::explain`: why an address is or is not banned, from the engine's own state.
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::decision::{Evidence, Rule};
+use super::{Engine, canonical, to_time};
+
+/// One remembered failed login of the address.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FailureView {
+    pub time: DateTime<Utc>,
+    pub line: u64,
+    pub user: Option<String>,
+    pub count: u32,
+    pub unknown_user: bool,
+    /// Counted only by the lenient burst (the address logged in as this user).
+    pub lenient: bool,
+}
+
+/// Everything the engine knows about one address.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Explanation {
+    pub ip: IpAddr,
+    pub prefix: IpNet,
+    /// Latest log time the engine has seen (the "now" of this explanation).
+    pub now: Option<DateTime<Utc>>,
+    /// Why the address can never be banned (loopback, allowlisted, a host address).
+    pub protected: Option<&'static str>,
+    /// Current ban end, if banned at `now`.
+    pub banned_until: Option<DateTime<Utc>>,
+    /// Rule and note of the latest ban of the prefix.
+    pub last_rule: Option<Rule>,
+    pub last_note: Option<String>,
+    /// Offences remembered for the prefix (escalation).
+    pub offences: u32,
+    /// Length of the next ban of the prefix.
+    #[serde(with = "humantime_serde")]
+    pub next_ban: Duration,
+    pub failures: Vec<FailureView>,
+    /// Users this address logged in as within the leniency period.
+    pub lenient_users: Vec<String>,
+    /// Aborted SMTP transactions (log time, recipients) still in the horizon.
+    pub probes: Vec<(DateTime<Utc>, Vec<String>)>,
+    /// User names it failed on that are under attack (`target-campaign`).
+    pub attacked_users: Vec<String>,
+    /// The most recent lines about the address, oldest first.
+    pub evidence: Vec<Evidence>,
+}
+
+impl Engine {
+    /// Explains `ip` from the remembered state (nothing is changed).
+    pub fn explain(&self, ip: IpAddr) -> Explanation {
+        let ip = canonical(ip);
+        let prefix = self.cfg.ban_prefix(ip);
+        let p = self.prefixes.get(&prefix);
+        let s = self.ips.get(&ip);
+        let memory = self.cfg.offence_memory.as_secs() as i64;
+        let offences = p
+            .filter(|p| p.last_offence >= self.now.saturating_sub(memory))
+            .map_or(0, |p| p.offences);
+        let lenient_since = self
+            .now
+            .saturating_sub(self.cfg.lenient_period.as_secs() as i64);
+        let failures: Vec<FailureView> = s
+            .map(|s| {
+                s.failures
+                    .iter()
+                    .map(|f| FailureView {
+                        time: to_time(f.time),
+                        line: f.line,
+                        user: f.user.as_deref().map(str::to_string),
+                        count: f.count,
+                        unknown_user: f.unknown_user,
+                        lenient: f.lenient,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut attacked_users: Vec<String> = failures
+            .iter()
+            .filter_map(|f| f.user.clone())
+            .filter(|u| {
+                self.users
+                    .get(u.as_str())
+                    .and_then(|x| x.attacked_until)
+                    .is_some_and(|t| t >= self.now)
+            })
+            .collect();
+        attacked_users.sort();
+        attacked_users.dedup();
+        Explanation {
+            ip,
+            prefix,
+            now: self.now(),
+            protected: self.is_protected(ip),
+            banned_until: p
+                .filter(|p| p.banned_until > self.now)
+                .map(|p| to_time(p.banned_until)),
+            last_rule: p.map(|p| p.last_rule),
+            last_note: p.map(|p| p.last_note.clone()),
+            offences,
+            next_ban: self.cfg.ban_duration(offences + 1),
+            failures,
+            lenient_users: s
+                .map(|s| {
+                    s.successes
+                        .iter()
+                        .filter(|x| x.time >= lenient_since)
+                        .map(|x| x.user.to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            probes: s
+                .map(|s| {
+                    s.probes
+                        .iter()
+                        .map(|p| {
+                            (
+                                to_time(p.time),
+                                p.recipients.iter().map(|r| r.to_string()).collect(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            attacked_users,
+            evidence: s
+                .map(|s| s.evidence.iter().cloned().collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} (ban prefix {})", self.ip, self.prefix)?;
+        if let Some(why) = self.protected {
+            writeln!(f, "  never banned: {why}")?;
+        }
+        match (self.banned_until, self.last_rule) {
+            (Some(until), Some(rule)) => writeln!(f, "  banned until {} by {rule}", ts(until))?,
+            (None, Some(rule)) => writeln!(f, "  not banned now; last ban by {rule}")?,
+            _ => writeln!(f, "  not banned")?,
+        }
+        if let Some(note) = self.last_note.as_deref().filter(|n| !n.is_empty()) {
+            writeln!(f, "  reason: {note}")?;
+        }
+        writeln!(
+            f,
+            "  offences: {}; next ban: {}",
+            self.offences,
+            humantime::format_duration(self.next_ban)
+        )?;
+        if !self.lenient_users.is_empty() {
+            writeln!(
+                f,
+                "  logged in successfully as: {}",
+                self.lenient_users.join(", ")
+            )?;
+        }
+        for (t, rcpts) in &self.probes {
+            let to = if rcpts.is_empty() {
+                "(recipient not logged)".to_string()
+            } else {
+                rcpts.join(", ")
+            };
+            writeln!(f, "  aborted SMTP transaction at {} to {to}", ts(*t))?;
+        }
+        for x in &self.failures {
+            writeln!(
+                f,
+                "  failed login at {} (line {}) as {}{}{}",
+                ts(x.time),
+                x.line,
+                x.user.as_deref().unwrap_or("?"),
+                if x.unknown_user {
+                    ", no such mailbox"
+                } else {
+                    ""
+                },
+                if x.lenient {
+                    ", lenient: known user of this address"
+                } else {
+                    ""
+                }
+            )?;
+        }
+        if !self.attacked_users.is_empty() {
+            writeln!(
+                f,
+                "  user names under attack it failed on: {}",
+                self.attacked_users.join(", ")
+            )?;
+        }
+        for e in &self.evidence {
+            writeln!(f, "  line {} at {}: {}", e.line, ts(e.time), e.what)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,71 @@
+//! Engine state export/import, so a daemon restart keeps correlation state and offences.
+//! Entries are sorted, so equal states give byte-identical snapshots.
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::state::{IpState, PrefixState, UserState};
+use super::{Engine, EngineConfig, EngineStats};
+use crate::Error;
+
+/// Bumped when the snapshot layout changes incompatibly.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub version: u32,
+    /// Latest log time seen (Unix seconds), `None` before the first event.
+    pub now: Option<i64>,
+    pub stats: EngineStats,
+    pub ips: Vec<(IpAddr, IpState)>,
+    pub users: Vec<(Box<str>, UserState)>,
+    pub prefixes: Vec<(IpNet, PrefixState)>,
+}
+
+impl Engine {
+    /// The whole correlation state (serialise it with serde, e.g. `serde_json`).
+    pub fn snapshot(&self) -> Snapshot {
+        let mut ips: Vec<_> = self.ips.iter().map(|(k, v)| (*k, v.clone())).collect();
+        ips.sort_by_key(|(k, _)| *k);
+        let mut users: Vec<_> = self
+            .users
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        users.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut prefixes: Vec<_> = self.prefixes.iter().map(|(k, v)| (*k, v.clone())).collect();
+        prefixes.sort_by_key(|(k, _)| *k);
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            now: (self.now != i64::MIN).then_some(self.now),
+            stats: self.stats,
+            ips,
+            users,
+            prefixes,
+        }
+    }
+
+    /// An engine with `cfg` (possibly changed since the snapshot) and the snapshot's state.
+    /// State beyond the new caps or horizon is dropped on the next event.
+    pub fn restore(cfg: EngineConfig, snap: Snapshot) -> crate::Result<Engine> {
+        if snap.version != SNAPSHOT_VERSION {
+            return Err(Error::Store(format!(
+                "engine snapshot version {} is not supported (expected {SNAPSHOT_VERSION}); \
+                 remove it to start with empty state",
+                snap.version
+            )));
+        }
+        let mut engine = Engine::new(cfg);
+        engine.now = snap.now.unwrap_or(i64::MIN);
+        engine.stats = snap.stats;
+        engine.ips = snap.ips.into_iter().collect();
+        engine.users = snap.users.into_iter().collect();
+        engine.prefixes = snap.prefixes.into_iter().collect();
+        if engine.now != i64::MIN {
+            engine.sweep();
+        }
+        engine.enforce_caps();
+        Ok(engine)
+    }
+}

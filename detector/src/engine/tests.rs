@@ -1,0 +1,707 @@
+//! Rule tests with hand-built events (independent of the parser).
+use std::net::IpAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+
+use super::*;
+use crate::event::{Event, EventKind, Protocol, Service, SmtpCounters};
+
+const T0: i64 = 1_795_000_000;
+
+/// Builds events with increasing line numbers.
+struct Feed {
+    engine: Engine,
+    line: u64,
+}
+
+impl Feed {
+    fn new(cfg: EngineConfig) -> Self {
+        Feed {
+            engine: Engine::new(cfg),
+            line: 0,
+        }
+    }
+
+    fn ev(&mut self, at: i64, ip: &str, kind: EventKind) -> Event {
+        self.line += 1;
+        Event {
+            time: at_time(at),
+            service: match kind {
+                EventKind::AuthFailure | EventKind::AuthUnknownUser | EventKind::AuthSuccess => {
+                    Service::Dovecot
+                }
+                _ => Service::Postfix,
+            },
+            kind,
+            ip: ip.parse().unwrap(),
+            user: None,
+            recipient: None,
+            protocol: Some(Protocol::Smtp),
+            line: self.line,
+            session: None,
+            failures: 0,
+            smtp: None,
+        }
+    }
+
+    fn push(&mut self, ev: Event) -> Vec<Decision> {
+        self.engine.observe(&ev)
+    }
+
+    /// RCPT to `rcpt` then QUIT before DATA (the disconnect counters say rcpt=1, no data).
+    fn probe(&mut self, at: i64, ip: &str, rcpt: &str) -> Vec<Decision> {
+        let mut e = self.ev(at, ip, EventKind::Rcpt);
+        e.recipient = Some(rcpt.into());
+        e.session = Some("pid:100".into());
+        let mut out = self.push(e);
+        let mut d = self.ev(at, ip, EventKind::TransactionAborted);
+        d.session = Some("pid:100".into());
+        d.smtp = Some(SmtpCounters {
+            rcpt_ok: 1,
+            quit: true,
+            ..SmtpCounters::default()
+        });
+        out.extend(self.push(d));
+        out
+    }
+
+    /// A normal delivery: RCPT, DATA accepted, disconnect with data=1.
+    fn delivery(&mut self, at: i64, ip: &str, rcpt: &str) -> Vec<Decision> {
+        let mut e = self.ev(at, ip, EventKind::Rcpt);
+        e.recipient = Some(rcpt.into());
+        e.session = Some("pid:7".into());
+        let mut out = self.push(e);
+        let mut m = self.ev(at, ip, EventKind::MessageAccepted);
+        m.session = Some("pid:7".into());
+        out.extend(self.push(m));
+        let mut d = self.ev(at, ip, EventKind::Disconnect);
+        d.session = Some("pid:7".into());
+        d.smtp = Some(SmtpCounters {
+            rcpt_ok: 1,
+            data_ok: 1,
+            data_tried: 1,
+            quit: true,
+            ..SmtpCounters::default()
+        });
+        out.extend(self.push(d));
+        out
+    }
+
+    fn fail(&mut self, at: i64, ip: &str, user: &str) -> Vec<Decision> {
+        self.fail_kind(at, ip, user, EventKind::AuthFailure, 1)
+    }
+
+    fn fail_unknown(&mut self, at: i64, ip: &str, user: &str) -> Vec<Decision> {
+        self.fail_kind(at, ip, user, EventKind::AuthUnknownUser, 1)
+    }
+
+    fn fail_kind(
+        &mut self,
+        at: i64,
+        ip: &str,
+        user: &str,
+        kind: EventKind,
+        failures: u32,
+    ) -> Vec<Decision> {
+        let mut e = self.ev(at, ip, kind);
+        e.user = Some(user.into());
+        e.protocol = Some(Protocol::Imap);
+        e.failures = failures;
+        self.push(e)
+    }
+
+    fn ok(&mut self, at: i64, ip: &str, user: &str) -> Vec<Decision> {
+        let mut e = self.ev(at, ip, EventKind::AuthSuccess);
+        e.user = Some(user.into());
+        e.protocol = Some(Protocol::Imap);
+        self.push(e)
+    }
+}
+
+fn at_time(offset: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(T0 + offset, 0).unwrap()
+}
+
+fn cfg() -> EngineConfig {
+    EngineConfig::default()
+}
+
+/// Config where only the named rule can fire.
+fn only(rule: Rule) -> EngineConfig {
+    let disabled_rules = Rule::ALL
+        .into_iter()
+        .filter(|r| *r != rule && *r != Rule::Manual)
+        .collect();
+    EngineConfig {
+        disabled_rules,
+        ..cfg()
+    }
+}
+
+const BOT: &str = "198.18.0.7";
+
+#[test]
+fn probe_then_login_as_probed_address_bans_at_once_with_strongest_evidence() {
+    let mut f = Feed::new(only(Rule::ProbeLogin));
+    assert!(
+        f.probe(0, BOT, "txrj3ejbb3@example.test").is_empty(),
+        "a probe alone must not ban"
+    );
+    let d = f.fail_unknown(3, BOT, "TXRJ3EJBB3@example.test");
+    assert_eq!(d.len(), 1, "{d:?}");
+    let d = &d[0];
+    assert_eq!(d.rule, Rule::ProbeLogin);
+    assert_eq!(d.action, Action::Ban);
+    assert_eq!(d.prefix.to_string(), "198.18.0.7/32");
+    assert_eq!(d.duration, Duration::from_secs(3600));
+    assert_eq!(d.offence, 1);
+    assert_eq!(d.time, at_time(3));
+    assert!(
+        d.note.contains("probed address <txrj3ejbb3@example.test>"),
+        "{}",
+        d.note
+    );
+    assert!(d.note.contains("strongest"), "{}", d.note);
+    let lines: Vec<u64> = d.evidence.iter().map(|e| e.line).collect();
+    assert_eq!(lines, vec![1, 2, 3], "rcpt, abort and the failed login");
+}
+
+#[test]
+fn probe_login_local_part_matches_and_other_user_is_weaker_evidence() {
+    let mut f = Feed::new(only(Rule::ProbeLogin));
+    f.probe(0, BOT, "alice@example.test");
+    let d = f.fail(5, BOT, "alice");
+    assert!(d[0].note.contains("probed address"), "{}", d[0].note);
+
+    let mut f = Feed::new(only(Rule::ProbeLogin));
+    f.probe(0, BOT, "alice@example.test");
+    let d = f.fail(5, BOT, "bob@example.test");
+    assert_eq!(d[0].rule, Rule::ProbeLogin);
+    assert!(!d[0].note.contains("strongest"), "{}", d[0].note);
+    assert!(
+        d[0].note
+            .contains("aborted SMTP transaction to <alice@example.test>"),
+        "{}",
+        d[0].note
+    );
+}
+
+#[test]
+fn probe_login_respects_window_and_needs_the_same_ip() {
+    let mut f = Feed::new(only(Rule::ProbeLogin));
+    f.probe(0, BOT, "a@example.test");
+    assert!(
+        f.fail(601, BOT, "a@example.test").is_empty(),
+        "outside the 10 min window"
+    );
+    assert!(
+        f.fail(30, "198.18.0.8", "a@example.test").is_empty(),
+        "another IP"
+    );
+    let mut f = Feed::new(only(Rule::ProbeLogin));
+    f.probe(0, BOT, "a@example.test");
+    assert_eq!(
+        f.fail(600, BOT, "a@example.test").len(),
+        1,
+        "at the edge of the window"
+    );
+}
+
+#[test]
+fn lost_connection_after_rcpt_is_a_probe_and_a_delivery_is_not() {
+    let mut f = Feed::new(only(Rule::ProbeLogin));
+    let mut r = f.ev(0, BOT, EventKind::Rcpt);
+    r.recipient = Some("x@example.test".into());
+    r.session = Some("pid:9".into());
+    f.push(r);
+    let mut l = f.ev(0, BOT, EventKind::LostConnection);
+    l.session = Some("pid:9".into());
+    f.push(l);
+    assert_eq!(f.fail(2, BOT, "x@example.test")[0].rule, Rule::ProbeLogin);
+
+    let mut f = Feed::new(only(Rule::ProbeLogin));
+    f.delivery(0, BOT, "x@example.test");
+    assert!(
+        f.fail(2, BOT, "x@example.test").is_empty(),
+        "accepted message is not a probe"
+    );
+}
+
+#[test]
+fn disconnect_counters_alone_make_a_probe() {
+    // Hosts that do not log accepted RCPTs: only `disconnect ... rcpt=1 quit=1` tells.
+    let mut f = Feed::new(only(Rule::ProbeLogin));
+    let mut d = f.ev(0, BOT, EventKind::Disconnect);
+    d.smtp = Some(SmtpCounters {
+        rcpt_ok: 1,
+        data_tried: 1,
+        quit: true,
+        ..SmtpCounters::default()
+    });
+    f.push(d);
+    let out = f.fail(4, BOT, "y@example.test");
+    assert_eq!(out.len(), 1);
+    assert!(
+        out[0].note.contains("after an aborted SMTP transaction"),
+        "{}",
+        out[0].note
+    );
+}
+
+#[test]
+fn sender_verification_probes_never_ban() {
+    let mut f = Feed::new(cfg());
+    for i in 0..200 {
+        assert!(
+            f.probe(i * 60, BOT, &format!("user{i}@example.test"))
+                .is_empty()
+        );
+    }
+    assert_eq!(f.engine.stats().bans, 0);
+}
+
+#[test]
+fn slow_repeat_bans_the_second_failure_hours_later() {
+    let mut f = Feed::new(only(Rule::SlowRepeat));
+    assert!(f.fail(0, BOT, "alice@example.test").is_empty());
+    let d = f.fail(2 * 3600 + 900, BOT, "alice@example.test");
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].rule, Rule::SlowRepeat);
+    assert!(d[0].note.contains("2 failed logins"), "{}", d[0].note);
+}
+
+#[test]
+fn slow_repeat_forgets_beyond_the_horizon() {
+    let mut f = Feed::new(only(Rule::SlowRepeat));
+    f.fail(0, BOT, "alice@example.test");
+    assert!(f.fail(48 * 3600 + 1, BOT, "alice@example.test").is_empty());
+}
+
+#[test]
+fn unknown_mailbox_counts_double() {
+    let mut f = Feed::new(only(Rule::SlowRepeat));
+    let d = f.fail_unknown(0, BOT, "nosuch@example.test");
+    assert_eq!(d.len(), 1);
+    assert!(d[0].note.contains("1 for non-existent"), "{}", d[0].note);
+    let mut c = only(Rule::SlowRepeat);
+    c.slow_repeat_score = 3;
+    let mut f = Feed::new(c);
+    assert!(f.fail_unknown(0, BOT, "nosuch@example.test").is_empty());
+    assert_eq!(
+        f.fail(60, BOT, "alice@example.test").len(),
+        1,
+        "2 + 1 reaches 3"
+    );
+}
+
+#[test]
+fn duplicate_descriptions_do_not_count() {
+    let mut f = Feed::new(only(Rule::SlowRepeat));
+    f.fail(0, BOT, "alice@example.test");
+    // The Dovecot login line for the same attempt: failures == 0.
+    assert!(
+        f.fail_kind(1, BOT, "alice@example.test", EventKind::AuthFailure, 0)
+            .is_empty()
+    );
+    assert_eq!(f.engine.explain(BOT.parse().unwrap()).failures.len(), 1);
+}
+
+#[test]
+fn burst_bans_on_the_fifth_failure_in_ten_minutes() {
+    let mut f = Feed::new(only(Rule::Burst));
+    for i in 0..4 {
+        assert!(
+            f.fail(i * 30, BOT, &format!("u{i}@example.test"))
+                .is_empty()
+        );
+    }
+    let d = f.fail(150, BOT, "u9@example.test");
+    assert_eq!(d[0].rule, Rule::Burst);
+    let mut f = Feed::new(only(Rule::Burst));
+    for i in 0..10 {
+        assert!(
+            f.fail(i * 200, BOT, "u@example.test").is_empty(),
+            "spread out: no burst"
+        );
+    }
+}
+
+#[test]
+fn a_multi_attempt_line_counts_all_its_attempts() {
+    let mut f = Feed::new(only(Rule::Burst));
+    let d = f.fail_kind(0, BOT, "u@example.test", EventKind::AuthFailure, 5);
+    assert_eq!(d[0].rule, Rule::Burst);
+}
+
+#[test]
+fn target_campaign_bans_every_ip_that_failed_and_new_ones_at_once() {
+    let mut f = Feed::new(only(Rule::TargetCampaign));
+    assert!(f.fail(0, "198.18.1.1", "ceo@example.test").is_empty());
+    assert!(f.fail(3600, "2001:db8:1::5", "ceo@example.test").is_empty());
+    let d = f.fail(7200, "198.18.1.3", "ceo@example.test");
+    let mut banned: Vec<String> = d.iter().map(|d| d.prefix.to_string()).collect();
+    banned.sort();
+    assert_eq!(
+        banned,
+        vec!["198.18.1.1/32", "198.18.1.3/32", "2001:db8:1::/64"]
+    );
+    assert!(
+        d.iter()
+            .all(|d| d.rule == Rule::TargetCampaign && d.time == at_time(7200))
+    );
+    assert!(d[0].note.contains("ceo@example.test"), "{}", d[0].note);
+    let d = f.fail(8000, "198.18.1.4", "ceo@example.test");
+    assert_eq!(d.len(), 1, "a new IP is banned on its first failure");
+    assert!(
+        f.fail(8000, "198.18.1.5", "other@example.test").is_empty(),
+        "other names are not"
+    );
+}
+
+#[test]
+fn target_campaign_needs_distinct_ips_within_the_window() {
+    let mut f = Feed::new(only(Rule::TargetCampaign));
+    f.fail(0, "198.18.1.1", "ceo@example.test");
+    f.fail(10, "198.18.1.1", "ceo@example.test");
+    assert!(
+        f.fail(20, "198.18.1.2", "ceo@example.test").is_empty(),
+        "two IPs only"
+    );
+    assert!(
+        f.fail(25 * 3600, "198.18.1.3", "ceo@example.test")
+            .is_empty(),
+        "first IP left the 24h window"
+    );
+}
+
+#[test]
+fn known_user_on_its_own_address_is_lenient() {
+    let mut f = Feed::new(cfg());
+    let phone = "198.18.5.5";
+    f.ok(0, phone, "alice@example.test");
+    // Stale password: one failure every 15 minutes for two days.
+    for i in 1..200 {
+        assert!(
+            f.fail(i * 900, phone, "alice@example.test").is_empty(),
+            "attempt {i}"
+        );
+    }
+    // But a storm on that name still bans (lenient burst).
+    let mut out = Vec::new();
+    for i in 0..30 {
+        out.extend(f.fail(200 * 900 + i * 10, phone, "alice@example.test"));
+    }
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].rule, Rule::LenientBurst);
+}
+
+#[test]
+fn leniency_does_not_cover_other_users_or_expire_never() {
+    let mut f = Feed::new(only(Rule::SlowRepeat));
+    f.ok(0, BOT, "alice@example.test");
+    f.fail(60, BOT, "bob@example.test");
+    assert_eq!(
+        f.fail(120, BOT, "bob@example.test").len(),
+        1,
+        "bob is not alice"
+    );
+    let mut f = Feed::new(only(Rule::SlowRepeat));
+    f.ok(0, BOT, "alice@example.test");
+    let day = 86400;
+    f.fail(31 * day, BOT, "alice@example.test");
+    assert_eq!(
+        f.fail(31 * day + 60, BOT, "alice@example.test").len(),
+        1,
+        "30-day leniency expired"
+    );
+}
+
+#[test]
+fn typo_then_success_is_forgiven() {
+    let mut f = Feed::new(only(Rule::SlowRepeat));
+    f.fail(0, BOT, "carol@example.test");
+    f.ok(20, BOT, "carol@example.test");
+    assert!(f.fail(86400, BOT, "carol@example.test").is_empty());
+}
+
+#[test]
+fn shared_address_is_exempt_from_slow_repeat_only() {
+    let nat = "198.18.9.9";
+    let mut f = Feed::new(cfg());
+    for (i, u) in ["a", "b", "c", "d"].iter().enumerate() {
+        f.ok(i as i64, nat, &format!("{u}@example.test"));
+    }
+    assert!(f.fail(3600, nat, "newhire@example.test").is_empty());
+    assert!(
+        f.fail(7200, nat, "intern@example.test").is_empty(),
+        "slow-repeat skips shared IPs"
+    );
+    let mut out = Vec::new();
+    for i in 0..5 {
+        out.extend(f.fail(10_000 + i, nat, "x@example.test"));
+    }
+    assert_eq!(out[0].rule, Rule::Burst, "burst still applies");
+}
+
+#[test]
+fn protected_addresses_are_never_banned() {
+    let mut c = cfg();
+    c.allowlist = vec!["198.18.200.0/24".parse().unwrap()];
+    let mut f = Feed::new(c);
+    f.engine.set_host_addrs(["198.18.0.1".parse().unwrap()]);
+    for ip in [
+        "127.0.0.1",
+        "::1",
+        "198.18.200.7",
+        "198.18.0.1",
+        "::ffff:127.0.0.1",
+        "::ffff:198.18.0.1",
+    ] {
+        f.probe(0, ip, "x@example.test");
+        for i in 0..40 {
+            assert!(f.fail(i, ip, "x@example.test").is_empty(), "{ip} banned");
+        }
+    }
+    assert!(f.engine.stats().spared > 0);
+}
+
+#[test]
+fn no_re_ban_while_banned_then_escalation() {
+    let mut c = only(Rule::SlowRepeat);
+    c.slow_repeat_score = 1;
+    let mut f = Feed::new(c);
+    let d = f.fail(0, BOT, "a@example.test");
+    assert_eq!(
+        (d[0].offence, d[0].duration),
+        (1, Duration::from_secs(3600))
+    );
+    assert!(
+        f.fail(1800, BOT, "a@example.test").is_empty(),
+        "still banned"
+    );
+    let d = f.fail(3601, BOT, "a@example.test");
+    assert_eq!(
+        (d[0].offence, d[0].duration),
+        (2, Duration::from_secs(86400))
+    );
+    let d = f.fail(3601 + 86400, BOT, "a@example.test");
+    assert_eq!(
+        (d[0].offence, d[0].duration),
+        (3, Duration::from_secs(7 * 86400))
+    );
+    let d = f.fail(3601 + 8 * 86400, BOT, "a@example.test");
+    assert_eq!(
+        (d[0].offence, d[0].duration),
+        (4, Duration::from_secs(30 * 86400))
+    );
+    let e = f.engine.explain(BOT.parse().unwrap());
+    assert_eq!(e.offences, 4);
+    assert_eq!(e.next_ban, Duration::from_secs(30 * 86400));
+    assert!(e.banned_until.is_some());
+}
+
+#[test]
+fn ipv6_ban_covers_the_64_and_is_not_re_emitted_for_a_neighbour() {
+    let mut c = only(Rule::SlowRepeat);
+    c.slow_repeat_score = 1;
+    let mut f = Feed::new(c);
+    let d = f.fail(0, "2001:db8:5:6::1", "a@example.test");
+    assert_eq!(d[0].prefix.to_string(), "2001:db8:5:6::/64");
+    assert!(f.fail(10, "2001:db8:5:6::2", "a@example.test").is_empty());
+}
+
+#[test]
+fn snapshot_round_trip_keeps_state_and_decisions() {
+    let events = |f: &mut Feed| {
+        let mut all = Vec::new();
+        all.extend(f.probe(0, BOT, "q@example.test"));
+        all.extend(f.fail(5000, "198.18.3.3", "z@example.test"));
+        all.extend(f.fail(9000, "198.18.3.3", "z@example.test"));
+        all.extend(f.fail(9100, BOT, "q@example.test"));
+        all
+    };
+    let mut straight = Feed::new(cfg());
+    let expect = events(&mut straight);
+    assert_eq!(expect.len(), 1, "{expect:?}");
+
+    let mut first = Feed::new(cfg());
+    first.probe(0, BOT, "q@example.test");
+    first.fail(5000, "198.18.3.3", "z@example.test");
+    let json = serde_json::to_string(&first.engine.snapshot()).unwrap();
+    let snap: Snapshot = serde_json::from_str(&json).unwrap();
+    let mut second = Feed {
+        engine: Engine::restore(cfg(), snap).unwrap(),
+        line: first.line,
+    };
+    let mut got = second.fail(9000, "198.18.3.3", "z@example.test");
+    got.extend(second.fail(9100, BOT, "q@example.test"));
+    assert_eq!(got, expect);
+    assert_eq!(second.engine.snapshot().ips, straight.engine.snapshot().ips);
+}
+
+#[test]
+fn snapshot_of_other_version_is_refused() {
+    let mut s = Engine::new(cfg()).snapshot();
+    s.version = 99;
+    let e = Engine::restore(cfg(), s).unwrap_err();
+    assert!(e.to_string().contains("version 99"), "{e}");
+}
+
+#[test]
+fn restore_with_new_allowlist_unbans() {
+    let mut c = only(Rule::SlowRepeat);
+    c.slow_repeat_score = 1;
+    let mut f = Feed::new(c.clone());
+    f.fail(0, BOT, "a@example.test");
+    c.allowlist = vec!["198.18.0.0/24".parse().unwrap()];
+    let mut e = Engine::restore(c, f.engine.snapshot()).unwrap();
+    let d = e.reconcile();
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].action, Action::Unban);
+}
+
+#[test]
+fn state_is_bounded_by_the_caps() {
+    let mut c = cfg();
+    c.max_tracked_ips = 100;
+    c.max_tracked_users = 50;
+    let mut f = Feed::new(c);
+    for i in 0..5000u32 {
+        let ip = IpAddr::from([198, 18, (i >> 8) as u8, i as u8]).to_string();
+        f.fail(i64::from(i), &ip, &format!("user{i}@example.test"));
+    }
+    let (ips, users, _) = f.engine.tracked();
+    assert!(ips <= 100 && users <= 50, "{ips} {users}");
+    assert!(f.engine.stats().evicted_ips >= 4900);
+}
+
+#[test]
+fn state_expires_after_the_horizon() {
+    let mut f = Feed::new(cfg());
+    f.fail(0, BOT, "a@example.test");
+    f.fail(49 * 3600, "198.18.77.1", "b@example.test");
+    let (ips, users, _) = f.engine.tracked();
+    assert_eq!((ips, users), (1, 1));
+}
+
+#[test]
+fn attacker_names_are_bounded() {
+    let mut f = Feed::new(cfg());
+    let long = "é".repeat(10_000);
+    f.fail(0, BOT, &long);
+    let e = f.engine.explain(BOT.parse().unwrap());
+    assert!(e.failures[0].user.as_ref().unwrap().len() <= state::MAX_NAME_LEN);
+}
+
+#[test]
+fn same_input_same_decisions() {
+    let run = || {
+        let mut f = Feed::new(cfg());
+        let mut all = Vec::new();
+        for i in 0..300i64 {
+            let ip = format!("198.18.{}.{}", i % 7, i % 13);
+            all.extend(f.probe(i * 40, &ip, &format!("u{}@example.test", i % 5)));
+            all.extend(f.fail(i * 40 + 3, &ip, &format!("u{}@example.test", i % 11)));
+        }
+        serde_json::to_string(&all).unwrap()
+    };
+    assert_eq!(run(), run());
+}
+
+#[test]
+fn bytes_per_tracked_ip() {
+    // A typical bot: one probe with one recipient, two failures.
+    let mut f = Feed::new(cfg());
+    f.probe(0, BOT, "txrj3ejbb3@example.test");
+    f.fail(3, BOT, "txrj3ejbb3@example.test");
+    f.fail_kind(4, BOT, "txrj3ejbb3@example.test", EventKind::AuthFailure, 0);
+    f.fail(3 * 3600, BOT, "txrj3ejbb3@example.test");
+    let bytes = f.engine.ips[&BOT.parse::<IpAddr>().unwrap()].approx_bytes();
+    println!("bytes per tracked bot IP: {bytes}");
+    assert!(
+        bytes > std::mem::size_of::<state::IpState>() && bytes < 4096,
+        "{bytes}"
+    );
+}
+
+#[test]
+fn smtp_auth_counted_by_both_postfix_and_dovecot_parsers_counts_once() {
+    // Postfix and Dovecot read from two sources: each parser counts its own line of the one
+    // SMTP AUTH attempt (Postfix warning, Dovecot session-less auth line).
+    let mut f = Feed::new(only(Rule::SlowRepeat));
+    let mut dovecot = f.ev(0, BOT, EventKind::AuthFailure);
+    dovecot.service = Service::Dovecot;
+    dovecot.user = Some("alice@example.test".into());
+    dovecot.failures = 1;
+    assert!(f.push(dovecot).is_empty());
+    let mut postfix = f.ev(1, BOT, EventKind::AuthFailure);
+    postfix.service = Service::Postfix;
+    postfix.protocol = Some(Protocol::Submission);
+    postfix.session = Some("pid:77".into());
+    postfix.user = Some("alice@example.test".into());
+    postfix.failures = 1;
+    assert!(
+        f.push(postfix.clone()).is_empty(),
+        "the second half must not count"
+    );
+    let x = f.engine.explain(BOT.parse().unwrap());
+    assert_eq!(x.failures.len(), 1);
+    // A second attempt 30 s later does count (and bans: score 2).
+    postfix.time = at_time(31);
+    assert_eq!(f.push(postfix).len(), 1);
+
+    // IMAP failures carry a Dovecot session and are never paired away.
+    let mut f = Feed::new(only(Rule::SlowRepeat));
+    let mut imap = f.ev(0, BOT, EventKind::AuthFailure);
+    imap.service = Service::Dovecot;
+    imap.session = Some("Mb2sXTthtZfGEgAC".into());
+    imap.user = Some("alice@example.test".into());
+    imap.failures = 1;
+    f.push(imap.clone());
+    let mut postfix = f.ev(0, BOT, EventKind::AuthFailure);
+    postfix.user = Some("alice@example.test".into());
+    postfix.failures = 1;
+    assert_eq!(
+        f.push(postfix).len(),
+        1,
+        "IMAP + SMTP AUTH are two attempts"
+    );
+}
+
+#[test]
+fn rcpt_and_lost_connection_lines_without_a_session_still_tie_to_the_transaction() {
+    // As parsed from the lab: NOQUEUE and `lost connection` lines carry no session key, the
+    // disconnect line does. The probed recipient must still be found.
+    let mut f = Feed::new(only(Rule::ProbeLogin));
+    let mut r = f.ev(0, BOT, EventKind::Rcpt);
+    r.recipient = Some("txrj3ejbb3@example.test".into());
+    f.push(r);
+    let e = f.ev(0, BOT, EventKind::LostConnection);
+    f.push(e);
+    let mut d = f.ev(0, BOT, EventKind::TransactionAborted);
+    d.session = Some("pid:21937".into());
+    d.smtp = Some(SmtpCounters {
+        rcpt_ok: 1,
+        ..SmtpCounters::default()
+    });
+    f.push(d);
+    let x = f.engine.explain(BOT.parse().unwrap());
+    assert_eq!(x.probes.len(), 1, "one transaction: {:?}", x.probes);
+    assert_eq!(x.probes[0].1, vec!["txrj3ejbb3@example.test".to_string()]);
+    let d = f.fail(5, BOT, "txrj3ejbb3@example.test");
+    assert!(d[0].note.contains("probed address"), "{}", d[0].note);
+}
+
+#[test]
+fn target_campaign_retro_bans_once_not_on_every_later_failure() {
+    let mut f = Feed::new(only(Rule::TargetCampaign));
+    f.fail(0, "198.18.1.1", "ceo@example.test");
+    f.fail(60, "198.18.1.2", "ceo@example.test");
+    assert_eq!(f.fail(120, "198.18.1.3", "ceo@example.test").len(), 3);
+    // Two hours later the 1 h bans have expired; a fourth address fails: only it is banned,
+    // the first three did nothing new.
+    let d = f.fail(2 * 3600, "198.18.1.4", "ceo@example.test");
+    let ips: Vec<String> = d.iter().map(|d| d.ip.to_string()).collect();
+    assert_eq!(ips, vec!["198.18.1.4"]);
+}

@@ -1,0 +1,335 @@
+//! Scenario tests: simulated mail-host traffic with ground truth through parse + engine.
+//!
+//! `engine_*` tests feed the simulator's expected events straight into the engine (no parser),
+//! so they test the rules on realistic traffic today. `text_*` tests run the real parser over
+//! the generated log text; they are ignored until the parser lands (`LineParser` still returns
+//! `Unparsed` for every line on this branch). Run them with `-- --ignored`.
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use detector::cli::replay::{Input, ReplayReport, inputs_from_texts, replay};
+use detector::engine::{Action, Engine, EngineConfig, Snapshot};
+use detector::parse::{Format, LineParser, Outcome};
+use detector_tests::sim::{HOST_V4, HOST_V6, Sim, SimConfig, Truth};
+
+fn engine() -> Engine {
+    let mut e = Engine::new(EngineConfig::default());
+    e.set_host_addrs([IpAddr::V4(HOST_V4), IpAddr::V6(HOST_V6)]);
+    e
+}
+
+fn sim(seed: u64) -> Sim {
+    Sim::generate(&SimConfig {
+        seed,
+        ..SimConfig::default()
+    })
+}
+
+fn run_events(sim: &Sim) -> ReplayReport {
+    let inputs = vec![
+        Input::from_events("postfix.log".into(), Sim::expected_events(&sim.postfix)),
+        Input::from_events("dovecot.log".into(), Sim::expected_events(&sim.dovecot)),
+    ];
+    replay(inputs, engine(), |_| {}, |_| {}).expect("replay")
+}
+
+fn run_merged_text(sim: &Sim) -> ReplayReport {
+    let text: String = sim
+        .merged()
+        .iter()
+        .map(|l| format!("{}\n", l.text))
+        .collect();
+    let inputs = inputs_from_texts(vec![("mail.log".into(), text)], Format::Syslog);
+    replay(inputs, engine(), |_| {}, |_| {}).expect("replay")
+}
+
+fn run_text(sim: &Sim) -> ReplayReport {
+    let inputs = inputs_from_texts(
+        vec![
+            ("postfix.log".into(), Sim::text(&sim.postfix)),
+            ("dovecot.log".into(), Sim::text(&sim.dovecot)),
+        ],
+        Format::Syslog,
+    );
+    replay(inputs, engine(), |_| {}, |_| {}).expect("replay")
+}
+
+/// Checks the ground truth and prints recall, precision and attempts before ban.
+fn assert_scenario(name: &str, sim: &Sim, report: &ReplayReport) {
+    let t: &Truth = &sim.truth;
+    let banned: BTreeSet<IpAddr> = report
+        .decisions
+        .iter()
+        .filter(|d| d.decision.action == Action::Ban)
+        .map(|d| d.decision.ip)
+        .collect();
+    let attackers = t.attackers();
+    let true_pos = banned.intersection(&attackers).count();
+    let recall = true_pos as f64 / attackers.len() as f64;
+    let precision = if banned.is_empty() {
+        0.0
+    } else {
+        true_pos as f64 / banned.len() as f64
+    };
+    let mut hist: BTreeMap<u64, usize> = BTreeMap::new();
+    for ip in t.bots.keys() {
+        if let Some(n) = report.attempts_before_ban.get(ip) {
+            *hist.entry(*n).or_insert(0) += 1;
+        }
+    }
+    println!(
+        "[{name}] lines {} events {}; attackers {} banned {} (true {}); recall {:.3} precision {:.3}",
+        report.stats.lines,
+        report.stats.events,
+        attackers.len(),
+        banned.len(),
+        true_pos,
+        recall,
+        precision
+    );
+    println!("[{name}] bans per rule: {:?}", report.bans_per_rule());
+    println!("[{name}] bots: failed logins up to and including the banning one: {hist:?}");
+    if let Some(b) = t.brute_forcer {
+        println!(
+            "[{name}] brute forcer: {:?} failed logins before ban",
+            report.attempts_before_ban.get(&b)
+        );
+    }
+    let spray: Vec<u64> = t
+        .sprayers
+        .iter()
+        .filter_map(|ip| report.attempts_before_ban.get(ip).copied())
+        .collect();
+    println!(
+        "[{name}] sprayers banned {}/{}; attempts {spray:?}",
+        spray.len(),
+        t.sprayers.len()
+    );
+
+    // No benign address, no injected address, no host address is ever banned.
+    let wrongly: Vec<_> = report
+        .decisions
+        .iter()
+        .filter(|d| d.decision.action == Action::Ban && !attackers.contains(&d.decision.ip))
+        .map(|d| {
+            format!(
+                "{} by {}: {}",
+                d.decision.ip, d.decision.rule, d.decision.note
+            )
+        })
+        .collect();
+    assert!(
+        wrongly.is_empty(),
+        "[{name}] non-attackers banned: {wrongly:#?}"
+    );
+    for d in &report.decisions {
+        assert!(
+            t.injected.iter().all(|ip| !d.decision.prefix.contains(ip)),
+            "[{name}] injected address banned: {}",
+            d.decision
+        );
+    }
+
+    // Every bot is banned at its first login attempt, i.e. before its second.
+    let mut late = Vec::new();
+    for (ip, attempts) in &t.bots {
+        match report.attempts_before_ban.get(ip) {
+            Some(n) if *n <= 1 => {}
+            other => late.push(format!(
+                "{ip}: {} attempts, banned after {other:?}",
+                attempts.len()
+            )),
+        }
+    }
+    assert!(
+        late.is_empty(),
+        "[{name}] bots not banned at their first attempt: {late:#?}"
+    );
+
+    // The fast brute forcer: by fail2ban's count at the latest.
+    let brute = t.brute_forcer.expect("brute forcer");
+    assert!(
+        report
+            .attempts_before_ban
+            .get(&brute)
+            .is_some_and(|n| *n <= 5),
+        "[{name}] brute forcer"
+    );
+    // Every sprayer (one try each) is banned: the first two once the name is under attack.
+    assert_eq!(spray.len(), t.sprayers.len(), "[{name}] sprayers banned");
+    // The injector is banned by its own address.
+    let inj = t.injector.expect("injector");
+    assert!(banned.contains(&inj), "[{name}] injector not banned");
+    assert_eq!(recall, 1.0, "[{name}] recall");
+    assert_eq!(precision, 1.0, "[{name}] precision");
+}
+
+#[test]
+fn engine_on_simulated_traffic_bans_all_attackers_and_no_one_else() {
+    for seed in [1, 2, 3] {
+        let sim = sim(seed);
+        let report = run_events(&sim);
+        assert_scenario(&format!("events seed {seed}"), &sim, &report);
+    }
+}
+
+#[test]
+fn engine_on_simulated_traffic_is_deterministic_and_survives_a_restart() {
+    let sim = sim(7);
+    let events = sim.merged_events();
+    let decide = |engine: &mut Engine, evs: &[detector::event::Event]| {
+        evs.iter()
+            .flat_map(|e| engine.observe(e))
+            .collect::<Vec<_>>()
+    };
+    let mut straight = engine();
+    let all = decide(&mut straight, &events);
+    assert!(all.len() > 300, "{} decisions", all.len());
+    assert_eq!(
+        all,
+        decide(&mut engine(), &events),
+        "same input, same decisions"
+    );
+
+    // Stop half-way, persist, restore into a fresh engine, continue.
+    let (a, b) = events.split_at(events.len() / 2);
+    let mut first = engine();
+    let mut got = decide(&mut first, a);
+    let json = serde_json::to_vec(&first.snapshot()).unwrap();
+    println!(
+        "snapshot after {} events: {} bytes, tracked {:?}",
+        a.len(),
+        json.len(),
+        first.tracked()
+    );
+    let snap: Snapshot = serde_json::from_slice(&json).unwrap();
+    let mut second = Engine::restore(EngineConfig::default(), snap).unwrap();
+    second.set_host_addrs([IpAddr::V4(HOST_V4), IpAddr::V6(HOST_V6)]);
+    got.extend(decide(&mut second, b));
+    assert_eq!(got, all);
+}
+
+#[test]
+fn engine_explains_a_bot_and_the_phone() {
+    let sim = sim(1);
+    let mut e = engine();
+    for ev in sim.merged_events() {
+        e.observe(&ev);
+    }
+    let bot = *sim.truth.bots.keys().next().unwrap();
+    let x = e.explain(bot);
+    assert!(x.offences >= 1, "{x}");
+    assert!(x.last_rule.is_some(), "{x}");
+    let phone = e.explain(sim.truth.phone.unwrap());
+    assert_eq!(phone.offences, 0, "{phone}");
+    assert!(phone.failures.iter().all(|f| f.lenient), "{phone}");
+    assert_eq!(phone.lenient_users, vec!["carol@example.test".to_string()]);
+    println!("{x}\n{phone}");
+}
+
+#[test]
+#[ignore = "needs parser: LineParser returns Unparsed for every line on this branch"]
+fn text_parse_and_engine_ban_all_attackers_and_no_one_else() {
+    for seed in [1, 2] {
+        let sim = sim(seed);
+        let report = run_text(&sim);
+        assert_scenario(&format!("text, two files, seed {seed}"), &sim, &report);
+        let report = run_merged_text(&sim);
+        assert_scenario(&format!("text, one file, seed {seed}"), &sim, &report);
+    }
+}
+
+#[test]
+#[ignore = "needs parser: LineParser returns Unparsed for every line on this branch"]
+fn text_parser_agrees_with_the_simulators_ground_truth() {
+    // One parser over the merged text (as with one journal or syslog source): every line the
+    // simulator gives an event must parse to an event of the same IP and kind (failure kinds
+    // count as one), and the counted failures per IP must match (the parser's de-duplication
+    // may pick a different line of one attempt to carry the count).
+    let sim = Sim::generate(&SimConfig {
+        hours: 12,
+        ..SimConfig::default()
+    });
+    let mut parser = LineParser::new(Format::Syslog);
+    let mut want: BTreeMap<IpAddr, u32> = BTreeMap::new();
+    let mut got: BTreeMap<IpAddr, u32> = BTreeMap::new();
+    let mut mismatches = Vec::new();
+    let lines = sim.merged();
+    for (i, l) in lines.iter().enumerate() {
+        let out = parser.parse_line(l.text.as_bytes(), i as u64 + 1);
+        if let Some(w) = &l.event {
+            *want.entry(w.ip).or_insert(0) += w.failures;
+            match &out {
+                Outcome::Event(e)
+                    if e.ip == w.ip
+                        && (e.kind == w.kind || e.is_auth_failure() && w.is_auth_failure()) => {}
+                other => mismatches.push(format!(
+                    "{}\n  want {:?} {}\n  got {other:?}",
+                    l.text, w.kind, w.ip
+                )),
+            }
+        }
+        if let Outcome::Event(e) = out {
+            *got.entry(e.ip).or_insert(0) += e.failures;
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches: {:#?}",
+        mismatches.len(),
+        &mismatches[..mismatches.len().min(5)]
+    );
+    let nonzero = |m: &BTreeMap<IpAddr, u32>| {
+        m.iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(a, n)| (*a, *n))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(nonzero(&got), nonzero(&want));
+}
+
+#[test]
+fn fail2ban_parity_alone_misses_the_slow_botnet() {
+    // Guard that the scenario discriminates: with only `burst` (5 in 10 min) the bots, which
+    // try once every 2–3 hours, are never banned.
+    let sim = sim(1);
+    let cfg = EngineConfig::from_toml_str(
+        "[engine]\ndisabled_rules = [\"probe-login\", \"slow-repeat\", \"target-campaign\"]\n",
+    )
+    .unwrap();
+    let inputs = vec![
+        Input::from_events("postfix.log".into(), Sim::expected_events(&sim.postfix)),
+        Input::from_events("dovecot.log".into(), Sim::expected_events(&sim.dovecot)),
+    ];
+    let report = replay(inputs, Engine::new(cfg), |_| {}, |_| {}).unwrap();
+    let bots_banned = sim
+        .truth
+        .bots
+        .keys()
+        .filter(|ip| report.attempts_before_ban.contains_key(ip))
+        .count();
+    println!(
+        "burst only: {bots_banned}/{} bots banned",
+        sim.truth.bots.len()
+    );
+    for d in report
+        .decisions
+        .iter()
+        .filter(|d| sim.truth.bots.contains_key(&d.decision.ip))
+        .take(2)
+    {
+        println!("{}", d.decision);
+        for r in &d.raw {
+            println!("   {}", r.text);
+        }
+    }
+    assert!(
+        bots_banned * 20 < sim.truth.bots.len(),
+        "{bots_banned} bots banned by burst alone"
+    );
+    assert!(
+        report
+            .attempts_before_ban
+            .contains_key(&sim.truth.brute_forcer.unwrap())
+    );
+}
