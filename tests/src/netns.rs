@@ -105,6 +105,19 @@ impl Topology {
         let pid = std::process::id();
         let client = NetNs::new(&format!("dtk-{tag}-c-{pid}"))?;
         let server = NetNs::new(&format!("dtk-{tag}-s-{pid}"))?;
+        let t = Topology {
+            client,
+            server,
+            net,
+        };
+        t.wire()?;
+        Ok(t)
+    }
+
+    /// Creates the veth pair with its addresses and neighbours (again, after
+    /// [`Topology::unplug`]: a re-created interface, as after a hotplug).
+    pub fn wire(&self) -> Result<()> {
+        let (net, t) = (self.net, self);
         ip(&[
             "link",
             "add",
@@ -112,7 +125,7 @@ impl Topology {
             "address",
             &mac(net, 2),
             "netns",
-            &client.name,
+            &t.client.name,
             "type",
             "veth",
             "peer",
@@ -121,13 +134,8 @@ impl Topology {
             "address",
             &mac(net, 1),
             "netns",
-            &server.name,
+            &t.server.name,
         ])?;
-        let t = Topology {
-            client,
-            server,
-            net,
-        };
         t.server.ip(&[
             "addr",
             "add",
@@ -192,7 +200,12 @@ impl Topology {
         }
         t.server.ip(&["link", "set", SERVER_IFACE, "up"])?;
         t.client.ip(&["link", "set", CLIENT_IFACE, "up"])?;
-        Ok(t)
+        Ok(())
+    }
+
+    /// Deletes the veth pair (both ends).
+    pub fn unplug(&self) -> Result<()> {
+        self.server.ip(&["link", "del", SERVER_IFACE])
     }
 
     pub fn v4(&self, host: u8) -> IpAddr {

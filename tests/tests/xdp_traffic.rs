@@ -284,3 +284,27 @@ fn attach_upgrades_a_different_pinned_program_in_place() -> Result<()> {
     assert!(!out.contains("replaced"), "{out}");
     Ok(())
 }
+
+#[test]
+fn reattach_after_the_interface_was_recreated() -> Result<()> {
+    let t = Topology::new("replug", 17)?;
+    let pins = PinDir::new("replug")?;
+    attach(&t, &pins)?;
+    detector_ok(&pins, None, &["ban", &t.v4(2).to_string()])?;
+    // The interface goes away and comes back: the pinned link is now defunct.
+    t.unplug()?;
+    t.wire()?;
+    let _l = t.listen(PORT)?;
+    assert!(
+        t.connects(t.v4(2), PORT)?,
+        "a new interface has no XDP until attach"
+    );
+    let out = attach(&t, &pins)?;
+    assert!(out.contains("veth-s: attached"), "{out}");
+    assert!(
+        !t.can_connect(t.v4(2), PORT)?,
+        "ban not enforced after re-attach"
+    );
+    assert!(t.connects(t.v4(3), PORT)?);
+    Ok(())
+}
