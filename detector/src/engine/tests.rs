@@ -592,6 +592,11 @@ fn attacker_names_are_bounded() {
     f.fail(0, BOT, &long);
     let e = f.engine.explain(BOT.parse().unwrap());
     assert!(e.failures[0].user.as_ref().unwrap().len() <= state::MAX_NAME_LEN);
+    let mut f = Feed::new(only(Rule::ProbeLogin));
+    f.probe(0, BOT, "a@example.test");
+    let d = f.fail(1, BOT, "evil\u{1b}[2J\nname");
+    assert!(!d[0].note.chars().any(char::is_control), "{:?}", d[0].note);
+    assert!(d[0].note.contains("evil?[2J?name"), "{:?}", d[0].note);
 }
 
 #[test]
