@@ -22,7 +22,7 @@ pub mod map_names {
     pub const PREFIX_V4: &str = "PREFIX_V4";
     /// IPv6 prefix bans: LPM_TRIE<[u8; 16], PrefixBan>.
     pub const PREFIX_V6: &str = "PREFIX_V6";
-    /// PERCPU_ARRAY<u64> indexed by [`crate::stats`].
+    /// PERCPU_ARRAY<Counters> with one entry (index 0).
     pub const STATS: &str = "STATS";
     /// ARRAY<Settings> with one entry (index 0).
     pub const SETTINGS: &str = "SETTINGS";
@@ -30,6 +30,23 @@ pub mod map_names {
 
 /// The XDP program's name in the object file.
 pub const XDP_PROGRAM: &str = "detector_xdp";
+
+/// Reference programs in the same object, used only by `cargo xtask bench xdp` through
+/// BPF_PROG_TEST_RUN; detector never attaches them.
+pub mod bench_programs {
+    /// Returns XDP_PASS and nothing else: the harness floor.
+    pub const EMPTY: &str = "bench_empty";
+    /// Ethernet + IPv4 at fixed offsets, one BANS_V4 lookup, drop on hit.
+    pub const BARE_V4: &str = "bench_bare_v4";
+    /// Ethernet + IPv6 at fixed offsets, one BANS_V6 lookup, drop on hit.
+    pub const BARE_V6: &str = "bench_bare_v6";
+}
+
+/// Default capacity of each exact ban map (per address family).
+pub const DEFAULT_EXACT_CAPACITY: u32 = 1 << 20;
+/// Default capacity of each prefix trie (per address family). LPM lookups get slower with
+/// depth, so prefix bans are meant to stay few.
+pub const DEFAULT_PREFIX_CAPACITY: u32 = 1 << 16;
 
 /// Key of the exact IPv4 ban map: the address in network byte order.
 #[repr(C)]
@@ -83,6 +100,9 @@ pub struct PrefixBan {
 pub struct Settings {
     /// Bit set of [`settings_flags`].
     pub flags: u32,
+    /// [`LAYOUT_VERSION`] of the loader that created the pinned maps. User space checks it
+    /// before adopting pins left by an earlier run (aya itself reuses pins without checks).
+    pub layout_version: u32,
 }
 
 pub mod settings_flags {
@@ -94,20 +114,22 @@ pub mod settings_flags {
     pub const HAVE_PREFIX_V6: u32 = 1 << 2;
 }
 
-/// Indices into the per-CPU STATS array. Seen = passed + dropped.
-pub mod stats {
-    pub const PASSED: u32 = 0;
-    pub const DROPPED: u32 = 1;
-    pub const DROPPED_BYTES: u32 = 2;
-    /// Matched a live ban while in observe mode (passed, counted in PASSED too).
-    pub const OBSERVED: u32 = 3;
+/// The XDP program's counters: STATS is a per-CPU array with one `Counters` (index 0), so a
+/// frame costs one map lookup whatever it bumps. Seen = passed + dropped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub passed: u64,
+    pub dropped: u64,
+    pub dropped_bytes: u64,
+    /// Matched a live ban while in observe mode (passed, counted in `passed` too).
+    pub observed: u64,
     /// Matched an expired ban (passed).
-    pub const EXPIRED_HITS: u32 = 4;
+    pub expired_hits: u64,
     /// Truncated or malformed frames (passed).
-    pub const MALFORMED: u32 = 5;
+    pub malformed: u64,
     /// Non-IP frames such as ARP (passed).
-    pub const NON_IP: u32 = 6;
-    pub const COUNT: u32 = 7;
+    pub non_ip: u64,
 }
 
 /// Why an entry is in the ban maps. Rule codes mirror the engine's rule names.
@@ -129,4 +151,5 @@ mod pod {
     unsafe impl aya::Pod for super::ExactBan {}
     unsafe impl aya::Pod for super::PrefixBan {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::Counters {}
 }

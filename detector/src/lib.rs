@@ -6,10 +6,12 @@
 //! `engine` (rules, state) -> decisions -> `enforce` (pinned BPF maps) and `store`.
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod enforce;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod metrics;
 pub mod parse;
 pub mod source;
 pub mod store;

@@ -1,5 +1,8 @@
 //! `cargo xtask <task>`: everything needed to go from a fresh machine to a running detector.
+mod bench;
 mod build;
+mod dist;
+mod lab;
 mod run;
 mod setup;
 mod sim;
@@ -27,6 +30,13 @@ enum Task {
     Run(run::Options),
     /// Run every test, including the kernel and end-to-end ones (needs root).
     Test(test::Options),
+    /// Build the release binary, man pages, shell completions and a .deb under target/dist.
+    Dist(dist::Options),
+    /// Measure: `cargo xtask bench parse|xdp|e2e`.
+    Bench(bench::Args),
+    /// The mail lab (real Postfix + Dovecot in namespaces): `lab up [--journal] [--ipv6]
+    /// [--bots N]`, `lab attack [--rounds N]`, `lab client`, `lab logs`, `lab status`, `lab down`.
+    Lab(lab::Options),
     /// Write simulated mail logs with ground truth: `cargo xtask sim --seed 1 --hours 48 > log`.
     Sim(sim::Options),
 }
@@ -37,6 +47,9 @@ fn main() -> Result<()> {
         Task::Build(o) => build::run(o),
         Task::Run(o) => run::run(o),
         Task::Test(o) => test::run(o),
+        Task::Dist(o) => dist::run(o),
+        Task::Bench(b) => bench::run(b),
+        Task::Lab(o) => lab::run(o),
         Task::Sim(o) => sim::run(o),
     }
 }

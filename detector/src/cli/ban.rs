@@ -1,11 +1,122 @@
-//! `detector ban` (not implemented yet).
+//! `detector ban`: add a ban to the pinned maps.
 use std::process::ExitCode;
+use std::time::Duration;
 
+use ipnet::IpNet;
+
+use crate::enforce::{BanOutcome, Enforcer, Reason, display_target};
+
+use super::pin_dir::PinDirArg;
+
+/// Ban an address or CIDR prefix. The ban is enforced by the XDP program at once and expires
+/// by itself in the kernel, daemon or not. Banning an already banned address extends its
+/// expiry (never shortens it). Loopback, link-local, multicast, this host's own addresses and
+/// the allowlist are refused.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// IPv4/IPv6 address or CIDR prefix (198.51.100.7, 2001:db8::/48).
+    #[arg(value_name = "IP|CIDR", value_parser = parse_target)]
+    pub target: IpNet,
+    /// How long the ban lasts (humantime: 90s, 30m, 2h, 7d, "1h 30m").
+    #[arg(long = "for", value_name = "DURATION", default_value = "24h", value_parser = parse_ttl,
+          conflicts_with = "permanent")]
+    pub ttl: Duration,
+    /// Never expire (until `detector unban`).
+    #[arg(long)]
+    pub permanent: bool,
+    /// Why (shown by `list`): manual, probe-login, slow-repeat, target-campaign, burst, other.
+    #[arg(long, value_name = "REASON", default_value = "manual")]
+    pub reason: Reason,
+    #[command(flatten)]
+    pub pin: PinDirArg,
+}
 
-pub fn run(_args: Args) -> crate::Result<ExitCode> {
-    Err(crate::Error::Usage(
-        "`detector ban` is not implemented yet".into(),
-    ))
+/// An address (host ban) or a prefix; host bits in a prefix are an error, not silently
+/// cleared: `198.51.100.7/24` is probably a typo.
+pub fn parse_target(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    if let Ok(addr) = s.parse::<std::net::IpAddr>() {
+        return Ok(IpNet::from(addr));
+    }
+    let net: IpNet = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not an IP address or CIDR prefix"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "`{s}` has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); examples: 90s, 30m, 2h, 7d"))?;
+    if d.is_zero() {
+        return Err("a ban must last longer than 0s (use --permanent for no expiry)".into());
+    }
+    Ok(d)
+}
+
+pub fn run(args: Args) -> crate::Result<ExitCode> {
+    let mut enforcer = Enforcer::open(&args.pin.pin_dir)?;
+    let ttl = (!args.permanent).then_some(args.ttl);
+    let outcome = enforcer.ban(args.target, ttl, args.reason)?;
+    let how_long = match ttl {
+        Some(d) => format!("for {}", humantime::format_duration(d)),
+        None => "permanently".to_string(),
+    };
+    match outcome {
+        BanOutcome::Added => println!("banned {} {how_long}", display_target(&args.target)),
+        BanOutcome::Extended => println!(
+            "{} was already banned; extended: {how_long}",
+            display_target(&args.target)
+        ),
+        BanOutcome::Unchanged => println!(
+            "{} is already banned at least that long; unchanged",
+            display_target(&args.target)
+        ),
+    }
+    if enforcer.attached_interfaces().is_empty() {
+        eprintln!(
+            "detector: warning: the XDP program is not attached to any interface; run `detector attach`"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            parse_target("198.51.100.7").unwrap().to_string(),
+            "198.51.100.7/32"
+        );
+        assert_eq!(
+            parse_target("2001:db8::1").unwrap().to_string(),
+            "2001:db8::1/128"
+        );
+        assert_eq!(
+            parse_target("198.51.100.0/24").unwrap().to_string(),
+            "198.51.100.0/24"
+        );
+        assert!(
+            parse_target("198.51.100.7/24")
+                .unwrap_err()
+                .contains("198.51.100.0/24")
+        );
+        assert!(parse_target("nonsense").is_err());
+        assert!(parse_target("1.2.3.4/33").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_ttl("2h").unwrap(), Duration::from_secs(7200));
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("soon").is_err());
+    }
 }

@@ -1,11 +1,107 @@
-//! `detector explain` (not implemented yet).
+//! `detector explain <IP>`: why an address is (or is not) banned.
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+use crate::config::Config;
+use crate::daemon::ENGINE_STATE_FILE;
+use crate::enforce::{Enforcer, default_pin_dir};
+use crate::engine::{Engine, Snapshot};
+use crate::store::{Loaded, StateDir};
+use crate::{Error, Result};
 
-pub fn run(_args: Args) -> crate::Result<ExitCode> {
-    Err(crate::Error::Usage(
-        "`detector explain` is not implemented yet".into(),
-    ))
+/// Explain why an address is or is not banned.
+///
+/// Reads the engine state the daemon last saved (at most `daemon.persist_interval` old) and the
+/// kernel maps: the address's failed logins and SMTP probes within the horizon, the rule and
+/// evidence of its ban, its offence count and the length of its next ban.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The address to explain.
+    #[arg(value_name = "IP", value_parser = parse_ip)]
+    pub ip: IpAddr,
+    /// Configuration file (for the state directory and the engine settings).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// State directory (overrides the configuration).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// bpffs directory of the pinned maps.
+    #[arg(long, value_name = "DIR", env = "DETECTOR_PIN_DIR")]
+    pub pin_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_ip(text: &str) -> std::result::Result<IpAddr, String> {
+    text.parse()
+        .map_err(|_| format!("`{text}` is not an IP address"))
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let config = Config::load(args.config.as_deref())?;
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or(config.daemon.state_dir.clone());
+    let engine = load_engine(&config, &state_dir)?;
+    let explanation = engine.explain(args.ip);
+    // The kernel's view: a manual ban is only there, and the kernel knows the hit count.
+    let pin_dir = args.pin_dir.clone().unwrap_or_else(default_pin_dir);
+    let kernel: Vec<_> = match Enforcer::open(&pin_dir).and_then(|e| e.list()) {
+        Ok(bans) => bans
+            .into_iter()
+            .filter(|b| b.net.contains(&args.ip))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    if args.json {
+        let kernel_json: Vec<_> = kernel
+            .iter()
+            .map(|b| {
+                serde_json::json!({
+                    "prefix": b.net.to_string(),
+                    "reason": b.reason.as_str(),
+                    "hits": b.hits,
+                    "remaining_s": b.remaining.map(|d| d.as_secs()),
+                })
+            })
+            .collect();
+        let mut value =
+            serde_json::to_value(&explanation).map_err(|e| Error::Store(e.to_string()))?;
+        value["kernel_bans"] = serde_json::Value::Array(kernel_json);
+        println!("{value}");
+    } else {
+        println!("{explanation}");
+        if kernel.is_empty() {
+            println!("kernel: no ban covers {}", args.ip);
+        }
+        for b in &kernel {
+            let left = b.remaining.map_or("permanent".to_string(), |d| {
+                humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
+            });
+            println!(
+                "kernel: {} banned ({}), {left} left, {} packets dropped",
+                b.net,
+                b.reason.as_str(),
+                b.hits
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_engine(config: &Config, state_dir: &std::path::Path) -> Result<Engine> {
+    if !state_dir.exists() {
+        return Ok(Engine::new(config.engine.clone()));
+    }
+    let state = StateDir::open(state_dir)?;
+    match state.read_json::<Snapshot>(ENGINE_STATE_FILE)? {
+        Loaded::Found(snapshot) => Engine::restore(config.engine.clone(), snapshot),
+        Loaded::Missing => Ok(Engine::new(config.engine.clone())),
+        Loaded::Quarantined { reason, .. } => {
+            Err(Error::Store(format!("engine state unreadable: {reason}")))
+        }
+    }
 }

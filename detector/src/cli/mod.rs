@@ -8,8 +8,10 @@ pub mod ban;
 pub mod check_config;
 pub mod detach;
 pub mod explain;
+pub mod generate;
 pub mod list;
 pub mod parse;
+pub mod pin_dir;
 pub mod replay;
 pub mod run;
 pub mod stats;
@@ -59,6 +61,9 @@ pub enum Command {
     Explain(explain::Args),
     /// Validate a configuration file and print the effective settings.
     CheckConfig(check_config::Args),
+    /// Write man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(generate::Args),
 }
 
 impl Cli {
@@ -76,6 +81,7 @@ impl Cli {
             Command::Status(a) => status::run(a),
             Command::Explain(a) => explain::run(a),
             Command::CheckConfig(a) => check_config::run(a),
+            Command::Generate(a) => generate::run(a),
         }
     }
 }

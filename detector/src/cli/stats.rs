@@ -1,11 +1,51 @@
-//! `detector stats` (not implemented yet).
+//! `detector stats`: the XDP program's counters.
 use std::process::ExitCode;
 
-#[derive(Debug, clap::Args)]
-pub struct Args {}
+use crate::enforce::Enforcer;
 
-pub fn run(_args: Args) -> crate::Result<ExitCode> {
-    Err(crate::Error::Usage(
-        "`detector stats` is not implemented yet".into(),
-    ))
+use super::pin_dir::PinDirArg;
+
+/// Show the XDP program's packet counters (since the maps were created), summed over CPUs.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// One JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub pin: PinDirArg,
+}
+
+pub fn run(args: Args) -> crate::Result<ExitCode> {
+    let enforcer = Enforcer::open(&args.pin.pin_dir)?;
+    let s = enforcer.stats()?;
+    if args.json {
+        let v = serde_json::to_value(s).map_err(|e| crate::Error::Bpf(format!("stats: {e}")))?;
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ifaces = enforcer.attached_interfaces();
+    println!(
+        "attached to:    {}",
+        if ifaces.is_empty() {
+            "(nothing)".to_string()
+        } else {
+            ifaces.join(", ")
+        }
+    );
+    println!(
+        "mode:           {}",
+        if s.observe_mode {
+            "observe (matches pass)"
+        } else {
+            "enforce"
+        }
+    );
+    println!("seen:           {}", s.seen);
+    println!("passed:         {}", s.passed);
+    println!("dropped:        {} ({} bytes)", s.dropped, s.dropped_bytes);
+    println!("observed:       {}", s.observed);
+    println!("expired hits:   {}", s.expired_hits);
+    println!("malformed:      {}", s.malformed);
+    println!("non-IP:         {}", s.non_ip);
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,1 +1,62 @@
-//! enforce (in progress)
+//! The only code that touches BPF: loading and attaching the XDP program, pinning it, and
+//! reading and writing the ban maps.
+//!
+//! Two entry points:
+//! - [`attach`] / [`detach`] manage the program, its links and the pins under a pin directory
+//!   (default [`detector_common::PIN_DIR`]). Everything is pinned, so the XDP program keeps
+//!   dropping (and bans keep expiring) with no process running.
+//! - [`Enforcer::open`] adopts the pinned maps for `ban`, `unban`, `list`, `stats`, the sweeper
+//!   and the daemon.
+//!
+//! aya reuses existing pins without checking them, so every adoption first compares the pinned
+//! maps (type, key/value size, capacity) and the layout version stored in SETTINGS with this
+//! build, and refuses with one message on mismatch.
+mod allow;
+mod attach;
+mod clock;
+mod maps;
+mod pins;
+mod sys;
+pub mod testrun;
+mod types;
+mod verify;
+
+pub use allow::{Allowlist, local_addresses};
+pub use attach::{AttachOptions, AttachOutcome, AttachReport, DetachReport, attach, detach};
+pub use maps::Enforcer;
+pub use maps::canonical;
+pub use pins::PinPaths;
+pub use types::{AttachMode, BanEntry, BanOutcome, Capacity, Reason, Stats, display_target};
+
+use std::path::PathBuf;
+
+/// The pin directory: `DETECTOR_PIN_DIR` if set, else [`detector_common::PIN_DIR`].
+/// The CLI's `--pin-dir` flag (which also reads that variable) takes precedence.
+pub fn default_pin_dir() -> PathBuf {
+    std::env::var_os("DETECTOR_PIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(detector_common::PIN_DIR))
+}
+
+/// Formats an error with its chain of causes on one line (aya errors keep the errno there).
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    let mut s = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let msg = e.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = e.source();
+    }
+    s
+}
+
+/// `Error::Bpf` with a context and the cause chain.
+pub(crate) fn bpf_error(
+    context: impl std::fmt::Display,
+    err: &dyn std::error::Error,
+) -> crate::Error {
+    crate::Error::Bpf(format!("{context}: {}", chain(err)))
+}

@@ -4,7 +4,29 @@
 //! - [`LineParser::new`] / [`LineParser::parse_line`]
 //! - [`Outcome`]
 //! - [`ParseStats`]
-use crate::event::Event;
+//!
+//! Layout: [`envelope`] unwraps journal JSON / syslog / Dovecot log_path / bare lines,
+//! `postfix` and `dovecot` turn messages into records, [`dedup`] holds the cross-line state
+//! (failure de-duplication, Postfix connection and queue tracking). No regex anywhere: fixed
+//! prefixes and `memchr`, bounded work per line.
+use chrono::{DateTime, FixedOffset, Offset, Utc};
+
+use crate::event::{Event, EventKind, Service};
+
+pub mod dedup;
+mod dovecot;
+pub mod envelope;
+mod postfix;
+mod record;
+mod text;
+pub mod time;
+
+use record::{Link, Parsed, Record};
+pub use time::Reference;
+
+/// Longer lines are not parsed at all (counted as unparsed): real Postfix/Dovecot lines stay
+/// well under 8 KiB, journal JSON objects under 16 KiB.
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
 
 /// Input envelope: how a line wraps the daemon's message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -38,26 +60,208 @@ pub struct ParseStats {
 }
 
 /// Stateful line parser: holds year inference and the cross-line de-duplication state.
-#[derive(Debug, Default)]
+///
+/// Timestamps without an offset (RFC 3164, Dovecot `log_path`) are read in the local time
+/// zone's offset at construction time ([`LineParser::with_reference`] lets callers fix both).
+#[derive(Debug)]
 pub struct LineParser {
     format: Format,
     stats: ParseStats,
+    reference: Reference,
+    naive_offset: FixedOffset,
+    state: dedup::State,
+}
+
+impl Default for LineParser {
+    fn default() -> Self {
+        LineParser::new(Format::Auto)
+    }
 }
 
 impl LineParser {
+    /// A parser for live input: the year of year-less timestamps comes from the wall clock.
     pub fn new(format: Format) -> Self {
-        LineParser { format, stats: ParseStats::default() }
+        let offset = chrono::Local::now().offset().fix();
+        LineParser::with_reference(format, Reference::WallClock, offset)
+    }
+
+    /// A parser with an explicit reference time (year inference, time of header-less lines)
+    /// and the offset of timestamps that carry none.
+    pub fn with_reference(format: Format, reference: Reference, naive_offset: FixedOffset) -> Self {
+        LineParser {
+            format,
+            stats: ParseStats::default(),
+            reference,
+            naive_offset,
+            state: dedup::State::default(),
+        }
     }
 
     /// Parses one line (without its trailing newline). `line_no` is 1-based.
     pub fn parse_line(&mut self, line: &[u8], line_no: u64) -> Outcome {
-        let _ = (line, line_no, self.format);
         self.stats.lines += 1;
-        self.stats.unparsed += 1;
-        Outcome::Unparsed
+        let outcome = self.parse_inner(line, line_no);
+        match outcome {
+            Outcome::Event(_) => self.stats.events += 1,
+            Outcome::Unparsed => self.stats.unparsed += 1,
+            Outcome::Ignored => {}
+        }
+        outcome
     }
 
     pub fn stats(&self) -> ParseStats {
         self.stats
     }
+
+    /// Entries held in the cross-line state (bounded; see [`dedup`]).
+    pub fn state_len(&self) -> usize {
+        self.state.len()
+    }
+
+    fn parse_inner(&mut self, line: &[u8], line_no: u64) -> Outcome {
+        if line.len() > MAX_LINE_BYTES {
+            return Outcome::Unparsed;
+        }
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Outcome::Ignored;
+        }
+        let json = match self.format {
+            Format::JournalJson => true,
+            Format::Syslog => false,
+            Format::Auto => envelope::looks_like_json(line),
+        };
+        let env = if json {
+            match envelope::journal(line) {
+                Some(e) => e,
+                None => return Outcome::Unparsed,
+            }
+        } else {
+            envelope::syslog(line, &self.reference, self.naive_offset)
+        };
+        let parsed = dispatch(&env, line);
+        let time = env.time.unwrap_or_else(|| self.reference.now());
+        self.finish(parsed, time, env.pid, line_no)
+    }
+
+    fn finish(
+        &mut self,
+        parsed: Parsed,
+        time: DateTime<Utc>,
+        pid: Option<u32>,
+        line_no: u64,
+    ) -> Outcome {
+        let rec = match parsed {
+            Parsed::Record(r) => r,
+            Parsed::QueueActive(qid) => {
+                return match self.state.queue_take(&qid) {
+                    Some((ip, protocol)) => {
+                        let mut r = Record::new(Service::Postfix, EventKind::MessageAccepted, ip);
+                        r.protocol = protocol;
+                        Outcome::Event(event(r, time, line_no, None, 0))
+                    }
+                    None => Outcome::Ignored,
+                };
+            }
+            Parsed::QueueRemoved(qid) => {
+                self.state.queue_take(&qid);
+                return Outcome::Ignored;
+            }
+            Parsed::Ignored => return Outcome::Ignored,
+            Parsed::Unparsed => return Outcome::Unparsed,
+        };
+        let st = &mut self.state;
+        let (failures, session) = match &rec.link {
+            Link::None => (rec.attempts, None),
+            Link::DovecotAuth { session: Some(s) } => {
+                (st.dovecot_auth_session(s, time), Some(s.clone()))
+            }
+            Link::DovecotAuth { session: None } => {
+                (st.dovecot_auth_no_session(rec.ip, &rec.user, time), None)
+            }
+            Link::DovecotLogin { session } => {
+                let f = if rec.attempts > 0 {
+                    st.dovecot_login(session.as_deref(), rec.ip, &rec.user, rec.attempts, time)
+                } else {
+                    0
+                };
+                (f, session.clone())
+            }
+            Link::PostfixConnect => {
+                st.postfix_connect(pid, rec.ip, time);
+                (0, pid_session(pid))
+            }
+            Link::PostfixSasl => (
+                st.postfix_sasl(pid, rec.ip, &rec.user, rec.attempts, time),
+                pid_session(pid),
+            ),
+            Link::PostfixDisconnect => (
+                st.postfix_disconnect(pid, rec.ip, rec.attempts, time),
+                pid_session(pid),
+            ),
+            Link::PostfixQueue(qid) => {
+                st.queue_client(qid.clone(), rec.ip, rec.protocol, time);
+                (0, pid_session(pid))
+            }
+        };
+        Outcome::Event(event(rec, time, line_no, session, failures))
+    }
 }
+
+fn pid_session(pid: Option<u32>) -> Option<String> {
+    pid.map(|p| format!("pid:{p}"))
+}
+
+fn event(
+    r: Record,
+    time: DateTime<Utc>,
+    line: u64,
+    session: Option<String>,
+    failures: u32,
+) -> Event {
+    let failure_kind = matches!(r.kind, EventKind::AuthFailure | EventKind::AuthUnknownUser);
+    Event {
+        time,
+        service: r.service,
+        kind: r.kind,
+        ip: r.ip,
+        user: r.user,
+        recipient: r.recipient,
+        protocol: r.protocol,
+        line,
+        session,
+        failures: if failure_kind { failures } else { 0 },
+        smtp: r.smtp,
+    }
+}
+
+/// Routes the message to the daemon parser its tag names.
+fn dispatch(env: &envelope::Envelope<'_>, line: &[u8]) -> Parsed {
+    let msg: &[u8] = &env.message;
+    if let Some(id) = env.ident.as_deref() {
+        if id.starts_with(b"postfix") && id.contains(&b'/') {
+            return postfix::parse(id, msg);
+        }
+        if dovecot::is_dovecot_ident(id) {
+            return dovecot::parse(Some(id), msg);
+        }
+        if env.has_header {
+            return Parsed::Ignored;
+        }
+    } else if env.has_header {
+        return dovecot::parse(None, msg);
+    }
+    // A bare message (no timestamp): a Dovecot process prefix, or an smtpd message; anything
+    // else without a header is junk to us.
+    match dovecot::parse(None, line) {
+        Parsed::Ignored => match postfix::parse_bare(line) {
+            Parsed::Ignored => Parsed::Unparsed,
+            p => p,
+        },
+        p => p,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,49 @@
+//! Reference programs for `cargo xtask bench xdp` (run only through BPF_PROG_TEST_RUN; never
+//! attached). They share detector_xdp's maps so every variant sees the same entries.
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    macros::xdp,
+    programs::XdpContext,
+};
+use core::ptr::read_unaligned;
+use detector_common::{Ipv4Key, Ipv6Key};
+
+use crate::maps::{BANS_V4, BANS_V6};
+
+/// The harness floor: returns XDP_PASS.
+#[xdp]
+pub fn bench_empty(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+/// The least a ban check can do: untagged Ethernet + IPv4 at fixed offsets, one hash lookup.
+#[xdp]
+pub fn bench_bare_v4(ctx: XdpContext) -> u32 {
+    let s = ctx.data();
+    if s + 34 > ctx.data_end() {
+        return XDP_PASS;
+    }
+    // SAFETY: bounds checked above.
+    let addr: [u8; 4] = unsafe { read_unaligned((s + 26) as *const [u8; 4]) };
+    if BANS_V4.get_ptr(Ipv4Key { addr }).is_some() {
+        XDP_DROP
+    } else {
+        XDP_PASS
+    }
+}
+
+/// Same for IPv6: fixed offsets, one 16-byte-key hash lookup.
+#[xdp]
+pub fn bench_bare_v6(ctx: XdpContext) -> u32 {
+    let s = ctx.data();
+    if s + 54 > ctx.data_end() {
+        return XDP_PASS;
+    }
+    // SAFETY: bounds checked above.
+    let addr: [u8; 16] = unsafe { read_unaligned((s + 22) as *const [u8; 16]) };
+    if BANS_V6.get_ptr(Ipv6Key { addr }).is_some() {
+        XDP_DROP
+    } else {
+        XDP_PASS
+    }
+}

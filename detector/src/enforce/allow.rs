@@ -1,0 +1,140 @@
+//! Addresses that must never be banned: loopback and other special ranges, the host's own
+//! addresses (read at check time: they change) and the configured allow CIDRs.
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::Error;
+
+/// Ranges no ban may touch, whatever the configuration: loopback, "this network",
+/// link-local (IPv6 neighbours and routers, cloud metadata at 169.254.169.254), multicast and
+/// broadcast. None of them is a sensible botnet source.
+const BUILT_IN: &[(&str, &str)] = &[
+    ("127.0.0.0/8", "loopback"),
+    ("::1/128", "loopback"),
+    ("0.0.0.0/8", "unspecified"),
+    ("::/128", "unspecified"),
+    ("169.254.0.0/16", "link-local"),
+    ("fe80::/10", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("ff00::/8", "multicast"),
+    ("255.255.255.255/32", "broadcast"),
+];
+
+#[derive(Clone, Debug, Default)]
+pub struct Allowlist {
+    configured: Vec<IpNet>,
+}
+
+impl Allowlist {
+    /// `configured`: the allow CIDRs from the configuration.
+    pub fn new(configured: Vec<IpNet>) -> Self {
+        Allowlist { configured }
+    }
+
+    /// Refuses a ban that overlaps any protected range. Two prefixes overlap exactly when one
+    /// contains the other, so a ban wider than an allowed range is refused as well.
+    pub fn check(&self, ban: &IpNet) -> crate::Result<()> {
+        for (cidr, what) in BUILT_IN {
+            let net: IpNet = cidr.parse().expect("built-in CIDRs are valid");
+            if overlaps(ban, &net) {
+                return Err(refused(ban, &format!("it covers {what} range {net}")));
+            }
+        }
+        for net in &self.configured {
+            if overlaps(ban, net) {
+                return Err(refused(ban, &format!("it overlaps the allowlisted {net}")));
+            }
+        }
+        for addr in local_addresses() {
+            if ban.contains(&addr) {
+                return Err(refused(
+                    ban,
+                    &format!("it covers this host's own address {addr}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn refused(ban: &IpNet, why: &str) -> Error {
+    Error::Usage(format!("refusing to ban {ban}: {why}"))
+}
+
+fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    match (a, b) {
+        (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_)) => {
+            a.contains(&b.network()) || b.contains(&a.network())
+        }
+        _ => false,
+    }
+}
+
+/// Every address configured on this host's interfaces (in the current network namespace).
+pub fn local_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list returned by getifaddrs.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr whose family tells its real type.
+            let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                out.push(IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()));
+            } else if family == libc::AF_INET6 {
+                let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                out.push(IpAddr::from(sin6.sin6_addr.s6_addr));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: head came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn refuses_loopback_and_wider_prefixes() {
+        let a = Allowlist::default();
+        assert!(a.check(&net("127.0.0.1/32")).is_err());
+        assert!(a.check(&net("::1/128")).is_err());
+        assert!(a.check(&net("0.0.0.0/0")).is_err());
+        assert!(a.check(&net("::/0")).is_err());
+        assert!(a.check(&net("169.254.169.254/32")).is_err());
+        assert!(a.check(&net("198.18.5.0/24")).is_ok());
+        assert!(a.check(&net("2001:db8:10::7/128")).is_ok());
+    }
+
+    #[test]
+    fn refuses_overlap_with_configured_allow_in_both_directions() {
+        let a = Allowlist::new(vec![net("198.18.10.0/24")]);
+        assert!(a.check(&net("198.18.10.5/32")).is_err());
+        assert!(a.check(&net("198.18.0.0/16")).is_err());
+        assert!(a.check(&net("198.18.11.0/24")).is_ok());
+    }
+
+    #[test]
+    fn refuses_own_addresses() {
+        // Loopback is always configured; every other local address must be refused too.
+        for addr in local_addresses() {
+            let err = Allowlist::default().check(&IpNet::from(addr)).unwrap_err();
+            assert!(err.to_string().contains("refusing"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! Load, attach, pin, adopt, upgrade, detach.
+//!
+//! Pins under the pin directory: one per map (bpftool can dump them), the program
+//! (`prog_detector_xdp`) and one XDP link per interface (`link_<iface>`). A pinned link keeps the
+//! program attached after the process exits; removing the pin detaches it.
+use std::path::Path;
+
+use aya::{
+    EbpfLoader,
+    maps::Array,
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+    },
+};
+use aya_obj::programs::XdpAttachType;
+use detector_common::{LAYOUT_VERSION, Settings, XDP_PROGRAM, map_names};
+use tracing::{info, warn};
+
+use super::pins::{MAP_NAMES, PinPaths};
+use super::types::{AttachMode, Capacity};
+use super::{bpf_error, chain, sys, verify};
+use crate::Error;
+
+/// The XDP object built by build.rs from detector-ebpf.
+pub(crate) static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector"));
+
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    pub pin_dir: std::path::PathBuf,
+    pub ifaces: Vec<String>,
+    pub mode: AttachMode,
+    /// `Some`: create the maps with this capacity, or insist that pinned maps have it.
+    /// `None`: defaults when creating, whatever is pinned when adopting.
+    pub capacity: Option<Capacity>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachOutcome {
+    /// Newly attached in this mode ("native" or "generic").
+    Attached(&'static str),
+    /// Our link was already there; left as it is (or upgraded, see the report).
+    AlreadyAttached,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AttachReport {
+    /// Pinned maps from an earlier run were adopted (bans kept).
+    pub adopted: bool,
+    /// Links switched to this build's program with BPF_LINK_UPDATE (no gap in filtering).
+    pub upgraded_links: Vec<String>,
+    pub ifaces: Vec<(String, AttachOutcome)>,
+}
+
+fn check_iface_name(name: &str) -> crate::Result<()> {
+    let valid = !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && !name.contains(['/', '\0'])
+        && !name.chars().any(char::is_whitespace);
+    if !valid {
+        return Err(Error::Usage(format!("invalid interface name `{name}`")));
+    }
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| Error::Usage(format!("invalid interface name `{name}`")))?;
+    // SAFETY: c is NUL-terminated.
+    if unsafe { libc::if_nametoindex(c.as_ptr()) } == 0 {
+        return Err(Error::Usage(format!("no network interface named `{name}`")));
+    }
+    Ok(())
+}
+
+/// Loads the program (adopting pinned maps if there are any), attaches it to `opts.ifaces`
+/// and pins everything. Idempotent: an interface that already has our link is left alone, a
+/// pinned program from another build is swapped in place with BPF_LINK_UPDATE.
+pub fn attach(opts: &AttachOptions) -> crate::Result<AttachReport> {
+    sys::require_privileges()?;
+    sys::require_bpffs(&opts.pin_dir)?;
+    if opts.ifaces.is_empty() {
+        return Err(Error::Usage("no interface given (--iface IFACE)".into()));
+    }
+    for iface in &opts.ifaces {
+        check_iface_name(iface)?;
+    }
+    let pins = PinPaths::new(&opts.pin_dir);
+    let adopting = pins.any_map_pinned();
+    if adopting {
+        verify::check_pinned_maps(&pins, opts.capacity)?;
+    }
+    std::fs::create_dir_all(pins.dir()).map_err(|e| Error::io(pins.dir(), e))?;
+    let result = load_and_attach(opts, &pins, adopting);
+    if result.is_err() && !adopting && pins.linked_interfaces().is_empty() {
+        // A failed first attach must not leave half a setup behind.
+        let _ = remove_all_pins(&pins);
+    }
+    result
+}
+
+fn load_and_attach(
+    opts: &AttachOptions,
+    pins: &PinPaths,
+    adopting: bool,
+) -> crate::Result<AttachReport> {
+    let capacity = opts.capacity.unwrap_or_default();
+    let mut loader = EbpfLoader::new();
+    for name in MAP_NAMES {
+        loader.map_pin_path(name, pins.map(name));
+    }
+    loader
+        .map_max_entries(map_names::BANS_V4, capacity.exact)
+        .map_max_entries(map_names::BANS_V6, capacity.exact)
+        .map_max_entries(map_names::PREFIX_V4, capacity.prefix)
+        .map_max_entries(map_names::PREFIX_V6, capacity.prefix);
+    let mut ebpf = loader
+        .load(OBJECT)
+        .map_err(|e| map_load_error(&e, capacity))?;
+
+    {
+        let map = ebpf
+            .map_mut(map_names::SETTINGS)
+            .ok_or_else(|| missing(map_names::SETTINGS))?;
+        let mut settings: Array<_, Settings> =
+            Array::try_from(map).map_err(|e| bpf_error("SETTINGS", &e))?;
+        if adopting {
+            let current = settings
+                .get(&0, 0)
+                .map_err(|e| bpf_error("reading SETTINGS", &e))?;
+            verify::check_layout_version(pins, current.layout_version)?;
+        } else {
+            let fresh = Settings {
+                flags: 0,
+                layout_version: LAYOUT_VERSION,
+            };
+            settings
+                .set(0, fresh, 0)
+                .map_err(|e| bpf_error("writing SETTINGS", &e))?;
+        }
+    }
+
+    let program: &mut Xdp = ebpf
+        .program_mut(XDP_PROGRAM)
+        .ok_or_else(|| missing(XDP_PROGRAM))?
+        .try_into()
+        .map_err(|e| bpf_error(XDP_PROGRAM, &e))?;
+    program
+        .load()
+        .map_err(|e| bpf_error("loading the XDP program (verifier)", &e))?;
+    let new_tag = program
+        .info()
+        .map_err(|e| bpf_error("program info", &e))?
+        .tag();
+
+    let mut report = AttachReport {
+        adopted: adopting,
+        ..Default::default()
+    };
+    // Reuse the pinned program when it is this very code (same tag): one program for all
+    // interfaces. Otherwise swap this build's program into every pinned link, atomically.
+    let mut pinned_program = None;
+    let program_pin = pins.program();
+    if program_pin.exists() {
+        let old = Xdp::from_pin(&program_pin, XdpAttachType::Interface)
+            .map_err(|e| bpf_error(format!("opening {}", program_pin.display()), &e))?;
+        let old_tag = old.info().map_err(|e| bpf_error("program info", &e))?.tag();
+        if old_tag == new_tag {
+            pinned_program = Some(old);
+        } else {
+            for iface in pins.linked_interfaces() {
+                match upgrade_link(program, &pins.link(&iface)) {
+                    Ok(()) => {
+                        info!(iface = %iface, "upgraded the XDP program in place (BPF_LINK_UPDATE)");
+                        report.upgraded_links.push(iface);
+                    }
+                    // A link whose interface is gone cannot be updated; it filters nothing.
+                    Err(e) => {
+                        warn!(iface = %iface, error = %e, "pinned XDP link not upgraded (interface gone?)")
+                    }
+                }
+            }
+            std::fs::remove_file(&program_pin).map_err(|e| Error::io(&program_pin, e))?;
+        }
+    }
+    let target: &mut Xdp = match pinned_program.as_mut() {
+        Some(p) => p,
+        None => {
+            program
+                .pin(&program_pin)
+                .map_err(|e| bpf_error(format!("pinning {}", program_pin.display()), &e))?;
+            program
+        }
+    };
+
+    for iface in &opts.ifaces {
+        let outcome = attach_iface(target, iface, opts.mode, pins)?;
+        match outcome {
+            AttachOutcome::Attached(mode) => info!(iface = %iface, mode, "XDP attached"),
+            AttachOutcome::AlreadyAttached => {
+                info!(iface = %iface, "XDP already attached; left in place")
+            }
+        }
+        report.ifaces.push((iface.clone(), outcome));
+    }
+    Ok(report)
+}
+
+fn missing(what: &str) -> Error {
+    Error::Bpf(format!(
+        "the embedded XDP object has no `{what}`; the build is broken"
+    ))
+}
+
+fn map_load_error(err: &aya::EbpfError, capacity: Capacity) -> Error {
+    let msg = chain(err);
+    if msg.contains("Cannot allocate memory") || msg.contains("ENOMEM") {
+        Error::Bpf(format!(
+            "creating the ban maps failed for lack of memory ({} exact bans per family need ~{} MiB \
+             each); lower the capacity: {msg}",
+            capacity.exact,
+            u64::from(capacity.exact) * 100 / (1024 * 1024)
+        ))
+    } else {
+        Error::Bpf(format!("loading the XDP object: {msg}"))
+    }
+}
+
+fn upgrade_link(program: &mut Xdp, link_pin: &Path) -> crate::Result<()> {
+    let pinned = PinnedLink::from_pin(link_pin)
+        .map_err(|e| bpf_error(format!("opening {}", link_pin.display()), &e))?;
+    let link =
+        XdpLink::try_from(FdLink::from(pinned)).map_err(|e| bpf_error("not an XDP link", &e))?;
+    program
+        .attach_to_link(link)
+        .map_err(|e| bpf_error(format!("updating {}", link_pin.display()), &e))?;
+    Ok(())
+}
+
+fn is_busy(err: &aya::programs::ProgramError) -> bool {
+    chain(err).contains("busy")
+        || matches!(err, aya::programs::ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EBUSY))
+}
+
+fn attach_iface(
+    program: &mut Xdp,
+    iface: &str,
+    mode: AttachMode,
+    pins: &PinPaths,
+) -> crate::Result<AttachOutcome> {
+    let link_pin = pins.link(iface);
+    let attempt = match mode {
+        AttachMode::Native => program
+            .attach(iface, XdpMode::Driver)
+            .map(|id| (id, "native")),
+        AttachMode::Generic => program
+            .attach(iface, XdpMode::Skb)
+            .map(|id| (id, "generic")),
+        AttachMode::Auto => match program.attach(iface, XdpMode::Driver) {
+            Ok(id) => Ok((id, "native")),
+            Err(e) if is_busy(&e) => Err(e),
+            Err(e) => {
+                warn!(iface, error = %chain(&e), "native XDP not available; falling back to generic mode");
+                program
+                    .attach(iface, XdpMode::Skb)
+                    .map(|id| (id, "generic"))
+            }
+        },
+    };
+    let (id, used) = match attempt {
+        Ok(ok) => ok,
+        Err(e) if is_busy(&e) && link_pin.exists() => return Ok(AttachOutcome::AlreadyAttached),
+        Err(e) if is_busy(&e) => {
+            return Err(Error::Bpf(format!(
+                "{iface} already has an XDP program that detector did not attach (see `ip link show {iface}`); remove it first"
+            )));
+        }
+        Err(e) => {
+            return Err(bpf_error(
+                format!("attaching XDP to {iface} ({mode} mode)"),
+                &e,
+            ));
+        }
+    };
+    let link = program
+        .take_link(id)
+        .map_err(|e| bpf_error("taking the XDP link", &e))?;
+    let link = FdLink::try_from(link).map_err(|_| {
+        Error::Bpf(format!(
+            "the kernel attached XDP to {iface} through netlink instead of a BPF link (kernel < 5.9?); \
+             detector needs BPF links to stay attached"
+        ))
+    })?;
+    if link_pin.exists() {
+        // A pin for this name whose link no longer holds the hook (interface deleted and
+        // re-created): stale, replace it.
+        std::fs::remove_file(&link_pin).map_err(|e| Error::io(&link_pin, e))?;
+    }
+    link.pin(&link_pin)
+        .map_err(|e| bpf_error(format!("pinning {}", link_pin.display()), &e))?;
+    Ok(AttachOutcome::Attached(used))
+}
+
+/// What `detach` removed.
+#[derive(Clone, Debug, Default)]
+pub struct DetachReport {
+    pub links: Vec<String>,
+    /// The maps (and all bans) were removed too.
+    pub maps_removed: bool,
+}
+
+/// Detaches XDP from one interface (`Some(iface)`: its link only, bans stay) or from all of
+/// them, removing the program and map pins (all bans are dropped). Works on pins from any
+/// build: it never interprets them.
+pub fn detach(pin_dir: &Path, iface: Option<&str>) -> crate::Result<DetachReport> {
+    sys::require_privileges()?;
+    sys::require_bpffs(pin_dir)?;
+    let pins = PinPaths::new(pin_dir);
+    if !pins.dir().exists() {
+        return Err(verify::not_attached(&pins));
+    }
+    if let Some(iface) = iface {
+        let link = pins.link(iface);
+        if !link.exists() {
+            return Err(Error::Usage(format!(
+                "detector is not attached to {iface} (no {})",
+                link.display()
+            )));
+        }
+        std::fs::remove_file(&link).map_err(|e| Error::io(&link, e))?;
+        return Ok(DetachReport {
+            links: vec![iface.to_string()],
+            maps_removed: false,
+        });
+    }
+    let links = pins.linked_interfaces();
+    remove_all_pins(&pins)?;
+    Ok(DetachReport {
+        links,
+        maps_removed: true,
+    })
+}
+
+/// Removes every pin of ours, links first (that detaches XDP), then the directory if it is
+/// empty. Unknown files are left alone.
+fn remove_all_pins(pins: &PinPaths) -> crate::Result<()> {
+    for iface in pins.linked_interfaces() {
+        let p = pins.link(&iface);
+        std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+    }
+    let entries = std::fs::read_dir(pins.dir()).map_err(|e| Error::io(pins.dir(), e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if name.to_str().is_some_and(PinPaths::is_ours) {
+            std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(pins.dir()) {
+        warn!(dir = %pins.dir().display(), error = %e, "pin directory not removed (not empty?)");
+    }
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! Plain data the enforcer hands out and takes in.
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use detector_common::{DEFAULT_EXACT_CAPACITY, DEFAULT_PREFIX_CAPACITY, reason};
+use ipnet::IpNet;
+use serde::Serialize;
+
+/// Map capacities, per address family. Fixed when the maps are first created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Exact (/32, /128) bans per family: BANS_V4, BANS_V6 (preallocated, ~80-100 B each).
+    pub exact: u32,
+    /// Prefix bans per family: PREFIX_V4, PREFIX_V6.
+    pub prefix: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Capacity {
+            exact: DEFAULT_EXACT_CAPACITY,
+            prefix: DEFAULT_PREFIX_CAPACITY,
+        }
+    }
+}
+
+/// How to attach XDP to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AttachMode {
+    /// Native (driver) mode if the driver supports it, else generic.
+    #[default]
+    Auto,
+    /// Driver mode only; fails on drivers without XDP support.
+    Native,
+    /// Generic (skb) mode: works everywhere, runs after skb allocation.
+    Generic,
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachMode::Auto => "auto",
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        })
+    }
+}
+
+/// Why an address is banned; stored in the kernel map as a code from
+/// [`detector_common::reason`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Manual,
+    ProbeLogin,
+    SlowRepeat,
+    TargetCampaign,
+    Burst,
+    Other,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::Manual,
+        Reason::ProbeLogin,
+        Reason::SlowRepeat,
+        Reason::TargetCampaign,
+        Reason::Burst,
+        Reason::Other,
+    ];
+
+    pub fn code(self) -> u32 {
+        match self {
+            Reason::Manual => reason::MANUAL,
+            Reason::ProbeLogin => reason::PROBE_LOGIN,
+            Reason::SlowRepeat => reason::SLOW_REPEAT,
+            Reason::TargetCampaign => reason::TARGET_CAMPAIGN,
+            Reason::Burst => reason::BURST,
+            Reason::Other => reason::OTHER,
+        }
+    }
+
+    /// Unknown codes (written by a newer build) read back as `Other`.
+    pub fn from_code(code: u32) -> Reason {
+        Reason::ALL
+            .into_iter()
+            .find(|r| r.code() == code)
+            .unwrap_or(Reason::Other)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Manual => "manual",
+            Reason::ProbeLogin => "probe-login",
+            Reason::SlowRepeat => "slow-repeat",
+            Reason::TargetCampaign => "target-campaign",
+            Reason::Burst => "burst",
+            Reason::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Reason {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim().to_ascii_lowercase().replace('_', "-");
+        Reason::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+                format!("unknown reason `{s}` (one of: {})", names.join(", "))
+            })
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// One live ban as `list` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BanEntry {
+    pub net: IpNet,
+    /// Time left; `None` = permanent.
+    pub remaining: Option<Duration>,
+    /// Wall-clock end; `None` = permanent.
+    pub expires_at: Option<SystemTime>,
+    pub reason: Reason,
+    /// Packets matched (dropped, or passed in observe mode).
+    pub hits: u64,
+}
+
+impl BanEntry {
+    /// The address alone for a host ban (`198.51.100.7`), the prefix otherwise.
+    pub fn target(&self) -> String {
+        display_target(&self.net)
+    }
+}
+
+/// The address alone for a /32 or /128, CIDR notation for a prefix.
+pub fn display_target(net: &IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
+/// What `ban` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BanOutcome {
+    /// A new entry.
+    Added,
+    /// The address was already banned; its expiry was extended (never shortened).
+    Extended,
+    /// The address was already banned at least as long; nothing changed.
+    Unchanged,
+}
+
+/// The XDP program's counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Frames seen: passed + dropped.
+    pub seen: u64,
+    pub passed: u64,
+    pub dropped: u64,
+    pub dropped_bytes: u64,
+    /// Matched a live ban in observe mode (and passed).
+    pub observed: u64,
+    /// Matched an expired ban (and passed).
+    pub expired_hits: u64,
+    /// Truncated or malformed frames (passed).
+    pub malformed: u64,
+    /// Non-IP frames such as ARP (passed).
+    pub non_ip: u64,
+    /// Observe mode is on (matches are counted, not dropped).
+    pub observe_mode: bool,
+}

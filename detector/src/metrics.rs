@@ -1,0 +1,257 @@
+//! Prometheus metrics of the daemon, served on `/metrics` when `[metrics] listen` is set.
+//!
+//! The daemon's tasks update the counters as they work; kernel counters (per-CPU XDP stats,
+//! per-ban hits) are copied in by the sweeper, which already walks the maps, so a scrape never
+//! touches BPF.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabel {
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabel {
+    pub family: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    pub verdict: String,
+}
+
+/// All metrics of one daemon.
+pub struct Metrics {
+    registry: Registry,
+    pub lines: Family<SourceLabel, Counter>,
+    pub unparsed: Family<SourceLabel, Counter>,
+    pub events: Family<KindLabel, Counter>,
+    pub decisions: Family<RuleLabel, Counter>,
+    pub active_bans: Family<FamilyLabel, Gauge>,
+    pub xdp_packets: Family<VerdictLabel, Counter>,
+    pub xdp_dropped_bytes: Counter,
+    pub ban_hits: Gauge,
+    pub journal_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub tracked_ips: Gauge,
+    pub state_bytes: Gauge,
+    /// Last kernel values copied, to turn absolute kernel counters into counter increments.
+    kernel_last: Mutex<std::collections::HashMap<String, u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("detector");
+        let m = Metrics {
+            lines: Family::default(),
+            unparsed: Family::default(),
+            events: Family::default(),
+            decisions: Family::default(),
+            active_bans: Family::default(),
+            xdp_packets: Family::default(),
+            xdp_dropped_bytes: Counter::default(),
+            ban_hits: Gauge::default(),
+            journal_lag_seconds: Gauge::default(),
+            tracked_ips: Gauge::default(),
+            state_bytes: Gauge::default(),
+            kernel_last: Mutex::default(),
+            registry: Registry::default(),
+        };
+        registry.register("lines_read", "Log lines read, per source", m.lines.clone());
+        registry.register(
+            "lines_unparsed",
+            "Lines no parser understood, per source",
+            m.unparsed.clone(),
+        );
+        registry.register("events", "Typed events, per kind", m.events.clone());
+        registry.register("decisions", "Ban decisions, per rule", m.decisions.clone());
+        registry.register(
+            "active_bans",
+            "Bans in the kernel maps, per address family",
+            m.active_bans.clone(),
+        );
+        registry.register(
+            "xdp_packets",
+            "Packets seen by the XDP program, per verdict",
+            m.xdp_packets.clone(),
+        );
+        registry.register(
+            "xdp_dropped_bytes",
+            "Bytes dropped by the XDP program",
+            m.xdp_dropped_bytes.clone(),
+        );
+        registry.register(
+            "ban_hits",
+            "Sum of the per-ban drop counters of active bans",
+            m.ban_hits.clone(),
+        );
+        registry.register(
+            "journal_lag_seconds",
+            "Age of the newest journal entry processed, at the time it was processed",
+            m.journal_lag_seconds.clone(),
+        );
+        registry.register(
+            "tracked_ips",
+            "Addresses the engine keeps state for",
+            m.tracked_ips.clone(),
+        );
+        registry.register(
+            "state_bytes",
+            "Size of the persisted engine snapshot",
+            m.state_bytes.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Copies an absolute kernel counter (which only grows while the program stays loaded) into a
+    /// Prometheus counter. A smaller value means the program was reloaded: count from zero again.
+    pub fn set_kernel_counter(&self, verdict: &str, value: u64) {
+        let mut last = self.kernel_last.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = last.insert(verdict.to_string(), value).unwrap_or(0);
+        let delta = if value >= prev { value - prev } else { value };
+        if verdict == "dropped_bytes" {
+            self.xdp_dropped_bytes.inc_by(delta);
+        } else {
+            self.xdp_packets
+                .get_or_create(&VerdictLabel {
+                    verdict: verdict.to_string(),
+                })
+                .inc_by(delta);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `GET /metrics` until `cancel` fires. Anything else gets 404. Requests are tiny and
+/// rare (one scrape every few seconds), so one task handles them one at a time.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+) -> crate::Result<()> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        crate::Error::config("metrics.listen", format!("cannot listen on {addr}: {e}"))
+    })?;
+    tracing::info!(%addr, "serving metrics on /metrics");
+    loop {
+        let (mut stream, _) = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(s) => s,
+                Err(e) => { tracing::warn!(error = %e, "metrics accept failed"); continue; }
+            },
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let n = match tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                stream.read(&mut buf),
+            )
+            .await
+            {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let response = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?")
+            {
+                let body = metrics.render();
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_counters_become_increments_and_survive_reloads() {
+        let m = Metrics::new();
+        m.set_kernel_counter("dropped", 10);
+        m.set_kernel_counter("dropped", 25);
+        m.set_kernel_counter("dropped", 5); // program reloaded: counters restarted at 0
+        let text = m.render();
+        assert!(
+            text.contains("detector_xdp_packets_total{verdict=\"dropped\"} 30"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn serves_metrics_over_http_on_loopback() {
+        let m = Arc::new(Metrics::new());
+        m.events
+            .get_or_create(&KindLabel {
+                kind: "auth_failure".into(),
+            })
+            .inc_by(3);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(addr, Arc::clone(&m), cancel.clone()));
+        let mut body = String::new();
+        for _ in 0..50 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .await
+                    .unwrap();
+                s.read_to_string(&mut body).await.unwrap();
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+        server.await.unwrap().unwrap();
+        assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+        assert!(
+            body.contains("detector_events_total{kind=\"auth_failure\"} 3"),
+            "{body}"
+        );
+    }
+}

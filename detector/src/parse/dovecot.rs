@@ -1,0 +1,402 @@
+//! Dovecot 2.3 / 2.4 messages: `*-login` results and auth process failures.
+//!
+//! Attacker-controlled text in these lines: the user name (`user=<..>`, the first field of
+//! `driver(user,ip,...)`, PAM `ruser=`/`user=`) and, with `auth_verbose_passwords`, the given
+//! password. Addresses are taken so that neither can move them:
+//! - login lines: `rip=` is the LAST `rip=` of the line. Dovecot writes the fields in the fixed
+//!   order `user=<..>, method=, rip=, lip=, mpid=, TLS.., session=<..>`, so a user value (which
+//!   comes first) cannot come after the real `rip=`;
+//! - auth lines: every `)` that could close `driver(...)` is tried; a candidate is valid when
+//!   the parenthesised text ends with `,IP` or `,IP,<session>` / `,IP,sasl:mech` / `,IP,`.
+//!   The real one is always valid, so when a user name or password adds another valid
+//!   candidate the line is ambiguous and yields no address at all (the login line for the same
+//!   attempt still counts);
+//! - PAM lines: `rhost=IP` must be followed by the end or by `  user=`; again a unique match is
+//!   required.
+use crate::event::{EventKind, Protocol, Service};
+
+use super::record::{Link, Parsed, Record};
+use super::text::{find, owned_lower, parse_ip, parse_u32, rfind, split_digits};
+
+/// Syslog identifiers under which Dovecot (or its PAM stack) logs.
+pub(crate) fn is_dovecot_ident(id: &[u8]) -> bool {
+    matches!(id, b"dovecot" | b"dovecot-auth" | b"auth" | b"auth-worker") || id.ends_with(b"-login")
+}
+
+/// `ident` is the syslog tag; `None` (Dovecot `log_path`, bare lines, unusual prefixes) means
+/// the message starts with the process prefix itself.
+pub(crate) fn parse(ident: Option<&[u8]>, msg: &[u8]) -> Parsed {
+    match ident {
+        Some(b"dovecot") | None => process_message(strip_doubled(msg)),
+        Some(b"dovecot-auth") => by_process(b"auth", msg),
+        Some(id) => by_process(id, msg),
+    }
+}
+
+/// The doubled form `dovecot[442]: dovecot: auth(default): ...` and the `dovecot: ` of
+/// syslog lines without tag.
+fn strip_doubled(msg: &[u8]) -> &[u8] {
+    if let Some(r) = msg.strip_prefix(b"dovecot: ") {
+        return r;
+    }
+    if let Some(r) = msg.strip_prefix(b"dovecot[") {
+        let (d, r) = split_digits(r);
+        if !d.is_empty()
+            && let Some(r) = r.strip_prefix(b"]: ")
+        {
+            return r;
+        }
+    }
+    msg
+}
+
+/// `process: ...`, `process(x): ...`, 2.4 `auth(user,ip,sasl:mech)<session>: ...`, or a bare
+/// `pam_unix(dovecot:auth): ...`.
+fn process_message(m: &[u8]) -> Parsed {
+    if let Some(r) = m.strip_prefix(b"pam_unix(dovecot:auth): ") {
+        return pam(r);
+    }
+    let n = m
+        .iter()
+        .take(40)
+        .take_while(|c| c.is_ascii_alphanumeric() || **c == b'-' || **c == b'_')
+        .count();
+    let name = &m[..n];
+    if n == 0 {
+        return Parsed::Ignored;
+    }
+    let name = if name == b"dovecot-auth" {
+        &b"auth"[..]
+    } else {
+        name
+    };
+    match m.get(n) {
+        Some(b':') if m.get(n + 1) == Some(&b' ') => by_process(name, &m[n + 2..]),
+        Some(b'(') if name == b"auth" || name == b"auth-worker" => {
+            // 2.3 `auth(default): ` / `auth-worker(1234): ` (no comma inside) is a process
+            // prefix; anything else is the 2.4 `auth(user,ip,...)<session>: ` form.
+            let inner = &m[n + 1..];
+            if let Some(close) = inner.iter().take(40).position(|&c| c == b')')
+                && !inner[..close].contains(&b',')
+                && inner[close + 1..].starts_with(b": ")
+            {
+                return auth_message(&inner[close + 3..]);
+            }
+            driver_line(m)
+        }
+        _ => Parsed::Ignored,
+    }
+}
+
+fn by_process(name: &[u8], rest: &[u8]) -> Parsed {
+    if name.ends_with(b"-login") {
+        login_line(name, rest)
+    } else if name == b"auth" || name == b"auth-worker" {
+        auth_message(rest)
+    } else {
+        Parsed::Ignored
+    }
+}
+
+fn strip_level(m: &[u8]) -> &[u8] {
+    for level in [&b"Info: "[..], b"Warning: ", b"Error: "] {
+        if let Some(r) = m.strip_prefix(level) {
+            return r;
+        }
+    }
+    m
+}
+
+/// Auth process message after its prefix (2.3): `[Info: ][conn unix:auth-worker (..):
+/// auth-worker<N>: ]driver(user,ip[,<session>]): text`.
+fn auth_message(m: &[u8]) -> Parsed {
+    let mut m = strip_level(m);
+    if m.starts_with(b"conn ") {
+        // `conn unix:auth-worker (pid=14830,uid=109): auth-worker<6>: ` (server-written).
+        let head = &m[..m.len().min(160)];
+        let Some(i) = find(head, b"): auth-worker<") else {
+            return Parsed::Ignored;
+        };
+        let Some(j) = find(&head[i..], b">: ") else {
+            return Parsed::Ignored;
+        };
+        m = &m[i + j + 3..];
+    }
+    if let Some(r) = m.strip_prefix(b"pam_unix(dovecot:auth): ") {
+        return pam(r);
+    }
+    driver_line(m)
+}
+
+/// `driver(user,ip[,<session>|,sasl:mech|,])[<session>]: [Info: ][driver: ]text`.
+fn driver_line(s: &[u8]) -> Parsed {
+    let n = s
+        .iter()
+        .take(40)
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+        .count();
+    if n == 0 || s.get(n) != Some(&b'(') {
+        return Parsed::Ignored;
+    }
+    let open = n;
+    let mut found: Option<(AuthFields<'_>, &[u8])> = None;
+    // Cap the work on hostile lines: at most 64 closing parentheses are considered.
+    for close in memchr::memchr_iter(b')', &s[open + 1..])
+        .take(64)
+        .map(|i| i + open + 1)
+    {
+        let mut after = &s[close + 1..];
+        let mut session2 = None;
+        if after.first() == Some(&b'<') {
+            let Some(end) = after.iter().take(80).position(|&c| c == b'>') else {
+                continue;
+            };
+            if !after[1..end].iter().all(is_session_char) {
+                continue;
+            }
+            session2 = Some(&after[1..end]);
+            after = &after[end + 1..];
+        }
+        let Some(text) = after.strip_prefix(b": ") else {
+            continue;
+        };
+        let Some(mut f) = fields(&s[open + 1..close]) else {
+            continue;
+        };
+        if found.is_some() {
+            // A user name or password produced a second well-formed candidate.
+            return Parsed::Unparsed;
+        }
+        f.session = f.session.or(session2);
+        found = Some((f, text));
+    }
+    let Some((AuthFields { ip, user, session }, text)) = found else {
+        return Parsed::Ignored;
+    };
+    let text = strip_level(text);
+    // 2.4 repeats the passdb name: `sql: Password mismatch`.
+    let k = text
+        .iter()
+        .take(24)
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+        .count();
+    let text = if k > 0 && text[k..].starts_with(b": ") {
+        &text[k + 2..]
+    } else {
+        text
+    };
+    let kind = if text.starts_with(b"unknown user") || text.starts_with(b"user not found") {
+        EventKind::AuthUnknownUser
+    } else if text.starts_with(b"Password mismatch")
+        || text.starts_with(b"invalid credentials")
+        || text.starts_with(b"pam_authenticate() failed")
+        || text.starts_with(b"Invalid password")
+    {
+        EventKind::AuthFailure
+    } else {
+        return Parsed::Ignored;
+    };
+    let mut rec = Record::new(Service::Dovecot, kind, ip);
+    rec.user = owned_lower(user);
+    rec.attempts = 1;
+    rec.link = Link::DovecotAuth {
+        session: session.filter(|s| !s.is_empty()).map(lossy),
+    };
+    Parsed::Record(rec)
+}
+
+fn is_session_char(c: &u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'=' | b'-' | b'_')
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The parts of `driver(user,ip[,<session>])`.
+struct AuthFields<'a> {
+    ip: std::net::IpAddr,
+    user: &'a [u8],
+    session: Option<&'a [u8]>,
+}
+
+/// The parenthesised `user,ip[,<session>|,sasl:mech|,]`.
+fn fields(c: &[u8]) -> Option<AuthFields<'_>> {
+    let last_comma = memchr::memrchr(b',', c)?;
+    let last = &c[last_comma + 1..];
+    if let Some(ip) = parse_ip(last) {
+        return Some(AuthFields {
+            ip,
+            user: &c[..last_comma],
+            session: None,
+        });
+    }
+    let session = if last.is_empty() || last.starts_with(b"sasl:") {
+        None
+    } else if last.len() >= 2
+        && last[0] == b'<'
+        && last[last.len() - 1] == b'>'
+        && last[1..last.len() - 1].iter().all(is_session_char)
+    {
+        Some(&last[1..last.len() - 1])
+    } else {
+        return None;
+    };
+    let head = &c[..last_comma];
+    let comma = memchr::memrchr(b',', head)?;
+    let ip = parse_ip(&head[comma + 1..])?;
+    Some(AuthFields {
+        ip,
+        user: &head[..comma],
+        session,
+    })
+}
+
+/// `authentication failure; logname= uid=0 euid=0 tty=dovecot ruser=X rhost=IP[  user=Y]`.
+fn pam(r: &[u8]) -> Parsed {
+    let Some(r) = r.strip_prefix(b"authentication failure; ") else {
+        return Parsed::Ignored;
+    };
+    let Some(ruser_at) = find(r, b" ruser=") else {
+        return Parsed::Unparsed;
+    };
+    let fields = &r[ruser_at + 7..];
+    let mut found = None;
+    let mut start = 0;
+    for _ in 0..16 {
+        let Some(i) = find(&fields[start..], b" rhost=").map(|i| i + start) else {
+            break;
+        };
+        start = i + 1;
+        let v = &fields[i + 7..];
+        let end = memchr::memchr(b' ', v).unwrap_or(v.len());
+        let Some(ip) = parse_ip(&v[..end]) else {
+            continue;
+        };
+        let tail = &v[end..];
+        let trailing_user = if tail.iter().all(|&c| c == b' ') {
+            Some(None)
+        } else {
+            let t = tail.strip_prefix(b" ").unwrap_or(tail);
+            t.strip_prefix(b" user=").map(Some)
+        };
+        let Some(trailing_user) = trailing_user else {
+            continue;
+        };
+        if found.is_some() {
+            return Parsed::Unparsed;
+        }
+        found = Some((ip, &fields[..i], trailing_user));
+    }
+    let Some((ip, ruser, trailing)) = found else {
+        return Parsed::Unparsed;
+    };
+    let mut rec = Record::new(Service::Dovecot, EventKind::AuthFailure, ip);
+    rec.user = owned_lower(ruser).or_else(|| trailing.and_then(owned_lower));
+    rec.attempts = 1;
+    rec.link = Link::DovecotAuth { session: None };
+    Parsed::Record(rec)
+}
+
+fn login_protocol(name: &[u8]) -> Option<Protocol> {
+    match name {
+        b"imap-login" => Some(Protocol::Imap),
+        b"pop3-login" => Some(Protocol::Pop3),
+        b"submission-login" => Some(Protocol::Submission),
+        b"managesieve-login" => Some(Protocol::Managesieve),
+        b"lmtp-login" => Some(Protocol::Lmtp),
+        _ => None,
+    }
+}
+
+/// `*-login: [Info: ]Login: user=<..>, ...` or `<reason>: user=<..>, method=.., rip=.., ...`.
+fn login_line(name: &[u8], rest: &[u8]) -> Parsed {
+    let rest = strip_level(rest);
+    let (success, body) = match rest.strip_prefix(b"Login: ") {
+        Some(kv) => (true, kv),
+        None => (false, rest),
+    };
+    // The key=value list starts at the first of these keys; everything before it is the
+    // server-written reason.
+    let kv_start = [&b"user=<"[..], b"method=", b"rip="]
+        .iter()
+        .filter_map(|k| find(body, k))
+        .min()
+        .unwrap_or(body.len());
+    let reason = &body[..kv_start];
+    let kv = &body[kv_start..];
+    let Some((rip_at, ip)) = last_rip(kv) else {
+        return Parsed::Ignored;
+    };
+    let (kind, attempts) = if success {
+        (EventKind::AuthSuccess, 0)
+    } else {
+        classify_reason(reason)
+    };
+    let mut rec = Record::new(Service::Dovecot, kind, ip);
+    rec.protocol = login_protocol(name);
+    rec.attempts = attempts;
+    rec.user = login_user(&kv[..rip_at]).and_then(owned_lower);
+    let session = find(&kv[rip_at..], b"session=<").and_then(|i| {
+        let v = &kv[rip_at + i + 9..];
+        let end = memchr::memchr(b'>', v)?;
+        Some(lossy(&v[..end]))
+    });
+    rec.link = Link::DovecotLogin { session };
+    Parsed::Record(rec)
+}
+
+/// The last `rip=IP` that starts the list or follows a space, and is followed by `,` or the end.
+fn last_rip(kv: &[u8]) -> Option<(usize, std::net::IpAddr)> {
+    let mut end = kv.len();
+    for _ in 0..16 {
+        let i = rfind(&kv[..end], b"rip=")?;
+        end = i;
+        if i > 0 && kv[i - 1] != b' ' {
+            continue;
+        }
+        let v = &kv[i + 4..];
+        let stop = memchr::memchr2(b',', b' ', v).unwrap_or(v.len());
+        if stop < v.len() && v[stop] != b',' {
+            continue;
+        }
+        if let Some(ip) = parse_ip(&v[..stop]) {
+            return Some((i, ip));
+        }
+    }
+    None
+}
+
+/// `user=<X>, [method=M, ]` right before `rip=`: X is everything between `user=<` and that
+/// closing `>` (it may itself contain `>` or `, `).
+fn login_user(before_rip: &[u8]) -> Option<&[u8]> {
+    let v = before_rip.strip_prefix(b"user=<")?;
+    let v = v.strip_suffix(b", ")?;
+    let v = match rfind(v, b">, method=") {
+        Some(i) if !v[i + 10..].contains(&b' ') => &v[..i + 1],
+        _ => v,
+    };
+    v.strip_suffix(b">")
+}
+
+/// Reason text -> kind and the number of failed attempts it reports.
+fn classify_reason(reason: &[u8]) -> (EventKind, u32) {
+    if let Some(i) = find(reason, b"(auth failed, ") {
+        let (digits, rest) = split_digits(&reason[i + 14..]);
+        if rest.starts_with(b" attempt") {
+            let n = parse_u32(digits).unwrap_or(1).max(1);
+            return (EventKind::AuthFailure, n);
+        }
+        return (EventKind::AuthFailure, 1);
+    }
+    for marker in [
+        &b"(tried to use disallowed "[..],
+        b"(tried to use disabled ",
+        b"(proxy dest auth failed)",
+    ] {
+        if find(reason, marker).is_some() {
+            return (EventKind::AuthFailure, 1);
+        }
+    }
+    (EventKind::Disconnect, 0)
+}

@@ -1,0 +1,157 @@
+//! Running the real `detector` binary, and the bpffs pin directory a test owns.
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{Context, Result};
+
+use crate::netns::NetNs;
+
+/// `DETECTOR_BIN` (set by `cargo xtask test`), else `<workspace>/target/debug/detector`.
+pub fn detector_bin() -> PathBuf {
+    std::env::var_os("DETECTOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/detector"))
+}
+
+/// Mounts bpffs at /sys/fs/bpf if it is not mounted (as `cargo xtask test` does).
+pub fn ensure_bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts")?;
+    if !mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+    {
+        let st = Command::new("mount")
+            .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+            .status()?;
+        anyhow::ensure!(st.success(), "mounting bpffs failed");
+    }
+    Ok(())
+}
+
+/// `/sys/fs/bpf/detector-test-<tag>-<pid>`: removed with everything in it on drop (removing
+/// the link pins detaches XDP).
+pub struct PinDir {
+    pub path: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(tag: &str) -> Result<Self> {
+        ensure_bpffs()?;
+        let path = PathBuf::from(format!(
+            "/sys/fs/bpf/detector-test-{tag}-{}",
+            std::process::id()
+        ));
+        let d = PinDir { path };
+        d.clean();
+        Ok(d)
+    }
+
+    fn clean(&self) {
+        if let Ok(entries) = std::fs::read_dir(&self.path) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        self.clean();
+    }
+}
+
+/// Output of one detector run.
+#[derive(Debug)]
+pub struct Run {
+    pub ok: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            ok: o.status.success(),
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `detector ARGS --pin-dir DIR`, optionally inside a network namespace (entered with
+/// setns between fork and exec, so the mount namespace, and bpffs, stay the host's).
+pub fn detector(pins: &PinDir, netns: Option<&NetNs>, args: &[&str]) -> Result<Run> {
+    let mut cmd = Command::new(detector_bin());
+    cmd.args(args)
+        .arg("--pin-dir")
+        .arg(&pins.path)
+        .env_remove("DETECTOR_PIN_DIR");
+    if let Some(ns) = netns {
+        let file = File::open(ns.path()).with_context(|| format!("opening {}", ns.path()))?;
+        let fd = file.as_raw_fd();
+        // SAFETY: only setns (async-signal-safe) runs between fork and exec; `file` outlives
+        // the spawn below.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd
+            .output()
+            .with_context(|| format!("running {}", detector_bin().display()))?;
+        drop(file);
+        return Ok(out.into());
+    }
+    Ok(cmd
+        .output()
+        .with_context(|| format!("running {}", detector_bin().display()))?
+        .into())
+}
+
+/// Runs `detector ARGS --pin-dir DIR` as user `nobody` (privilege checks).
+pub fn detector_unprivileged(pins: &PinDir, args: &[&str]) -> Result<Run> {
+    let mut cmd = Command::new(detector_bin());
+    cmd.args(args)
+        .arg("--pin-dir")
+        .arg(&pins.path)
+        .env_remove("DETECTOR_PIN_DIR");
+    // SAFETY: only setgroups/setgid/setuid (async-signal-safe) run between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd
+        .output()
+        .with_context(|| format!("running {}", detector_bin().display()))?
+        .into())
+}
+
+/// Like [`detector`] but fails unless the command succeeded.
+pub fn detector_ok(pins: &PinDir, netns: Option<&NetNs>, args: &[&str]) -> Result<Run> {
+    let run = detector(pins, netns, args)?;
+    anyhow::ensure!(
+        run.ok,
+        "detector {} failed: {}{}",
+        args.join(" "),
+        run.stdout,
+        run.stderr
+    );
+    Ok(run)
+}

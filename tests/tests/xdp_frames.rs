@@ -1,0 +1,293 @@
+//! Frame-level verdicts of the real XDP program through BPF_PROG_TEST_RUN (private maps,
+//! nothing attached): VLAN, QinQ, IPv4 options, IPv6, truncated headers, ARP, observe mode,
+//! prefix bans and expiry.
+use std::time::Duration;
+
+use detector::enforce::testrun::{TestObject, action};
+use detector::enforce::{Capacity, Reason, Stats};
+use detector_common::XDP_PROGRAM;
+use detector_tests::frames::*;
+
+const BANNED4: [u8; 4] = [198, 18, 10, 66];
+const OTHER4: [u8; 4] = [198, 18, 10, 67];
+const SERVER4: [u8; 4] = [198, 18, 10, 1];
+const BANNED6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x10, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0x66,
+];
+const OTHER6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x10, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0x67,
+];
+const SERVER6: [u8; 16] = [
+    0x20, 0x01, 0x0d, 0xb8, 0, 0x10, 0, 10, 0, 0, 0, 0, 0, 0, 0, 1,
+];
+
+fn object() -> TestObject {
+    let mut obj = TestObject::load(Capacity {
+        exact: 1024,
+        prefix: 64,
+    })
+    .expect("load the XDP object (root?)");
+    let e = obj.enforcer();
+    e.ban("198.18.10.66/32".parse().unwrap(), None, Reason::Manual)
+        .unwrap();
+    e.ban(
+        "2001:db8:10:a::66/128".parse().unwrap(),
+        Some(Duration::from_secs(3600)),
+        Reason::Burst,
+    )
+    .unwrap();
+    obj
+}
+
+fn verdict(obj: &TestObject, frame: &[u8]) -> u32 {
+    obj.run(XDP_PROGRAM, frame, 1)
+        .expect("BPF_PROG_TEST_RUN")
+        .retval
+}
+
+fn stats(obj: &mut TestObject) -> Stats {
+    obj.enforcer().stats().unwrap()
+}
+
+#[test]
+fn ipv4_banned_source_is_dropped_others_pass() {
+    let mut obj = object();
+    let banned = frame(&[&eth(&[], ETH_P_IP), &ipv4(BANNED4, SERVER4, &[])]);
+    let other = frame(&[&eth(&[], ETH_P_IP), &ipv4(OTHER4, SERVER4, &[])]);
+    // A banned *destination* must not matter.
+    let to_banned = frame(&[&eth(&[], ETH_P_IP), &ipv4(OTHER4, BANNED4, &[])]);
+    assert_eq!(verdict(&obj, &banned), action::DROP);
+    assert_eq!(verdict(&obj, &other), action::PASS);
+    assert_eq!(verdict(&obj, &to_banned), action::PASS);
+    let s = stats(&mut obj);
+    assert_eq!((s.seen, s.dropped, s.passed), (3, 1, 2));
+    assert_eq!(s.dropped_bytes, banned.len() as u64);
+    let entry = obj
+        .enforcer()
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|e| e.target() == "198.18.10.66")
+        .unwrap();
+    assert_eq!(entry.hits, 1);
+}
+
+#[test]
+fn vlan_and_double_vlan_are_parsed() {
+    let obj = object();
+    for tags in [
+        &[ETH_P_8021Q][..],
+        &[ETH_P_8021AD, ETH_P_8021Q],
+        &[ETH_P_8021Q, ETH_P_8021Q],
+    ] {
+        let banned = frame(&[&eth(tags, ETH_P_IP), &ipv4(BANNED4, SERVER4, &[])]);
+        let other = frame(&[&eth(tags, ETH_P_IP), &ipv4(OTHER4, SERVER4, &[])]);
+        let banned6 = frame(&[&eth(tags, ETH_P_IPV6), &ipv6(BANNED6, SERVER6)]);
+        assert_eq!(verdict(&obj, &banned), action::DROP, "tags {tags:x?}");
+        assert_eq!(verdict(&obj, &other), action::PASS, "tags {tags:x?}");
+        assert_eq!(verdict(&obj, &banned6), action::DROP, "tags {tags:x?}");
+    }
+}
+
+#[test]
+fn ipv4_options_are_honoured() {
+    let obj = object();
+    for opt_words in 1..=10usize {
+        // NOP options: the source address stays at offset 12, the header grows.
+        let options = vec![1u8; opt_words * 4];
+        let banned = frame(&[&eth(&[], ETH_P_IP), &ipv4(BANNED4, SERVER4, &options)]);
+        let other = frame(&[&eth(&[], ETH_P_IP), &ipv4(OTHER4, SERVER4, &options)]);
+        assert_eq!(
+            verdict(&obj, &banned),
+            action::DROP,
+            "IHL {}",
+            5 + opt_words
+        );
+        assert_eq!(verdict(&obj, &other), action::PASS, "IHL {}", 5 + opt_words);
+    }
+}
+
+#[test]
+fn ipv6_banned_source_is_dropped() {
+    let obj = object();
+    assert_eq!(
+        verdict(
+            &obj,
+            &frame(&[&eth(&[], ETH_P_IPV6), &ipv6(BANNED6, SERVER6)])
+        ),
+        action::DROP
+    );
+    assert_eq!(
+        verdict(
+            &obj,
+            &frame(&[&eth(&[], ETH_P_IPV6), &ipv6(OTHER6, SERVER6)])
+        ),
+        action::PASS
+    );
+}
+
+#[test]
+fn truncated_and_malformed_frames_pass_and_are_counted() {
+    let mut obj = object();
+    let v4 = ipv4(BANNED4, SERVER4, &[]);
+    let v4_opts = ipv4(BANNED4, SERVER4, &[1; 40]);
+    let v6 = ipv6(BANNED6, SERVER6);
+    let mut bad_ihl = v4.clone();
+    bad_ihl[0] = 0x44; // IHL 4 < 5
+    let mut bad_version = v4.clone();
+    bad_version[0] = 0x65;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("Ethernet only, IPv4 type", raw(&[&eth(&[], ETH_P_IP)])),
+        ("VLAN tag cut short", raw(&[&eth(&[], ETH_P_8021Q)])),
+        (
+            "second VLAN tag cut short",
+            raw(&[&eth(&[ETH_P_8021AD], ETH_P_8021Q)]),
+        ),
+        (
+            "IPv4 header cut at 16 bytes",
+            raw(&[&eth(&[], ETH_P_IP), &v4[..16]]),
+        ),
+        (
+            "IPv4 options cut short (IHL 15, 40 bytes present)",
+            raw(&[&eth(&[], ETH_P_IP), &v4_opts[..40]]),
+        ),
+        ("IPv4 IHL 4", raw(&[&eth(&[], ETH_P_IP), &bad_ihl])),
+        (
+            "IPv4 ethertype, version 6",
+            raw(&[&eth(&[], ETH_P_IP), &bad_version]),
+        ),
+        (
+            "IPv6 header cut at 30 bytes",
+            raw(&[&eth(&[], ETH_P_IPV6), &v6[..30]]),
+        ),
+        (
+            "IPv6 in VLAN cut at 39 bytes",
+            raw(&[&eth(&[ETH_P_8021Q], ETH_P_IPV6), &v6[..39]]),
+        ),
+    ];
+    for (what, f) in &cases {
+        assert_eq!(verdict(&obj, f), action::PASS, "{what}");
+    }
+    let s = stats(&mut obj);
+    assert_eq!(s.malformed, cases.len() as u64);
+    assert_eq!((s.dropped, s.passed), (0, cases.len() as u64));
+}
+
+#[test]
+fn arp_and_non_ip_pass() {
+    let mut obj = object();
+    // ARP whose sender IP is banned: still passes (we filter IP, not ARP).
+    assert_eq!(
+        verdict(
+            &obj,
+            &frame(&[&eth(&[], ETH_P_ARP), &arp(BANNED4, SERVER4)])
+        ),
+        action::PASS
+    );
+    assert_eq!(
+        verdict(
+            &obj,
+            &frame(&[&eth(&[ETH_P_8021Q], ETH_P_ARP), &arp(BANNED4, SERVER4)])
+        ),
+        action::PASS
+    );
+    assert_eq!(
+        verdict(&obj, &frame(&[&eth(&[], 0x88cc), &[0u8; 30]])),
+        action::PASS
+    ); // LLDP
+    let s = stats(&mut obj);
+    assert_eq!((s.non_ip, s.dropped, s.malformed), (3, 0, 0));
+}
+
+#[test]
+fn observe_mode_counts_but_passes() {
+    let mut obj = object();
+    obj.enforcer().set_observe(true).unwrap();
+    let banned = frame(&[&eth(&[], ETH_P_IP), &ipv4(BANNED4, SERVER4, &[])]);
+    assert_eq!(verdict(&obj, &banned), action::PASS);
+    let s = stats(&mut obj);
+    assert_eq!((s.observed, s.dropped, s.passed), (1, 0, 1));
+    assert!(s.observe_mode);
+    obj.enforcer().set_observe(false).unwrap();
+    assert_eq!(verdict(&obj, &banned), action::DROP);
+}
+
+#[test]
+fn prefix_bans_match_and_flags_follow_the_trie() {
+    let mut obj = object();
+    let inside = frame(&[&eth(&[], ETH_P_IP), &ipv4([198, 18, 11, 200], SERVER4, &[])]);
+    let outside = frame(&[&eth(&[], ETH_P_IP), &ipv4([198, 18, 12, 1], SERVER4, &[])]);
+    let inside6 = frame(&[&eth(&[], ETH_P_IPV6), &ipv6(OTHER6, SERVER6)]);
+    assert_eq!(verdict(&obj, &inside), action::PASS);
+    obj.enforcer()
+        .ban("198.18.11.0/24".parse().unwrap(), None, Reason::Manual)
+        .unwrap();
+    obj.enforcer()
+        .ban("2001:db8:10:a::/64".parse().unwrap(), None, Reason::Manual)
+        .unwrap();
+    assert_eq!(verdict(&obj, &inside), action::DROP);
+    assert_eq!(verdict(&obj, &outside), action::PASS);
+    assert_eq!(verdict(&obj, &inside6), action::DROP);
+    assert!(
+        obj.enforcer()
+            .unban("198.18.11.0/24".parse().unwrap())
+            .unwrap()
+    );
+    assert_eq!(verdict(&obj, &inside), action::PASS);
+    let listed: Vec<String> = obj
+        .enforcer()
+        .list()
+        .unwrap()
+        .iter()
+        .map(|e| e.target())
+        .collect();
+    assert!(
+        listed.contains(&"2001:db8:10:a::/64".to_string()),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.contains(&"198.18.11.0/24".to_string()),
+        "{listed:?}"
+    );
+}
+
+#[test]
+fn expired_bans_pass_and_do_not_hide_a_live_prefix_ban() {
+    let mut obj = object();
+    let addr = [198, 18, 13, 9];
+    let f = frame(&[&eth(&[], ETH_P_IP), &ipv4(addr, SERVER4, &[])]);
+    obj.insert_exact_v4(addr, 1).unwrap(); // expired long ago (monotonic ns 1)
+    assert_eq!(verdict(&obj, &f), action::PASS);
+    assert_eq!(stats(&mut obj).expired_hits, 1);
+    assert!(
+        obj.enforcer()
+            .list()
+            .unwrap()
+            .iter()
+            .all(|e| e.target() != "198.18.13.9")
+    );
+    obj.enforcer()
+        .ban("198.18.13.0/24".parse().unwrap(), None, Reason::Manual)
+        .unwrap();
+    assert_eq!(verdict(&obj, &f), action::DROP);
+    assert_eq!(obj.enforcer().sweep_expired().unwrap(), 1);
+}
+
+#[test]
+fn map_full_is_a_clear_error() {
+    let mut obj = TestObject::load(Capacity {
+        exact: 2,
+        prefix: 2,
+    })
+    .unwrap();
+    let e = obj.enforcer();
+    e.ban("198.18.14.1/32".parse().unwrap(), None, Reason::Manual)
+        .unwrap();
+    e.ban("198.18.14.2/32".parse().unwrap(), None, Reason::Manual)
+        .unwrap();
+    let err = e
+        .ban("198.18.14.3/32".parse().unwrap(), None, Reason::Manual)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("BANS_V4 is full (2 entries)"), "{err}");
+}
