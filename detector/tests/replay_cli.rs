@@ -54,7 +54,6 @@ fn empty_input_gives_no_decisions_and_a_summary() {
 }
 
 #[test]
-#[ignore = "needs parser: LineParser returns Unparsed for every line on this branch"]
 fn lab_bot_round_in_two_files_is_one_probe_login_ban() {
     let dir = tempfile::tempdir().unwrap();
     // Dovecot first on the command line: the merge by time must still see the probe first.

@@ -1,9 +1,9 @@
 //! Scenario tests: simulated mail-host traffic with ground truth through parse + engine.
 //!
 //! `engine_*` tests feed the simulator's expected events straight into the engine (no parser),
-//! so they test the rules on realistic traffic today. `text_*` tests run the real parser over
-//! the generated log text; they are ignored until the parser lands (`LineParser` still returns
-//! `Unparsed` for every line on this branch). Run them with `-- --ignored`.
+//! so they test the rules alone; `text_*` tests run the real parser over the generated log text
+//! (two files merged by time, and one merged file), and check that the parser agrees with the
+//! simulator's ground truth line by line.
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -228,7 +228,6 @@ fn engine_explains_a_bot_and_the_phone() {
 }
 
 #[test]
-#[ignore = "needs parser: LineParser returns Unparsed for every line on this branch"]
 fn text_parse_and_engine_ban_all_attackers_and_no_one_else() {
     for seed in [1, 2] {
         let sim = sim(seed);
@@ -240,7 +239,6 @@ fn text_parse_and_engine_ban_all_attackers_and_no_one_else() {
 }
 
 #[test]
-#[ignore = "needs parser: LineParser returns Unparsed for every line on this branch"]
 fn text_parser_agrees_with_the_simulators_ground_truth() {
     // One parser over the merged text (as with one journal or syslog source): every line the
     // simulator gives an event must parse to an event of the same IP and kind (failure kinds
