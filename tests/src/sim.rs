@@ -881,15 +881,40 @@ impl Gen {
             let user = format!("office{u:02}@{DOMAIN}");
             for day in 0..days {
                 let mut t = day * 86400 + 8 * 3600 + self.rng.range(0, 3600);
+                // The desktop client logs in first (saved password); typos come later in the day.
+                let mut first = true;
                 while t < day * 86400 + 18 * 3600 {
-                    if self.rng.chance(0.02) {
+                    if !first && self.rng.chance(0.02) {
                         self.failed_login(t, ip, &user, Login::Imap, true, true);
                         t += self.rng.range(10, 30);
                     }
                     self.imap_ok(t, ip, &user);
+                    first = false;
                     t += self.rng.range(15 * 60, 45 * 60);
                 }
             }
+        }
+        for day in 0..days {
+            // The office's own MTA verifies senders through the same NAT address...
+            let mut t = day * 86400 + 8 * 3600;
+            while t < day * 86400 + 18 * 3600 {
+                let rcpt = format!("{}@{DOMAIN}", self.pick_mailbox());
+                self.smtp_session(
+                    t,
+                    ip,
+                    "unknown",
+                    "",
+                    &rcpt,
+                    "mx.office.example",
+                    SmtpEnd::Quit,
+                );
+                t += self.rng.range(5 * 60, 15 * 60);
+            }
+            // ...while a new colleague mistypes a password before the first success of the day.
+            let t = day * 86400 + 9 * 3600 + self.rng.range(0, 1800);
+            let user = format!("newhire@{DOMAIN}");
+            self.failed_login(t, ip, &user, Login::Imap, true, true);
+            self.imap_ok(t + 40, ip, &user);
         }
     }
 }

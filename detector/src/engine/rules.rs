@@ -376,6 +376,11 @@ fn probe_login(
             }
         }
     }
+    // A shared address (office NAT) may run an MTA that verifies senders while one of its
+    // users mistypes a password: there only the login as the probed address counts.
+    if is_shared(engine, state, t) {
+        return None;
+    }
     let to = last
         .recipients
         .first()
@@ -388,6 +393,13 @@ fn probe_login(
             t - last.time
         ),
     ))
+}
+
+/// Successful logins by `shared_ip_users` distinct users within the leniency period.
+fn is_shared(engine: &Engine, state: &IpState, t: i64) -> bool {
+    let cfg = &engine.cfg;
+    let since = t - cfg.lenient_period.as_secs() as i64;
+    cfg.shared_ip_users > 0 && state.success_users_since(since) >= cfg.shared_ip_users as usize
 }
 
 fn burst(engine: &Engine, ip: IpAddr, t: i64) -> Option<(Rule, String)> {
@@ -411,10 +423,7 @@ fn burst(engine: &Engine, ip: IpAddr, t: i64) -> Option<(Rule, String)> {
 fn slow_repeat(engine: &Engine, ip: IpAddr, t: i64) -> Option<(Rule, String)> {
     let cfg = &engine.cfg;
     let state = &engine.ips[&ip];
-    let lenient_since = t - cfg.lenient_period.as_secs() as i64;
-    if cfg.shared_ip_users > 0
-        && state.success_users_since(lenient_since) >= cfg.shared_ip_users as usize
-    {
+    if is_shared(engine, state, t) {
         return None;
     }
     let since = t - cfg.horizon.as_secs() as i64;

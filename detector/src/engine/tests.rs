@@ -710,3 +710,18 @@ fn target_campaign_retro_bans_once_not_on_every_later_failure() {
     let ips: Vec<String> = d.iter().map(|d| d.ip.to_string()).collect();
     assert_eq!(ips, vec!["198.18.1.4"]);
 }
+
+#[test]
+fn shared_address_needs_the_probed_name_for_probe_login() {
+    let nat = "198.18.9.9";
+    let mut f = Feed::new(only(Rule::ProbeLogin));
+    for (i, u) in ["a", "b", "c"].iter().enumerate() {
+        f.ok(i as i64, nat, &format!("{u}@example.test"));
+    }
+    // The office MTA verifies a sender; a new colleague mistypes a password: no ban.
+    f.probe(100, nat, "someone@partner.example");
+    assert!(f.fail(130, nat, "newhire@example.test").is_empty());
+    // A login as the probed address itself still bans.
+    f.probe(200, nat, "ghost@example.test");
+    assert_eq!(f.fail(205, nat, "ghost@example.test").len(), 1);
+}
