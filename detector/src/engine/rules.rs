@@ -96,13 +96,13 @@ fn on_rcpt(state: &mut IpState, ev: &Event, rcpt: &str) {
     });
 }
 
-/// An SMTP session ended: if it named a recipient and no message was accepted, it was a probe.
 /// Two lines belong to the same SMTP session when their session keys are equal or either
 /// line has none (Postfix `NOQUEUE` and `lost connection` lines may come without one).
 fn same_session(a: Option<&str>, b: Option<&str>) -> bool {
     a.is_none() || b.is_none() || a == b
 }
 
+/// An SMTP session ended: if it named a recipient and no message was accepted, it was a probe.
 fn on_transaction_end(state: &mut IpState, ev: &Event) {
     let t = ev.time.timestamp();
     let same_session = |s: &Option<Box<str>>| same_session(s.as_deref(), ev.session.as_deref());
@@ -149,6 +149,9 @@ fn on_transaction_end(state: &mut IpState, ev: &Event) {
     });
 }
 
+/// How far back a successful login forgives the same user's failures from the same address.
+const TYPO_FORGIVENESS_S: i64 = 3600;
+
 fn on_success(engine: &mut Engine, ip: IpAddr, t: i64, user: &str) {
     let user = bounded_name(user);
     let Some(state) = engine.ips.get_mut(&ip) else {
@@ -174,14 +177,16 @@ fn on_success(engine: &mut Engine, ip: IpAddr, t: i64, user: &str) {
             time: t,
         });
     }
-    // Failures on this user just before the success were the owner's typos, not an attack.
+    // Failures on this user shortly before the success were the owner's typos, not an attack.
+    // Older ones stay counted: a guesser that finally gets in does not clear its record.
+    let since = t - TYPO_FORGIVENESS_S;
     for f in state.failures.iter_mut() {
-        if f.user.as_deref() == Some(&*user) {
+        if f.time >= since && f.user.as_deref() == Some(&*user) {
             f.lenient = true;
         }
     }
     if let Some(u) = engine.users.get_mut(&user) {
-        u.failures.retain(|f| f.ip != ip);
+        u.failures.retain(|f| f.ip != ip || f.time < since);
     }
 }
 

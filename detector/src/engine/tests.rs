@@ -426,6 +426,24 @@ fn typo_then_success_is_forgiven() {
 }
 
 #[test]
+fn a_late_success_does_not_clear_old_failures() {
+    // A guesser that gets in hours later keeps its earlier failures on record.
+    let mut c = only(Rule::SlowRepeat);
+    c.slow_repeat_score = 3;
+    let mut f = Feed::new(c);
+    f.fail(0, BOT, "carol@example.test");
+    f.fail(60, BOT, "carol@example.test");
+    f.ok(4 * 3600, BOT, "carol@example.test");
+    let x = f.engine.explain(BOT.parse().unwrap());
+    assert!(x.failures.iter().all(|f| !f.lenient), "{x}");
+    assert_eq!(
+        f.fail(5 * 3600, BOT, "dave@example.test").len(),
+        1,
+        "1 + 1 + 1 reaches 3"
+    );
+}
+
+#[test]
 fn shared_address_is_exempt_from_slow_repeat_only() {
     let nat = "198.18.9.9";
     let mut f = Feed::new(cfg());
