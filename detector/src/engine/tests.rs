@@ -743,3 +743,24 @@ fn shared_address_needs_the_probed_name_for_probe_login() {
     f.probe(200, nat, "ghost@example.test");
     assert_eq!(f.fail(205, nat, "ghost@example.test").len(), 1);
 }
+
+#[test]
+fn extreme_log_times_do_not_panic() {
+    let mut f = Feed::new(cfg());
+    for t in [DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::UNIX_EPOCH] {
+        for kind in [EventKind::Rcpt, EventKind::TransactionAborted, EventKind::AuthUnknownUser] {
+            let mut e = f.ev(0, BOT, kind);
+            e.time = t;
+            e.user = Some("x@example.test".into());
+            e.recipient = Some("x@example.test".into());
+            e.failures = 1;
+            for d in f.push(e) {
+                let _ = d.expires();
+                let _ = d.to_string();
+            }
+        }
+    }
+    let _ = f.engine.explain(BOT.parse().unwrap()).to_string();
+    let json = serde_json::to_string(&f.engine.snapshot()).unwrap();
+    Engine::restore(cfg(), serde_json::from_str(&json).unwrap()).unwrap();
+}
