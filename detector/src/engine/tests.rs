@@ -747,8 +747,16 @@ fn shared_address_needs_the_probed_name_for_probe_login() {
 #[test]
 fn extreme_log_times_do_not_panic() {
     let mut f = Feed::new(cfg());
-    for t in [DateTime::<Utc>::MIN_UTC, DateTime::<Utc>::MAX_UTC, DateTime::<Utc>::UNIX_EPOCH] {
-        for kind in [EventKind::Rcpt, EventKind::TransactionAborted, EventKind::AuthUnknownUser] {
+    for t in [
+        DateTime::<Utc>::MIN_UTC,
+        DateTime::<Utc>::MAX_UTC,
+        DateTime::<Utc>::UNIX_EPOCH,
+    ] {
+        for kind in [
+            EventKind::Rcpt,
+            EventKind::TransactionAborted,
+            EventKind::AuthUnknownUser,
+        ] {
             let mut e = f.ev(0, BOT, kind);
             e.time = t;
             e.user = Some("x@example.test".into());
