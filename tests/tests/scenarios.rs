@@ -130,6 +130,17 @@ fn assert_scenario(name: &str, sim: &Sim, report: &ReplayReport) {
         );
     }
 
+    // Every evidence line maps back to its raw text.
+    for d in &report.decisions {
+        assert_eq!(
+            d.raw.len(),
+            d.decision.evidence.len(),
+            "[{name}] {}",
+            d.decision
+        );
+        assert!(!d.raw.is_empty(), "[{name}] no evidence: {}", d.decision);
+    }
+
     // Every bot is banned at its first login attempt, i.e. before its second.
     let mut late = Vec::new();
     for (ip, attempts) in &t.bots {

@@ -123,6 +123,12 @@ impl Engine {
         out
     }
 
+    /// Whether the engine may cite this event's line as evidence (it records only these);
+    /// lets callers keep raw text for just those lines.
+    pub fn may_cite(ev: &Event) -> bool {
+        rules::matters(ev)
+    }
+
     /// Whether `ip` may never be banned: loopback, unspecified, the allowlist, host addresses.
     pub fn is_protected(&self, ip: IpAddr) -> Option<&'static str> {
         let ip = canonical(ip);

@@ -70,7 +70,7 @@ pub(super) fn observe(engine: &mut Engine, ev: &Event) -> Vec<Decision> {
 }
 
 /// Kinds the rules use; the rest would only cost memory.
-fn matters(ev: &Event) -> bool {
+pub(super) fn matters(ev: &Event) -> bool {
     match ev.kind {
         EventKind::Rcpt
         | EventKind::MessageAccepted
