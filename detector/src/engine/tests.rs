@@ -514,6 +514,11 @@ fn no_re_ban_while_banned_then_escalation() {
         (4, Duration::from_secs(30 * 86400))
     );
     let e = f.engine.explain(BOT.parse().unwrap());
+    assert_eq!(
+        (e.slow_repeat_score, e.slow_repeat_threshold),
+        (5, 1),
+        "{e}"
+    );
     assert_eq!(e.offences, 4);
     assert_eq!(e.next_ban, Duration::from_secs(30 * 86400));
     assert!(e.banned_until.is_some());
