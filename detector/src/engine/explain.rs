@@ -78,9 +78,9 @@ impl Engine {
     /// Explains `ip` from the remembered state (nothing is changed).
     pub fn explain(&self, ip: IpAddr) -> Explanation {
         let ip = canonical(ip);
-        let prefix = self.cfg.ban_prefix(ip);
+        let prefix = self.ban_prefix(ip);
         let p = self.prefixes.get(&prefix);
-        let s = self.ips.get(&ip);
+        let s = self.ips.get(&self.state_key(ip));
         let memory = self.cfg.offence_memory.as_secs() as i64;
         let offences = p
             .filter(|p| p.last_offence >= self.now.saturating_sub(memory))

@@ -21,7 +21,9 @@ use super::{Engine, canonical, to_time};
 use crate::event::{Event, EventKind, Protocol, Service};
 
 pub(super) fn observe(engine: &mut Engine, ev: &Event) -> Vec<Decision> {
-    let ip = canonical(ev.ip);
+    // State is kept per ban prefix (the address itself for IPv4, its /64 for IPv6); decisions
+    // about this event still name the event's own address.
+    let ip = engine.state_key(canonical(ev.ip));
     let t = ev.time.timestamp();
     if !matters(ev) {
         return Vec::new();
@@ -64,7 +66,15 @@ pub(super) fn observe(engine: &mut Engine, ev: &Event) -> Vec<Decision> {
             }
             Vec::new()
         }
-        EventKind::AuthFailure | EventKind::AuthUnknownUser => on_failure(engine, ip, ev),
+        EventKind::AuthFailure | EventKind::AuthUnknownUser => {
+            let mut out = on_failure(engine, ip, ev);
+            for d in &mut out {
+                if d.ip == ip {
+                    d.ip = canonical(ev.ip);
+                }
+            }
+            out
+        }
         _ => Vec::new(),
     }
 }
@@ -256,19 +266,22 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, ev: &Event) -> Vec<Decision> {
     let mut campaign_bans = Vec::new();
     let mut campaign_note = None;
     if let Some(user) = &user {
-        let campaign = record_user_failure(engine, user, ip, t);
+        let campaign = record_user_failure(engine, user, ip, canonical(ev.ip), t);
         // Retroactive bans only when the name comes under attack: an address that failed on
         // it long ago is not banned again each time another one tries.
         if let Some((note, true)) = &campaign {
-            let others: Vec<IpAddr> = engine.users[user]
+            let others: Vec<(IpAddr, Option<IpAddr>)> = engine.users[user]
                 .failures
                 .iter()
                 .filter(|f| f.ip != ip && f.time >= t - engine.cfg.horizon.as_secs() as i64)
-                .map(|f| f.ip)
+                .map(|f| (f.ip, f.addr))
                 .collect();
-            for other in others {
+            for (other, addr) in others {
                 let n = format!("failed on {note}");
-                campaign_bans.extend(ban(engine, other, Rule::TargetCampaign, n, t));
+                if let Some(mut d) = ban(engine, other, Rule::TargetCampaign, n, t) {
+                    d.ip = addr.unwrap_or(other);
+                    campaign_bans.push(d);
+                }
             }
         }
         campaign_note = campaign.map(|(note, _)| note);
@@ -322,6 +335,7 @@ fn record_user_failure(
     engine: &mut Engine,
     user: &str,
     ip: IpAddr,
+    addr: IpAddr,
     t: i64,
 ) -> Option<(String, bool)> {
     let cfg = &engine.cfg;
@@ -333,7 +347,11 @@ fn record_user_failure(
     if u.failures.len() >= cfg.max_ips_per_user {
         u.failures.pop_front();
     }
-    u.failures.push_back(UserFailure { ip, time: t });
+    u.failures.push_back(UserFailure {
+        ip,
+        time: t,
+        addr: Some(addr),
+    });
     let was_attacked = u.attacked_until.is_some_and(|until| until >= t);
     let since = t - cfg.campaign_window.as_secs() as i64;
     let distinct = u.failures.iter().filter(|f| f.time >= since).count();
@@ -473,8 +491,8 @@ fn ban(engine: &mut Engine, ip: IpAddr, rule: Rule, note: String, t: i64) -> Opt
         engine.stats.spared += 1;
         return None;
     }
+    let prefix = engine.ban_prefix(ip);
     let cfg = &engine.cfg;
-    let prefix = cfg.ban_prefix(ip);
     let now = engine.now.max(t);
     let memory = cfg.offence_memory.as_secs() as i64;
     let p = engine.prefixes.entry(prefix).or_insert(PrefixState {

@@ -154,8 +154,12 @@ impl IpState {
 /// A failure on a user name, for `target-campaign`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UserFailure {
+    /// State key (see `Engine::state_key`).
     pub ip: IpAddr,
     pub time: i64,
+    /// The address itself (differs from `ip` inside an IPv6 /64), for decisions.
+    #[serde(default)]
+    pub addr: Option<IpAddr>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -777,3 +777,57 @@ fn extreme_log_times_do_not_panic() {
     let json = serde_json::to_string(&f.engine.snapshot()).unwrap();
     Engine::restore(cfg(), serde_json::from_str(&json).unwrap()).unwrap();
 }
+
+#[test]
+fn ipv6_state_is_per_64_so_rotating_addresses_are_one_actor() {
+    let mut f = Feed::new(only(Rule::ProbeLogin));
+    f.probe(0, "2001:db8:5:6::1", "x@example.test");
+    let d = f.fail(4, "2001:db8:5:6:aaaa::2", "x@example.test");
+    assert_eq!(d.len(), 1);
+    assert_eq!(
+        d[0].ip.to_string(),
+        "2001:db8:5:6:aaaa::2",
+        "the decision names the address"
+    );
+    assert_eq!(d[0].prefix.to_string(), "2001:db8:5:6::/64");
+    assert!(d[0].note.contains("probed address"), "{}", d[0].note);
+
+    // A phone's privacy address changes; its earlier success in the /64 still counts.
+    let mut f = Feed::new(only(Rule::SlowRepeat));
+    f.ok(0, "2001:db8:7:7::a", "carol@example.test");
+    assert!(
+        f.fail(86400, "2001:db8:7:7::b", "carol@example.test")
+            .is_empty()
+    );
+    assert!(
+        f.fail(90000, "2001:db8:7:7::c", "carol@example.test")
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_prefix_that_would_cover_a_protected_address_shrinks_to_the_address() {
+    let mut c = only(Rule::SlowRepeat);
+    c.slow_repeat_score = 1;
+    c.allowlist = vec!["2001:db8:9:9::100/120".parse().unwrap()];
+    let mut f = Feed::new(c);
+    f.engine.set_host_addrs(["2001:db8::1".parse().unwrap()]);
+    let d = f.fail(0, "2001:db8::5", "a@example.test");
+    assert_eq!(
+        d[0].prefix.to_string(),
+        "2001:db8::5/128",
+        "the host's own /64"
+    );
+    let d = f.fail(0, "2001:db8:9:9::7", "a@example.test");
+    assert_eq!(
+        d[0].prefix.to_string(),
+        "2001:db8:9:9::7/128",
+        "overlaps the allowlist"
+    );
+    assert!(
+        f.fail(0, "2001:db8:9:9::107", "a@example.test").is_empty(),
+        "allowlisted itself"
+    );
+    let d = f.fail(0, "2001:db8:1:2::3", "a@example.test");
+    assert_eq!(d[0].prefix.to_string(), "2001:db8:1:2::/64");
+}
