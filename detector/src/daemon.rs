@@ -43,10 +43,14 @@ pub fn run(config: Config) -> Result<ExitCode> {
         .thread_name("detector")
         .build()
         .map_err(|e| Error::Source(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let daemon = Daemon::start(config)?;
         daemon.run().await
-    })
+    });
+    // tokio's stdin reader sits in a blocking thread that never returns; state is already
+    // saved, so do not wait for it.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 struct Daemon {
