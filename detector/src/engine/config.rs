@@ -31,8 +31,9 @@ pub struct EngineConfig {
     /// other failures score 1.
     pub unknown_user_weight: u32,
     /// An IP with successful logins by at least this many distinct users within
-    /// `lenient_period` is a shared address (office NAT): `slow-repeat` does not apply to it,
-    /// the other rules do (default 3; 0 disables the exemption).
+    /// `lenient_period` is a shared address (office NAT): `slow-repeat` does not apply to it and
+    /// `probe-login` only to a login as the probed address itself; `burst` and
+    /// `target-campaign` do (default 3; 0 disables the exemption).
     pub shared_ip_users: u32,
 
     /// `target-campaign`: distinct IPs failing on one user name within `campaign_window` that
