@@ -28,7 +28,7 @@ fn the_shipped_example_passes_check_config() {
     assert!(out.status.success(), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["engine"]["burst_failures"], 5);
-    assert_eq!(json["xdp"]["interfaces"][0], "eth0");
+    assert_eq!(json["xdp"]["max_exact_bans"], 1 << 20);
 }
 
 #[test]
@@ -36,9 +36,15 @@ fn check_config_names_the_bad_key_on_one_line() {
     for (text, key) in [
         ("[engine]\nburst_window = \"soon\"\n", "engine.burst_window"),
         ("[engine]\nburts_failures = 3\n", "burts_failures"),
-        ("[daemon]\nsweep_interval = \"0s\"\n", "daemon.sweep_interval"),
+        (
+            "[daemon]\nsweep_interval = \"0s\"\n",
+            "daemon.sweep_interval",
+        ),
         ("[xdp]\nmode = \"turbo\"\n", "xdp.mode"),
-        ("[sources]\nfiles = [\"/var/log/mail.log\", \"/var/log/mail.log\"]\n", "sources.files"),
+        (
+            "[sources]\nfiles = [\"/var/log/mail.log\", \"/var/log/mail.log\"]\n",
+            "sources.files",
+        ),
         ("[metrics]\nlisten = \"not an address\"\n", "metrics.listen"),
         ("this is not toml", "configuration"),
     ] {
@@ -46,7 +52,11 @@ fn check_config_names_the_bad_key_on_one_line() {
         let out = detector(&["check-config", "--config", &path]);
         let err = stderr(&out);
         assert!(!out.status.success(), "{text:?} was accepted");
-        assert_eq!(err.trim_end().lines().count(), 1, "{text:?}: not one line: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{text:?}: not one line: {err}"
+        );
         assert!(err.contains(key), "{text:?}: {err} does not name {key}");
     }
 }
@@ -55,16 +65,30 @@ fn check_config_names_the_bad_key_on_one_line() {
 fn a_missing_explicit_config_is_an_error() {
     let out = detector(&["check-config", "--config", "/nonexistent/detector.toml"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("/nonexistent/detector.toml"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/nonexistent/detector.toml"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn run_refuses_a_bad_config_before_touching_anything() {
     let (dir, path) = write_config("[engine]\nban_durations = []\n");
     let state = dir.path().join("state");
-    let out = detector(&["run", "--config", &path, "--state-dir", state.to_str().unwrap()]);
+    let out = detector(&[
+        "run",
+        "--config",
+        &path,
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("engine.ban_durations"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("engine.ban_durations"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!state.exists(), "state dir created despite the bad config");
 }
 

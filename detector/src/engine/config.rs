@@ -134,8 +134,8 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    /// The documented `[engine]` table with every default (`engine.example.toml`).
-    pub const EXAMPLE_TOML: &'static str = include_str!("engine.example.toml");
+    /// The shipped, documented configuration (its `[engine]` table lists every default).
+    pub const EXAMPLE_TOML: &'static str = include_str!("../../../detector.toml.example");
 
     /// Reads the `[engine]` table of a TOML document (a missing table gives the defaults) and
     /// validates it.
