@@ -72,14 +72,12 @@ fn check_iface_name(name: &str) -> crate::Result<()> {
 }
 
 /// Loads the program (adopting pinned maps if there are any), attaches it to `opts.ifaces`
-/// and pins everything. Idempotent: an interface that already has our link is left alone, a
+/// and pins everything. With no interface it only loads and pins (bans can be recorded and
+/// are enforced as soon as an interface is attached). Idempotent: an interface that already has our link is left alone, a
 /// pinned program from another build is swapped in place with BPF_LINK_UPDATE.
 pub fn attach(opts: &AttachOptions) -> crate::Result<AttachReport> {
     sys::require_privileges()?;
     sys::require_bpffs(&opts.pin_dir)?;
-    if opts.ifaces.is_empty() {
-        return Err(Error::Usage("no interface given (--iface IFACE)".into()));
-    }
     for iface in &opts.ifaces {
         check_iface_name(iface)?;
     }
