@@ -237,9 +237,13 @@ mod tests {
         assert!(err.starts_with("invalid xdp.max_exact_bans"), "{err}");
     }
 
+    /// The example documents the defaults: loading it must give exactly `Config::default()`,
+    /// so a changed default cannot leave the documentation behind.
     #[test]
-    fn the_shipped_example_is_valid() {
+    fn the_shipped_example_is_valid_and_equals_the_defaults() {
         let text = include_str!("../../detector.toml.example");
-        Config::from_toml(text).unwrap();
+        let example = serde_json::to_value(Config::from_toml(text).unwrap()).unwrap();
+        let defaults = serde_json::to_value(Config::default()).unwrap();
+        assert_eq!(example, defaults);
     }
 }

@@ -43,10 +43,14 @@ pub fn run(config: Config) -> Result<ExitCode> {
         .thread_name("detector")
         .build()
         .map_err(|e| Error::Source(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let daemon = Daemon::start(config)?;
         daemon.run().await
-    })
+    });
+    // tokio's stdin reader sits in a blocking thread that never returns; state is already
+    // saved, so do not wait for it.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 struct Daemon {
@@ -66,28 +70,28 @@ impl Daemon {
     /// Attaches (or adopts) the XDP program, restores state. Fails early and clearly.
     fn start(config: Config) -> Result<Daemon> {
         let xdp = &config.xdp;
-        if !xdp.interfaces.is_empty() {
-            let report = enforce::attach(&AttachOptions {
-                pin_dir: xdp.pin_dir.clone(),
-                ifaces: xdp.interfaces.clone(),
-                mode: xdp.mode.into(),
-                capacity: Some(Capacity {
-                    exact: xdp.max_exact_bans,
-                    prefix: xdp.max_prefix_bans,
-                }),
-            })?;
-            // enforce::attach logs each interface and mode itself.
-            if report.adopted {
-                tracing::info!(pin_dir = %xdp.pin_dir.display(), "adopted pinned maps; existing bans kept");
-            }
-        }
-        let mut enforcer = Enforcer::open(&xdp.pin_dir).map_err(|e| match e {
-            Error::Bpf(msg) if xdp.interfaces.is_empty() => Error::config(
-                "xdp.interfaces",
-                format!("no interface configured and no pinned program to adopt ({msg}); pass --iface IF"),
-            ),
-            other => other,
+        // With no interface configured this adopts what `detector attach` pinned, or loads
+        // and pins the maps so bans are recorded until an interface is attached.
+        let report = enforce::attach(&AttachOptions {
+            pin_dir: xdp.pin_dir.clone(),
+            ifaces: xdp.interfaces.clone(),
+            mode: xdp.mode.into(),
+            capacity: Some(Capacity {
+                exact: xdp.max_exact_bans,
+                prefix: xdp.max_prefix_bans,
+            }),
         })?;
+        // enforce::attach logs each interface and mode itself.
+        if report.adopted {
+            tracing::info!(pin_dir = %xdp.pin_dir.display(), "adopted pinned maps; existing bans kept");
+        }
+        let mut enforcer = Enforcer::open(&xdp.pin_dir)?;
+        if enforcer.attached_interfaces().is_empty() {
+            tracing::warn!(
+                "XDP is attached to no interface: bans are recorded but nothing is dropped; \
+                 set xdp.interfaces, pass --iface IF, or run `detector attach --iface IF`"
+            );
+        }
         let engine_cfg = &config.engine;
         enforcer.set_allowlist(engine_cfg.allowlist.clone());
         enforcer.set_observe(engine_cfg.dry_run)?;

@@ -468,7 +468,19 @@ async fn journal_restarts_after_exit_resuming_after_the_last_cursor_with_backoff
     let calls = invocations(tmp.path());
     let common = "--follow --output=json --no-pager --all --directory=/nonexistent/journal";
     let matches = "-- SYSLOG_FACILITY=2 + SYSLOG_IDENTIFIER=dovecot";
-    assert_eq!(calls[0].1, format!("{common} --lines=0 {matches}"));
+    // First start without a checkpoint: entries from the source's start time on.
+    let first = calls[0]
+        .1
+        .strip_prefix(&format!("{common} --since=@"))
+        .expect(&calls[0].1);
+    let (since, rest) = first.split_once(' ').unwrap();
+    assert_eq!(rest, format!("--no-tail {matches}"));
+    let since: f64 = since.parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(since <= now && now - since < 60.0, "{since} vs {now}");
     let after2 = format!("{common} --after-cursor={} --no-tail {matches}", cursor(2));
     assert_eq!(calls[1].1, after2);
     assert_eq!(calls[2].1, after2, "a run without output keeps the cursor");

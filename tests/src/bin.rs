@@ -120,7 +120,21 @@ pub fn detector(pins: &PinDir, netns: Option<&NetNs>, args: &[&str]) -> Result<R
 
 /// Runs `detector ARGS --pin-dir DIR` as user `nobody` (privilege checks).
 pub fn detector_unprivileged(pins: &PinDir, args: &[&str]) -> Result<Run> {
-    let mut cmd = Command::new(detector_bin());
+    // The build tree may sit under a directory `nobody` cannot enter (/root): run a copy.
+    let dir = std::env::temp_dir().join(format!("dtk-unpriv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let bin = dir.join("detector");
+    std::fs::copy(detector_bin(), &bin).context("copying the detector binary")?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    let result = run_as_nobody(&bin, pins, args);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn run_as_nobody(bin: &Path, pins: &PinDir, args: &[&str]) -> Result<Run> {
+    let mut cmd = Command::new(bin);
     cmd.args(args)
         .arg("--pin-dir")
         .arg(&pins.path)
@@ -139,7 +153,7 @@ pub fn detector_unprivileged(pins: &PinDir, args: &[&str]) -> Result<Run> {
     }
     Ok(cmd
         .output()
-        .with_context(|| format!("running {}", detector_bin().display()))?
+        .with_context(|| format!("running {} as nobody", bin.display()))?
         .into())
 }
 

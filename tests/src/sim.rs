@@ -74,7 +74,8 @@ pub struct SimLine {
 /// What each simulated address is.
 #[derive(Clone, Debug, Default)]
 pub struct Truth {
-    /// Botnet members and the times of their login attempts.
+    /// Botnet addresses and the times of their login attempts (rotating IPv6 members use a
+    /// new address of their /64 each round, so one member can have several addresses).
     pub bots: BTreeMap<IpAddr, Vec<DateTime<Utc>>>,
     pub brute_forcer: Option<IpAddr>,
     pub sprayers: BTreeSet<IpAddr>,
@@ -657,13 +658,19 @@ impl Gen {
             } else {
                 self.fresh_v6(top)
             };
-            let mut attempts = Vec::new();
+            let mut ip = ip;
+            // Half the IPv6 members take a new address inside their /64 for every round.
+            let rotate = i >= n4 && self.rng.chance(0.5);
+            let mut attempts: BTreeMap<IpAddr, Vec<DateTime<Utc>>> = BTreeMap::new();
             let first_window = self.horizon_s().min(24 * 3600);
             let mut t = self.rng.range(0, first_window);
             let mut target = String::new();
             let mut exists = false;
             let mut round = 0;
             while self.at(t) < self.end() {
+                if rotate && round > 0 {
+                    ip = self.rotate_v6(ip);
+                }
                 if round == 0 || self.rng.chance(0.7) {
                     // New target: mostly random names the catch-all accepts.
                     if self.rng.chance(0.75) {
@@ -694,13 +701,40 @@ impl Gen {
                     .pick(&[Login::Imap, Login::Pop3, Login::Submission]);
                 let tls = self.rng.chance(0.3);
                 self.failed_login(t, ip, &target.clone(), how, exists, tls);
-                attempts.push(self.at(t));
+                attempts.entry(ip).or_default().push(self.at(t));
                 // Under fail2ban's radar: the next try 2–3 h later, with jitter.
                 t += self.rng.range(2 * 3600, 3 * 3600) + self.rng.range(-600, 600);
                 round += 1;
             }
-            attempts.retain(|a| *a < self.end());
-            self.truth.bots.insert(ip, attempts);
+            let end = self.end();
+            for (addr, mut times) in attempts {
+                times.retain(|a| *a < end);
+                if !times.is_empty() {
+                    self.truth.bots.insert(addr, times);
+                }
+            }
+        }
+    }
+
+    /// Another address in the same /64.
+    fn rotate_v6(&mut self, ip: IpAddr) -> IpAddr {
+        let IpAddr::V6(v6) = ip else { return ip };
+        let s = v6.segments();
+        loop {
+            let r = self.rng.next();
+            let new = IpAddr::V6(Ipv6Addr::new(
+                s[0],
+                s[1],
+                s[2],
+                s[3],
+                (r >> 48) as u16,
+                (r >> 32) as u16,
+                (r >> 16) as u16,
+                r as u16 | 1,
+            ));
+            if self.used.insert(new) {
+                return new;
+            }
         }
     }
 
@@ -881,15 +915,40 @@ impl Gen {
             let user = format!("office{u:02}@{DOMAIN}");
             for day in 0..days {
                 let mut t = day * 86400 + 8 * 3600 + self.rng.range(0, 3600);
+                // The desktop client logs in first (saved password); typos come later in the day.
+                let mut first = true;
                 while t < day * 86400 + 18 * 3600 {
-                    if self.rng.chance(0.02) {
+                    if !first && self.rng.chance(0.02) {
                         self.failed_login(t, ip, &user, Login::Imap, true, true);
                         t += self.rng.range(10, 30);
                     }
                     self.imap_ok(t, ip, &user);
+                    first = false;
                     t += self.rng.range(15 * 60, 45 * 60);
                 }
             }
+        }
+        for day in 0..days {
+            // The office's own MTA verifies senders through the same NAT address...
+            let mut t = day * 86400 + 8 * 3600;
+            while t < day * 86400 + 18 * 3600 {
+                let rcpt = format!("{}@{DOMAIN}", self.pick_mailbox());
+                self.smtp_session(
+                    t,
+                    ip,
+                    "unknown",
+                    "",
+                    &rcpt,
+                    "mx.office.example",
+                    SmtpEnd::Quit,
+                );
+                t += self.rng.range(5 * 60, 15 * 60);
+            }
+            // ...while a new colleague mistypes a password before the first success of the day.
+            let t = day * 86400 + 9 * 3600 + self.rng.range(0, 1800);
+            let user = format!("newhire@{DOMAIN}");
+            self.failed_login(t, ip, &user, Login::Imap, true, true);
+            self.imap_ok(t + 40, ip, &user);
         }
     }
 }
@@ -944,7 +1003,7 @@ mod tests {
             assert!(lines.windows(2).all(|w| w[0].time <= w[1].time));
             assert!(lines.iter().all(|l| l.text.starts_with("Nov 2")));
         }
-        assert!(sim.truth.bots.len() == 300 && sim.truth.benign.len() > 50);
+        assert!(sim.truth.bots.len() >= 300 && sim.truth.benign.len() > 50);
         assert!(sim.truth.attackers().is_disjoint(&sim.truth.benign));
     }
 }

@@ -227,6 +227,24 @@ fn prefix_bans_match_and_flags_follow_the_trie() {
         .unwrap();
     assert_eq!(verdict(&obj, &inside), action::DROP);
     assert_eq!(verdict(&obj, &outside), action::PASS);
+    let found = obj
+        .enforcer()
+        .find("198.18.11.200".parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.target(), "198.18.11.0/24");
+    let found = obj
+        .enforcer()
+        .find("198.18.10.66".parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.target(), "198.18.10.66");
+    assert!(
+        obj.enforcer()
+            .find("198.18.12.1".parse().unwrap())
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(verdict(&obj, &inside6), action::DROP);
     assert!(
         obj.enforcer()

@@ -34,7 +34,7 @@ fn banned_sources_cannot_connect_while_others_can() -> Result<()> {
     let out = attach(&t, &pins)?;
     assert!(out.contains("veth-s: attached (native mode)"), "{out}");
     for src in [t.v4(2), t.v4(3), t.v6(2), t.v6(3)] {
-        assert!(t.can_connect(src, PORT)?, "{src} before any ban");
+        assert!(t.connects(src, PORT)?, "{src} before any ban");
     }
 
     detector_ok(
@@ -58,14 +58,8 @@ fn banned_sources_cannot_connect_while_others_can() -> Result<()> {
         !t.can_connect(t.v6(2), PORT)?,
         "banned IPv6 source connected"
     );
-    assert!(
-        t.can_connect(t.v4(3), PORT)?,
-        "unbanned IPv4 source blocked"
-    );
-    assert!(
-        t.can_connect(t.v6(3), PORT)?,
-        "unbanned IPv6 source blocked"
-    );
+    assert!(t.connects(t.v4(3), PORT)?, "unbanned IPv4 source blocked");
+    assert!(t.connects(t.v6(3), PORT)?, "unbanned IPv6 source blocked");
 
     assert!(hits(&pins, &t.v4(2).to_string())?.unwrap() > 0);
     assert!(hits(&pins, &t.v6(2).to_string())?.unwrap() > 0);
@@ -84,10 +78,7 @@ fn banned_sources_cannot_connect_while_others_can() -> Result<()> {
     );
 
     detector_ok(&pins, None, &["unban", &t.v4(2).to_string()])?;
-    assert!(
-        t.can_connect(t.v4(2), PORT)?,
-        "unbanned source still blocked"
-    );
+    assert!(t.connects(t.v4(2), PORT)?, "unbanned source still blocked");
     let again = detector(&pins, None, &["unban", &t.v4(2).to_string()])?;
     assert!(
         !again.ok && again.stderr.contains("was not banned"),
@@ -107,14 +98,14 @@ fn cidr_ban_blocks_the_prefix_only() -> Result<()> {
     detector_ok(&pins, None, &["ban", "2001:db8:10:11::/120"])?;
     assert!(!t.can_connect(t.v4(2), PORT)?);
     assert!(!t.can_connect(t.v4(3), PORT)?);
-    assert!(t.can_connect(t.v4(40), PORT)?);
+    assert!(t.connects(t.v4(40), PORT)?);
     assert!(!t.can_connect(t.v6(2), PORT)?);
-    assert!(t.can_connect(t.v6(0x100), PORT)?);
+    assert!(t.connects(t.v6(0x100), PORT)?);
     // Unbanning one address inside does not lift the prefix ban; unbanning the prefix does.
     assert!(!detector(&pins, None, &["unban", &t.v4(2).to_string()])?.ok);
     assert!(!t.can_connect(t.v4(2), PORT)?);
     detector_ok(&pins, None, &["unban", "198.18.11.0/28"])?;
-    assert!(t.can_connect(t.v4(2), PORT)?);
+    assert!(t.connects(t.v4(2), PORT)?);
     Ok(())
 }
 
@@ -124,17 +115,16 @@ fn timed_ban_lifts_by_itself_without_a_daemon() -> Result<()> {
     let pins = PinDir::new("ttl")?;
     let _l = t.listen(PORT)?;
     attach(&t, &pins)?;
+    // Check each ban right after setting it: the check must happen within its 2 s.
     detector_ok(&pins, None, &["ban", &t.v4(2).to_string(), "--for", "2s"])?;
-    detector_ok(&pins, None, &["ban", &t.v6(2).to_string(), "--for", "2s"])?;
     assert!(!t.can_connect(t.v4(2), PORT)?);
+    detector_ok(&pins, None, &["ban", &t.v6(2).to_string(), "--for", "2s"])?;
+    let last_ban = std::time::Instant::now();
     assert!(!t.can_connect(t.v6(2), PORT)?);
-    sleep(Duration::from_millis(2500));
+    sleep(Duration::from_millis(2600).saturating_sub(last_ban.elapsed()));
     // No detector process is running: the kernel program compares the expiry itself.
-    assert!(t.can_connect(t.v4(2), PORT)?, "ban did not lift after 2s");
-    assert!(
-        t.can_connect(t.v6(2), PORT)?,
-        "IPv6 ban did not lift after 2s"
-    );
+    assert!(t.connects(t.v4(2), PORT)?, "ban did not lift after 2s");
+    assert!(t.connects(t.v6(2), PORT)?, "IPv6 ban did not lift after 2s");
     assert!(list_json(&pins)?.is_empty(), "expired bans are listed");
     let stats: serde_json::Value =
         serde_json::from_str(&detector_ok(&pins, None, &["stats", "--json"])?.stdout)?;
@@ -170,10 +160,7 @@ fn bans_survive_exit_and_second_attach_adopts_then_detach_restores() -> Result<(
     let out = detector_ok(&pins, None, &["detach"])?.stdout;
     assert!(out.contains("veth-s: detached"), "{out}");
     assert!(!pins.path.exists(), "pin dir left behind");
-    assert!(
-        t.can_connect(t.v4(2), PORT)?,
-        "traffic not restored by detach"
-    );
+    assert!(t.connects(t.v4(2), PORT)?, "traffic not restored by detach");
     Ok(())
 }
 
@@ -291,9 +278,33 @@ fn attach_upgrades_a_different_pinned_program_in_place() -> Result<()> {
     assert!(out.contains("veth-s: already attached"), "{out}");
     // Same maps, same bans, still enforced, no second link.
     assert!(!t.can_connect(t.v4(2), PORT)?);
-    assert!(t.can_connect(t.v4(3), PORT)?);
+    assert!(t.connects(t.v4(3), PORT)?);
     // A third attach finds this build's program pinned: nothing to upgrade.
     let out = attach(&t, &pins)?;
     assert!(!out.contains("replaced"), "{out}");
+    Ok(())
+}
+
+#[test]
+fn reattach_after_the_interface_was_recreated() -> Result<()> {
+    let t = Topology::new("replug", 17)?;
+    let pins = PinDir::new("replug")?;
+    attach(&t, &pins)?;
+    detector_ok(&pins, None, &["ban", &t.v4(2).to_string()])?;
+    // The interface goes away and comes back: the pinned link is now defunct.
+    t.unplug()?;
+    t.wire()?;
+    let _l = t.listen(PORT)?;
+    assert!(
+        t.connects(t.v4(2), PORT)?,
+        "a new interface has no XDP until attach"
+    );
+    let out = attach(&t, &pins)?;
+    assert!(out.contains("veth-s: attached"), "{out}");
+    assert!(
+        !t.can_connect(t.v4(2), PORT)?,
+        "ban not enforced after re-attach"
+    );
+    assert!(t.connects(t.v4(3), PORT)?);
     Ok(())
 }

@@ -28,7 +28,7 @@ pub fn run(opts: Options) -> Result<()> {
     run_cmd(
         Command::new("cargo")
             .current_dir(&root)
-            .args(["test", "--workspace"])
+            .args(["test", "--workspace", "--no-fail-fast"])
             .args(&opts.args)
             .env("DETECTOR_BIN", root.join("target/debug/detector")),
     )

@@ -9,6 +9,9 @@ use super::pin_dir::PinDirArg;
 /// command exits). Running it again is safe: pinned bans are adopted, interfaces that already
 /// have the program are left alone, and an older program is replaced in place.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Everything is pinned under --pin-dir, so the program stays attached after this command exits. Running attach again is safe: existing bans are adopted, interfaces that already have the program are left alone, and a program from an older build is replaced in place. Pins from an incompatible build are refused (run `detector detach` first)."
+)]
 pub struct Args {
     /// Interface to attach to; repeat for several.
     #[arg(long = "iface", value_name = "IFACE", required = true)]

@@ -13,6 +13,9 @@ use super::pin_dir::PinDirArg;
 /// expiry (never shortens it). Loopback, link-local, multicast, this host's own addresses and
 /// the allowlist are refused.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "The ban takes effect at once and expires in the kernel, whether the daemon runs or not. Without --for it lasts 24h; use --permanent for no expiry. Banning an already banned address extends its expiry, never shortens it (unban first). Loopback, link-local, multicast, this host's own addresses and the allowlist are refused. A /32 or /128 is an exact ban; a wider prefix bans the whole range."
+)]
 pub struct Args {
     /// IPv4/IPv6 address or CIDR prefix (198.51.100.7, 2001:db8::/48).
     #[arg(value_name = "IP|CIDR", value_parser = parse_target)]

@@ -8,6 +8,9 @@ use super::pin_dir::PinDirArg;
 /// Detach the XDP program. Without --iface: from every interface, and remove the program and
 /// all maps (every ban is dropped). With --iface: from that interface only (bans stay).
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Without --iface, every ban is dropped with the maps. To stop filtering but keep the bans, detach each interface with --iface."
+)]
 pub struct Args {
     /// Detach from this interface only and keep the maps.
     #[arg(long, value_name = "IFACE")]

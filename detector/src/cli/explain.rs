@@ -1,11 +1,11 @@
 //! `detector explain <IP>`: why an address is (or is not) banned.
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
+use crate::cli::state_args::StateArgs;
 use crate::config::Config;
 use crate::daemon::ENGINE_STATE_FILE;
-use crate::enforce::{Enforcer, default_pin_dir};
+use crate::enforce::Enforcer;
 use crate::engine::{Engine, Snapshot};
 use crate::store::{Loaded, StateDir};
 use crate::{Error, Result};
@@ -20,15 +20,8 @@ pub struct Args {
     /// The address to explain.
     #[arg(value_name = "IP", value_parser = parse_ip)]
     pub ip: IpAddr,
-    /// Configuration file (for the state directory and the engine settings).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// State directory (overrides the configuration).
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// bpffs directory of the pinned maps.
-    #[arg(long, value_name = "DIR", env = "DETECTOR_PIN_DIR")]
-    pub pin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub state: StateArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -40,16 +33,11 @@ fn parse_ip(text: &str) -> std::result::Result<IpAddr, String> {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let config = Config::load(args.config.as_deref())?;
-    let state_dir = args
-        .state_dir
-        .clone()
-        .unwrap_or(config.daemon.state_dir.clone());
+    let (config, state_dir) = args.state.load()?;
     let engine = load_engine(&config, &state_dir)?;
     let explanation = engine.explain(args.ip);
     // The kernel's view: a manual ban is only there, and the kernel knows the hit count.
-    let pin_dir = args.pin_dir.clone().unwrap_or_else(default_pin_dir);
-    let kernel: Vec<_> = match Enforcer::open(&pin_dir).and_then(|e| e.list()) {
+    let kernel: Vec<_> = match Enforcer::open(&args.state.pin.pin_dir).and_then(|e| e.list()) {
         Ok(bans) => bans
             .into_iter()
             .filter(|b| b.net.contains(&args.ip))

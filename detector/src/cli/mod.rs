@@ -14,6 +14,7 @@ pub mod parse;
 pub mod pin_dir;
 pub mod replay;
 pub mod run;
+pub mod state_args;
 pub mod stats;
 pub mod status;
 pub mod unban;

@@ -421,15 +421,18 @@ pub fn replay(
         seq += 1;
         // The engine sees a global sequence number, so evidence maps back to file and line.
         event.line = seq;
-        store.push(
-            seq,
-            event.time.timestamp(),
-            RawLine {
-                file: inputs[input].name.clone(),
-                line: line_no,
-                text,
-            },
-        );
+        // Only lines the engine can cite as evidence are kept (bounded by the horizon).
+        if Engine::may_cite(&event) {
+            store.push(
+                seq,
+                event.time.timestamp(),
+                RawLine {
+                    file: inputs[input].name.clone(),
+                    line: line_no,
+                    text,
+                },
+            );
+        }
         for decision in engine.observe(&event) {
             let raw = decision
                 .evidence

@@ -1,14 +1,13 @@
 //! `detector status`: a one-screen health view.
-use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 use std::time::SystemTime;
 
 use serde::Serialize;
 
 use crate::Result;
-use crate::config::Config;
+use crate::cli::state_args::StateArgs;
 use crate::daemon::{ENGINE_STATE_FILE, running_pid};
-use crate::enforce::{Enforcer, PinPaths, default_pin_dir};
+use crate::enforce::{Enforcer, PinPaths};
 use crate::source::Position;
 use crate::store::{Checkpoints, StateDir};
 
@@ -16,15 +15,8 @@ use crate::store::{Checkpoints, StateDir};
 /// are, the active bans, whether the daemon runs, and how far behind each log source is.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Configuration file (for the state directory).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// State directory (overrides the configuration).
-    #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
-    /// bpffs directory of the pinned maps and links.
-    #[arg(long, value_name = "DIR", env = "DETECTOR_PIN_DIR")]
-    pub pin_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub state: StateArgs,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -70,18 +62,8 @@ struct SourceState {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let config = Config::load(args.config.as_deref())?;
-    let pin_dir = args.pin_dir.clone().unwrap_or_else(|| {
-        if config.xdp.pin_dir.as_os_str().is_empty() {
-            default_pin_dir()
-        } else {
-            config.xdp.pin_dir.clone()
-        }
-    });
-    let state_dir = args
-        .state_dir
-        .clone()
-        .unwrap_or(config.daemon.state_dir.clone());
+    let (_config, state_dir) = args.state.load()?;
+    let pin_dir = args.state.pin.pin_dir.clone();
     let mut problems = Vec::new();
 
     let attached = PinPaths::new(&pin_dir)

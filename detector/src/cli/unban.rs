@@ -10,6 +10,9 @@ use super::pin_dir::PinDirArg;
 /// Remove the ban on exactly this address or prefix (unbanning one address inside a banned
 /// prefix does not lift the prefix ban; unban the prefix). Exits 1 if there was no such ban.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Unbanning one address inside a banned prefix does not lift the prefix ban; unban the prefix. Exits 1 if there was no such ban."
+)]
 pub struct Args {
     /// The address or CIDR prefix as it was banned.
     #[arg(value_name = "IP|CIDR", value_parser = super::ban::parse_target)]

@@ -72,14 +72,12 @@ fn check_iface_name(name: &str) -> crate::Result<()> {
 }
 
 /// Loads the program (adopting pinned maps if there are any), attaches it to `opts.ifaces`
-/// and pins everything. Idempotent: an interface that already has our link is left alone, a
+/// and pins everything. With no interface it only loads and pins (bans can be recorded and
+/// are enforced as soon as an interface is attached). Idempotent: an interface that already has our link is left alone, a
 /// pinned program from another build is swapped in place with BPF_LINK_UPDATE.
 pub fn attach(opts: &AttachOptions) -> crate::Result<AttachReport> {
     sys::require_privileges()?;
     sys::require_bpffs(&opts.pin_dir)?;
-    if opts.ifaces.is_empty() {
-        return Err(Error::Usage("no interface given (--iface IFACE)".into()));
-    }
     for iface in &opts.ifaces {
         check_iface_name(iface)?;
     }
@@ -235,9 +233,11 @@ fn upgrade_link(program: &mut Xdp, link_pin: &Path) -> crate::Result<()> {
     Ok(())
 }
 
+/// The hook is taken: EBUSY (an XDP program or link is there) or EEXIST (one in the other
+/// mode: native and generic cannot be active together).
 fn is_busy(err: &aya::programs::ProgramError) -> bool {
-    chain(err).contains("busy")
-        || matches!(err, aya::programs::ProgramError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EBUSY))
+    matches!(err, aya::programs::ProgramError::SyscallError(s)
+        if matches!(s.io_error.raw_os_error(), Some(libc::EBUSY) | Some(libc::EEXIST)))
 }
 
 fn attach_iface(
@@ -325,7 +325,7 @@ pub fn detach(pin_dir: &Path, iface: Option<&str>) -> crate::Result<DetachReport
                 link.display()
             )));
         }
-        std::fs::remove_file(&link).map_err(|e| Error::io(&link, e))?;
+        remove_link(&link)?;
         return Ok(DetachReport {
             links: vec![iface.to_string()],
             maps_removed: false,
@@ -343,8 +343,7 @@ pub fn detach(pin_dir: &Path, iface: Option<&str>) -> crate::Result<DetachReport
 /// empty. Unknown files are left alone.
 fn remove_all_pins(pins: &PinPaths) -> crate::Result<()> {
     for iface in pins.linked_interfaces() {
-        let p = pins.link(&iface);
-        std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        remove_link(&pins.link(&iface))?;
     }
     let entries = std::fs::read_dir(pins.dir()).map_err(|e| Error::io(pins.dir(), e))?;
     for entry in entries.flatten() {
@@ -357,4 +356,53 @@ fn remove_all_pins(pins: &PinPaths) -> crate::Result<()> {
         warn!(dir = %pins.dir().display(), error = %e, "pin directory not removed (not empty?)");
     }
     Ok(())
+}
+
+/// Detaches a pinned XDP link at once (BPF_LINK_DETACH), then removes its pin. Removing the
+/// pin alone also detaches, but only when the kernel frees the link, which it may defer past
+/// our return; `detach` must mean "filtering has stopped".
+fn remove_link(pin: &Path) -> crate::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())
+        .map_err(|_| Error::Bpf(format!("invalid pin path {}", pin.display())))?;
+    let mut get = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    // SAFETY: a valid bpf_attr prefix for BPF_OBJ_GET; `path` outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &mut get as *mut ObjGet,
+            std::mem::size_of::<ObjGet>(),
+        )
+    };
+    if fd >= 0 {
+        let fd = fd as i32;
+        let mut detach = [fd as u32, 0u32];
+        // SAFETY: bpf_attr.link_detach is { link_fd: u32 }; padded to 8 bytes.
+        let rc =
+            unsafe { libc::syscall(libc::SYS_bpf, BPF_LINK_DETACH, detach.as_mut_ptr(), 8usize) };
+        if rc != 0 {
+            // Already defunct (interface gone) is fine; the pin removal below still frees it.
+            warn!(pin = %pin.display(), error = %std::io::Error::last_os_error(), "BPF_LINK_DETACH failed");
+        }
+        // SAFETY: fd came from BPF_OBJ_GET above and is closed once.
+        unsafe { libc::close(fd) };
+    }
+    std::fs::remove_file(pin).map_err(|e| Error::io(pin, e))
 }

@@ -309,6 +309,18 @@ impl Enforcer {
         Ok(found)
     }
 
+    /// The live ban that drops `addr`, if any: the exact entry, else the longest matching
+    /// prefix (what the XDP program would do). For `explain`-style questions.
+    pub fn find(&self, addr: IpAddr) -> crate::Result<Option<BanEntry>> {
+        let net = canonical(IpNet::from(addr));
+        let target = net.addr();
+        Ok(self
+            .list()?
+            .into_iter()
+            .filter(|e| e.net.contains(&target))
+            .max_by_key(|e| e.net.prefix_len()))
+    }
+
     /// Every live (unexpired) ban, exact ones first, each family in address order.
     pub fn list(&self) -> crate::Result<Vec<BanEntry>> {
         let now = clock::monotonic_ns();

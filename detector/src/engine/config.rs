@@ -31,8 +31,9 @@ pub struct EngineConfig {
     /// other failures score 1.
     pub unknown_user_weight: u32,
     /// An IP with successful logins by at least this many distinct users within
-    /// `lenient_period` is a shared address (office NAT): `slow-repeat` does not apply to it,
-    /// the other rules do (default 3; 0 disables the exemption).
+    /// `lenient_period` is a shared address (office NAT): `slow-repeat` does not apply to it and
+    /// `probe-login` only to a login as the probed address itself; `burst` and
+    /// `target-campaign` do (default 3; 0 disables the exemption).
     pub shared_ip_users: u32,
 
     /// `target-campaign`: distinct IPs failing on one user name within `campaign_window` that
@@ -133,8 +134,8 @@ impl Default for EngineConfig {
 }
 
 impl EngineConfig {
-    /// The documented `[engine]` table with every default (`engine.example.toml`).
-    pub const EXAMPLE_TOML: &'static str = include_str!("engine.example.toml");
+    /// The shipped, documented configuration (its `[engine]` table lists every default).
+    pub const EXAMPLE_TOML: &'static str = include_str!("../../../detector.toml.example");
 
     /// Reads the `[engine]` table of a TOML document (a missing table gives the defaults) and
     /// validates it.

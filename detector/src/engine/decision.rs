@@ -95,7 +95,10 @@ pub struct Decision {
 impl Decision {
     /// Log time at which the ban ends.
     pub fn expires(&self) -> DateTime<Utc> {
-        self.time + chrono::Duration::from_std(self.duration).unwrap_or(chrono::Duration::MAX)
+        chrono::Duration::from_std(self.duration)
+            .ok()
+            .and_then(|d| self.time.checked_add_signed(d))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 }
 

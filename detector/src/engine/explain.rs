@@ -41,6 +41,11 @@ pub struct Explanation {
     /// Length of the next ban of the prefix.
     #[serde(with = "humantime_serde")]
     pub next_ban: Duration,
+    /// Current `slow-repeat` score within the horizon, and the score that bans.
+    pub slow_repeat_score: u32,
+    pub slow_repeat_threshold: u32,
+    /// The address counts as shared (office NAT): see `EngineConfig::shared_ip_users`.
+    pub shared: bool,
     pub failures: Vec<FailureView>,
     /// Users this address logged in as within the leniency period.
     pub lenient_users: Vec<String>,
@@ -53,12 +58,29 @@ pub struct Explanation {
 }
 
 impl Engine {
+    /// `slow-repeat` score of the failures within the horizon (lenient ones excluded).
+    fn slow_repeat_score(&self, s: &super::state::IpState) -> u32 {
+        let since = self.now.saturating_sub(self.cfg.horizon.as_secs() as i64);
+        s.failures
+            .iter()
+            .filter(|f| f.time >= since && !f.lenient)
+            .map(|f| {
+                let w = if f.unknown_user {
+                    self.cfg.unknown_user_weight
+                } else {
+                    1
+                };
+                f.count.saturating_mul(w)
+            })
+            .fold(0u32, u32::saturating_add)
+    }
+
     /// Explains `ip` from the remembered state (nothing is changed).
     pub fn explain(&self, ip: IpAddr) -> Explanation {
         let ip = canonical(ip);
         let prefix = self.ban_prefix(ip);
         let p = self.prefixes.get(&prefix);
-        let s = self.ips.get(&ip);
+        let s = self.ips.get(&self.state_key(ip));
         let memory = self.cfg.offence_memory.as_secs() as i64;
         let offences = p
             .filter(|p| p.last_offence >= self.now.saturating_sub(memory))
@@ -105,6 +127,12 @@ impl Engine {
             last_note: p.map(|p| p.last_note.clone()),
             offences,
             next_ban: self.cfg.ban_duration(offences + 1),
+            slow_repeat_score: s.map_or(0, |s| self.slow_repeat_score(s)),
+            slow_repeat_threshold: self.cfg.slow_repeat_score,
+            shared: s.is_some_and(|s| {
+                self.cfg.shared_ip_users > 0
+                    && s.success_users_since(lenient_since) >= self.cfg.shared_ip_users as usize
+            }),
             failures,
             lenient_users: s
                 .map(|s| {
@@ -156,9 +184,16 @@ impl fmt::Display for Explanation {
         }
         writeln!(
             f,
-            "  offences: {}; next ban: {}",
+            "  offences: {}; next ban: {}; slow-repeat score {}/{}{}",
             self.offences,
-            humantime::format_duration(self.next_ban)
+            humantime::format_duration(self.next_ban),
+            self.slow_repeat_score,
+            self.slow_repeat_threshold,
+            if self.shared {
+                " (shared address: slow-repeat does not apply)"
+            } else {
+                ""
+            }
         )?;
         if !self.lenient_users.is_empty() {
             writeln!(

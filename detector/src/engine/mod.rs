@@ -123,6 +123,32 @@ impl Engine {
         out
     }
 
+    /// What a ban of `ip` covers: `ip` widened to the configured prefix length (IPv6 /64 by
+    /// default), or just `ip` itself when the wider prefix would also cover a host address,
+    /// loopback or an allowlisted range.
+    pub fn ban_prefix(&self, ip: IpAddr) -> IpNet {
+        let ip = canonical(ip);
+        let wide = self.cfg.ban_prefix(ip);
+        let overlaps = |n: &IpNet| wide.contains(&n.network()) || n.contains(&wide.network());
+        let unsafe_wide = self.host_addrs.iter().any(|a| wide.contains(a))
+            || self.cfg.allowlist.iter().any(overlaps)
+            || wide.contains(&IpAddr::from([127, 0, 0, 1]))
+            || wide.contains(&IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
+        if unsafe_wide { IpNet::from(ip) } else { wide }
+    }
+
+    /// The key under which state about `ip` is kept: the network of its ban prefix, so that
+    /// an IPv6 host rotating addresses inside its /64 is one actor (and one leniency record).
+    pub fn state_key(&self, ip: IpAddr) -> IpAddr {
+        self.ban_prefix(ip).network()
+    }
+
+    /// Whether the engine may cite this event's line as evidence (it records only these);
+    /// lets callers keep raw text for just those lines.
+    pub fn may_cite(ev: &Event) -> bool {
+        rules::matters(ev)
+    }
+
     /// Whether `ip` may never be banned: loopback, unspecified, the allowlist, host addresses.
     pub fn is_protected(&self, ip: IpAddr) -> Option<&'static str> {
         let ip = canonical(ip);
@@ -136,24 +162,6 @@ impl Engine {
             return Some("allowlisted");
         }
         None
-    }
-
-    /// The network a ban of `ip` covers: the configured prefix (IPv6: the /64), narrowed to
-    /// the address itself when that prefix would also cover a host address or overlap the
-    /// allowlist. A bot in the mail host's own /64 (a neighbour on a shared segment) is still
-    /// banned, without the ban reaching the host or its allowed neighbours (which the
-    /// enforcer would refuse, leaving the bot unbanned).
-    pub fn ban_prefix(&self, ip: IpAddr) -> IpNet {
-        let ip = canonical(ip);
-        let wide = self.cfg.ban_prefix(ip);
-        let overlaps = |n: &IpNet| wide.contains(&n.network()) || n.contains(&wide.network());
-        if self.host_addrs.iter().any(|a| wide.contains(a))
-            || self.cfg.allowlist.iter().any(overlaps)
-        {
-            IpNet::from(ip)
-        } else {
-            wide
-        }
     }
 
     /// Forgets the ban of `ip`'s prefix (an admin ran `detector unban`) and returns the unban

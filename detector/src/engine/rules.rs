@@ -21,7 +21,9 @@ use super::{Engine, canonical, to_time};
 use crate::event::{Event, EventKind, Protocol, Service};
 
 pub(super) fn observe(engine: &mut Engine, ev: &Event) -> Vec<Decision> {
-    let ip = canonical(ev.ip);
+    // State is kept per ban prefix (the address itself for IPv4, its /64 for IPv6); decisions
+    // about this event still name the event's own address.
+    let ip = engine.state_key(canonical(ev.ip));
     let t = ev.time.timestamp();
     if !matters(ev) {
         return Vec::new();
@@ -64,13 +66,21 @@ pub(super) fn observe(engine: &mut Engine, ev: &Event) -> Vec<Decision> {
             }
             Vec::new()
         }
-        EventKind::AuthFailure | EventKind::AuthUnknownUser => on_failure(engine, ip, ev),
+        EventKind::AuthFailure | EventKind::AuthUnknownUser => {
+            let mut out = on_failure(engine, ip, ev);
+            for d in &mut out {
+                if d.ip == ip {
+                    d.ip = canonical(ev.ip);
+                }
+            }
+            out
+        }
         _ => Vec::new(),
     }
 }
 
 /// Kinds the rules use; the rest would only cost memory.
-fn matters(ev: &Event) -> bool {
+pub(super) fn matters(ev: &Event) -> bool {
     match ev.kind {
         EventKind::Rcpt
         | EventKind::MessageAccepted
@@ -96,13 +106,13 @@ fn on_rcpt(state: &mut IpState, ev: &Event, rcpt: &str) {
     });
 }
 
-/// An SMTP session ended: if it named a recipient and no message was accepted, it was a probe.
 /// Two lines belong to the same SMTP session when their session keys are equal or either
 /// line has none (Postfix `NOQUEUE` and `lost connection` lines may come without one).
 fn same_session(a: Option<&str>, b: Option<&str>) -> bool {
     a.is_none() || b.is_none() || a == b
 }
 
+/// An SMTP session ended: if it named a recipient and no message was accepted, it was a probe.
 fn on_transaction_end(state: &mut IpState, ev: &Event) {
     let t = ev.time.timestamp();
     let same_session = |s: &Option<Box<str>>| same_session(s.as_deref(), ev.session.as_deref());
@@ -149,6 +159,9 @@ fn on_transaction_end(state: &mut IpState, ev: &Event) {
     });
 }
 
+/// How far back a successful login forgives the same user's failures from the same address.
+const TYPO_FORGIVENESS_S: i64 = 3600;
+
 fn on_success(engine: &mut Engine, ip: IpAddr, t: i64, user: &str) {
     let user = bounded_name(user);
     let Some(state) = engine.ips.get_mut(&ip) else {
@@ -174,14 +187,16 @@ fn on_success(engine: &mut Engine, ip: IpAddr, t: i64, user: &str) {
             time: t,
         });
     }
-    // Failures on this user just before the success were the owner's typos, not an attack.
+    // Failures on this user shortly before the success were the owner's typos, not an attack.
+    // Older ones stay counted: a guesser that finally gets in does not clear its record.
+    let since = t - TYPO_FORGIVENESS_S;
     for f in state.failures.iter_mut() {
-        if f.user.as_deref() == Some(&*user) {
+        if f.time >= since && f.user.as_deref() == Some(&*user) {
             f.lenient = true;
         }
     }
     if let Some(u) = engine.users.get_mut(&user) {
-        u.failures.retain(|f| f.ip != ip);
+        u.failures.retain(|f| f.ip != ip || f.time < since);
     }
 }
 
@@ -251,19 +266,22 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, ev: &Event) -> Vec<Decision> {
     let mut campaign_bans = Vec::new();
     let mut campaign_note = None;
     if let Some(user) = &user {
-        let campaign = record_user_failure(engine, user, ip, t);
+        let campaign = record_user_failure(engine, user, ip, canonical(ev.ip), t);
         // Retroactive bans only when the name comes under attack: an address that failed on
         // it long ago is not banned again each time another one tries.
         if let Some((note, true)) = &campaign {
-            let others: Vec<IpAddr> = engine.users[user]
+            let others: Vec<(IpAddr, Option<IpAddr>)> = engine.users[user]
                 .failures
                 .iter()
                 .filter(|f| f.ip != ip && f.time >= t - engine.cfg.horizon.as_secs() as i64)
-                .map(|f| f.ip)
+                .map(|f| (f.ip, f.addr))
                 .collect();
-            for other in others {
+            for (other, addr) in others {
                 let n = format!("failed on {note}");
-                campaign_bans.extend(ban(engine, other, Rule::TargetCampaign, n, t));
+                if let Some(mut d) = ban(engine, other, Rule::TargetCampaign, n, t) {
+                    d.ip = addr.unwrap_or(other);
+                    campaign_bans.push(d);
+                }
             }
         }
         campaign_note = campaign.map(|(note, _)| note);
@@ -317,6 +335,7 @@ fn record_user_failure(
     engine: &mut Engine,
     user: &str,
     ip: IpAddr,
+    addr: IpAddr,
     t: i64,
 ) -> Option<(String, bool)> {
     let cfg = &engine.cfg;
@@ -328,7 +347,11 @@ fn record_user_failure(
     if u.failures.len() >= cfg.max_ips_per_user {
         u.failures.pop_front();
     }
-    u.failures.push_back(UserFailure { ip, time: t });
+    u.failures.push_back(UserFailure {
+        ip,
+        time: t,
+        addr: Some(addr),
+    });
     let was_attacked = u.attacked_until.is_some_and(|until| until >= t);
     let since = t - cfg.campaign_window.as_secs() as i64;
     let distinct = u.failures.iter().filter(|f| f.time >= since).count();
@@ -376,6 +399,11 @@ fn probe_login(
             }
         }
     }
+    // A shared address (office NAT) may run an MTA that verifies senders while one of its
+    // users mistypes a password: there only the login as the probed address counts.
+    if is_shared(engine, state, t) {
+        return None;
+    }
     let to = last
         .recipients
         .first()
@@ -388,6 +416,13 @@ fn probe_login(
             t - last.time
         ),
     ))
+}
+
+/// Successful logins by `shared_ip_users` distinct users within the leniency period.
+fn is_shared(engine: &Engine, state: &IpState, t: i64) -> bool {
+    let cfg = &engine.cfg;
+    let since = t - cfg.lenient_period.as_secs() as i64;
+    cfg.shared_ip_users > 0 && state.success_users_since(since) >= cfg.shared_ip_users as usize
 }
 
 fn burst(engine: &Engine, ip: IpAddr, t: i64) -> Option<(Rule, String)> {
@@ -411,10 +446,7 @@ fn burst(engine: &Engine, ip: IpAddr, t: i64) -> Option<(Rule, String)> {
 fn slow_repeat(engine: &Engine, ip: IpAddr, t: i64) -> Option<(Rule, String)> {
     let cfg = &engine.cfg;
     let state = &engine.ips[&ip];
-    let lenient_since = t - cfg.lenient_period.as_secs() as i64;
-    if cfg.shared_ip_users > 0
-        && state.success_users_since(lenient_since) >= cfg.shared_ip_users as usize
-    {
+    if is_shared(engine, state, t) {
         return None;
     }
     let since = t - cfg.horizon.as_secs() as i64;

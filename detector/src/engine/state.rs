@@ -154,8 +154,12 @@ impl IpState {
 /// A failure on a user name, for `target-campaign`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UserFailure {
+    /// State key (see `Engine::state_key`).
     pub ip: IpAddr,
     pub time: i64,
+    /// The address itself (differs from `ip` inside an IPv6 /64), for decisions.
+    #[serde(default)]
+    pub addr: Option<IpAddr>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -178,16 +182,22 @@ pub struct PrefixState {
     pub last_note: String,
 }
 
-/// Cuts an attacker-supplied name to [`MAX_NAME_LEN`] bytes on a char boundary.
+/// Cuts an attacker-supplied name to [`MAX_NAME_LEN`] bytes on a char boundary and replaces
+/// control characters (they end up in notes that admins read on a terminal).
 pub fn bounded_name(s: &str) -> Box<str> {
-    if s.len() <= MAX_NAME_LEN {
-        return s.into();
-    }
-    let mut end = MAX_NAME_LEN;
+    let mut end = s.len().min(MAX_NAME_LEN);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].into()
+    let s = &s[..end];
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
+    }
 }
 
 /// Removes the entries with the oldest `last_seen` until `map` holds at most 90% of `cap`

@@ -18,6 +18,9 @@ use crate::event::{EventKind, Protocol, Service};
 use super::record::{Link, Parsed, Record};
 use super::text::{find, owned_lower, parse_ip, parse_u32, rfind, split_digits};
 
+/// Longest auth message we try to disambiguate (bounds the per-candidate scans).
+const MAX_AUTH_LINE: usize = 8 * 1024;
+
 /// Syslog identifiers under which Dovecot (or its PAM stack) logs.
 pub(crate) fn is_dovecot_ident(id: &[u8]) -> bool {
     matches!(id, b"dovecot" | b"dovecot-auth" | b"auth" | b"auth-worker") || id.ends_with(b"-login")
@@ -130,6 +133,10 @@ fn auth_message(m: &[u8]) -> Parsed {
 
 /// `driver(user,ip[,<session>|,sasl:mech|,])[<session>]: [Info: ][driver: ]text`.
 fn driver_line(s: &[u8]) -> Parsed {
+    // Dovecot truncates user names and log lines far below this; longer is hostile.
+    if s.len() > MAX_AUTH_LINE {
+        return Parsed::Unparsed;
+    }
     let n = s
         .iter()
         .take(40)

@@ -9,9 +9,10 @@
 //! ```
 //! - `--all` keeps long and binary fields (otherwise they become `null`).
 //! - START: `--after-cursor=C --no-tail` when a cursor is known (the checkpoint, or the last
-//!   entry this task delivered); on a first start `--lines=0` ([`StartAt::End`], only new
-//!   entries) or `--no-tail` ([`StartAt::Beginning`]). When journalctl has to be restarted
-//!   before it delivered any entry, `--since=@<time this source started>` keeps the gap closed.
+//!   entry this task delivered). Without a cursor, [`StartAt::End`] uses
+//!   `--since=@<time this source started> --no-tail`: only new entries, and none lost in the
+//!   moment journalctl needs to start up or when it is restarted before delivering anything
+//!   (`--lines=0` would skip those). [`StartAt::Beginning`] uses `--no-tail`.
 //! - MATCHES ([`DEFAULT_MATCHES`]): journalctl matches are exact strings, and Postfix logs under
 //!   many identifiers (`postfix/smtpd`, `postfix/submission/smtpd`, `postfix-out/smtpd` for a
 //!   second instance), so the default does not list identifiers. It takes the *mail syslog
@@ -177,12 +178,10 @@ pub(super) async fn run(
         }
         ok
     });
-    let mut first_run = true;
     let mut delay = cfg.restart_delay;
     let mut attempt = 0u32;
     loop {
-        let args = command_args(&cfg, cursor.as_deref(), first_run, started_at);
-        first_run = false;
+        let args = command_args(&cfg, cursor.as_deref(), started_at);
         let launched = Instant::now();
         let used_cursor = cursor.is_some();
         let (reason, delivered) = match run_once(&cfg, &program, &args, &mut cursor, &ctx).await {
@@ -216,12 +215,7 @@ pub(super) async fn run(
 }
 
 /// The full journalctl argument list for one run.
-fn command_args(
-    cfg: &JournalConfig,
-    cursor: Option<&str>,
-    first_run: bool,
-    started_at: SystemTime,
-) -> Vec<String> {
+fn command_args(cfg: &JournalConfig, cursor: Option<&str>, started_at: SystemTime) -> Vec<String> {
     let mut args: Vec<String> = ["--follow", "--output=json", "--no-pager", "--all"]
         .iter()
         .map(|s| s.to_string())
@@ -229,14 +223,13 @@ fn command_args(
     if let Some(dir) = &cfg.directory {
         args.push(format!("--directory={}", dir.display()));
     }
-    match (cursor, cfg.start, first_run) {
-        (Some(c), _, _) => {
+    match (cursor, cfg.start) {
+        (Some(c), _) => {
             args.push(format!("--after-cursor={c}"));
             args.push("--no-tail".into());
         }
-        (None, StartAt::Beginning, _) => args.push("--no-tail".into()),
-        (None, StartAt::End, true) => args.push("--lines=0".into()),
-        (None, StartAt::End, false) => {
+        (None, StartAt::Beginning) => args.push("--no-tail".into()),
+        (None, StartAt::End) => {
             let since = started_at
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .unwrap_or_default();
@@ -422,15 +415,11 @@ mod tests {
         let t = SystemTime::UNIX_EPOCH + Duration::from_micros(1_795_757_470_000_042);
         let tail = |args: Vec<String>| args[4..].join(" ");
         assert_eq!(
-            tail(command_args(&cfg, None, true, t)),
-            "--directory=/j --lines=0 -- A=b"
-        );
-        assert_eq!(
-            tail(command_args(&cfg, None, false, t)),
+            tail(command_args(&cfg, None, t)),
             "--directory=/j --since=@1795757470.000042 --no-tail -- A=b"
         );
         assert_eq!(
-            tail(command_args(&cfg, Some("s=1"), true, t)),
+            tail(command_args(&cfg, Some("s=1"), t)),
             "--directory=/j --after-cursor=s=1 --no-tail -- A=b"
         );
         let cfg = JournalConfig {
@@ -438,6 +427,6 @@ mod tests {
             matches: vec![],
             ..Default::default()
         };
-        assert_eq!(tail(command_args(&cfg, None, true, t)), "--no-tail --");
+        assert_eq!(tail(command_args(&cfg, None, t)), "--no-tail --");
     }
 }
