@@ -36,10 +36,25 @@ pub fn run(opts: Options) -> Result<()> {
         "demo",
     ]))?;
     ensure_bpffs()?;
+    // Ctrl-C reaches the whole foreground process group: let the demo handle it (it tears
+    // everything down) and wait for it, instead of returning to the shell mid-teardown.
+    ignore_sigint();
     run_cmd(
         Command::new(root.join("target/debug/demo"))
             .args(&opts.args)
             .env("DETECTOR_BIN", root.join("target/debug/detector"))
             .env("MAILBOT_BIN", root.join("target/debug/mailbot")),
     )
+}
+
+fn ignore_sigint() {
+    // SAFETY: signal(2) with SIG_IGN (1) for SIGINT (2) has no preconditions. Avoids a libc
+    // dependency for one call. The demo installs its own handler, which replaces the
+    // inherited "ignore".
+    unsafe extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    unsafe {
+        signal(2, 1);
+    }
 }

@@ -64,6 +64,10 @@ fn main() {
             "\n[{:>5.1}s] everything torn down: namespaces, daemons, XDP, pins. Done.",
             t0.elapsed().as_secs_f64()
         ),
+        Err(_) if INTERRUPTED.load(Ordering::SeqCst) => {
+            eprintln!("\ndemo: interrupted; everything started was torn down");
+            std::process::exit(130);
+        }
         Err(e) => {
             eprintln!("\ndemo: {e:#}\n(everything started was torn down)");
             std::process::exit(1);
