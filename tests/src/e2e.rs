@@ -12,6 +12,7 @@
 //! // Drop: SIGTERM the daemon, `detector detach`, remove the pin and state directories,
 //! // tear the lab down.
 //! ```
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -58,6 +59,8 @@ pub struct E2eOptions {
     pub pin_dir: Option<PathBuf>,
     /// Source flags for `detector run` instead of the lab's logs (e.g. `--file X`).
     pub source_args: Option<Vec<String>>,
+    /// Serve the daemon's metrics on this port of 127.0.0.1 inside the mail namespace.
+    pub metrics_port: Option<u16>,
 }
 
 impl E2eOptions {
@@ -72,6 +75,7 @@ impl E2eOptions {
             extra_config: String::new(),
             pin_dir: None,
             source_args: None,
+            metrics_port: None,
         }
     }
 }
@@ -94,6 +98,7 @@ pub struct E2e {
     pub lab: Lab,
     config: PathBuf,
     source_args: Option<Vec<String>>,
+    metrics_port: Option<u16>,
     runs: u32,
 }
 
@@ -131,6 +136,7 @@ impl E2e {
             lab,
             config,
             source_args: opts.source_args,
+            metrics_port: opts.metrics_port,
             runs: 0,
         })
     }
@@ -164,6 +170,9 @@ impl E2e {
             .args(["--log-format", "json"]);
         for iface in self.lab.mail_ifaces() {
             cmd.arg("--iface").arg(iface);
+        }
+        if let Some(port) = self.metrics_port {
+            cmd.arg("--metrics-listen").arg(format!("127.0.0.1:{port}"));
         }
         match self.lab.log_mode() {
             _ if self.source_args.is_some() => {
@@ -285,6 +294,37 @@ impl E2e {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The daemon's Prometheus metrics (`GET /metrics` on 127.0.0.1 inside the mail
+    /// namespace, where it listens): `name{labels}` -> value.
+    pub fn metrics(&self) -> Result<HashMap<String, f64>> {
+        use std::io::{Read, Write};
+        let port = self.metrics_port.context("metrics_port not set")?;
+        let ns = self.lab.mail_ns().to_string();
+        let text = std::thread::spawn(move || -> Result<String> {
+            let _in_ns = lab::enter_net_ns(&ns)?;
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("metrics thread panicked"))??;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .context("no HTTP body")?;
+        Ok(body
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_string(), v.parse().ok()?))
+            })
+            .collect())
     }
 
     /// `detector <args> --json --pin-dir <pins>` parsed as JSON.

@@ -131,7 +131,11 @@ fn ban_line(e: &E2e, run: u32, prefix: &str) -> Value {
 /// Test 1: the bot is banned after its first round, its next SYNs are dropped at XDP, the
 /// legitimate client still logs in and sends mail.
 fn bot_banned_and_dropped_client_fine(tag: &str, mode: LogMode) {
-    let e = E2e::up(opts(tag, mode)).expect("e2e up");
+    let e = E2e::up(E2eOptions {
+        metrics_port: Some(9477),
+        ..opts(tag, mode)
+    })
+    .expect("e2e up");
     let bot = e.lab.bots()[0].clone();
     let addr = bot_round(&e, &bot);
     let ban: Ban = e.wait_banned("198.18.0.10", BAN_WAIT).unwrap();
@@ -147,7 +151,28 @@ fn bot_banned_and_dropped_client_fine(tag: &str, mode: LogMode) {
     client_still_fine(&e);
     assert_not_banned(&e, "198.18.0.2");
     let stats = e.detector_json(&["stats"]).unwrap();
-    eprintln!("stats after the test: {stats}");
+    assert!(stats["dropped"].as_u64().unwrap() >= 4, "{stats}");
+    // The daemon's metrics (served inside the mail namespace) tell the same story; the
+    // kernel counters are copied in by the 1 s sweep.
+    std::thread::sleep(Duration::from_millis(1500));
+    let m = e.metrics().unwrap();
+    let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
+    assert_eq!(
+        get(r#"detector_decisions_total{rule="probe-login"}"#),
+        1.0,
+        "{m:#?}"
+    );
+    assert!(
+        get(r#"detector_xdp_packets_total{verdict="dropped"}"#) >= 4.0,
+        "{m:#?}"
+    );
+    let lines: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("detector_lines_read_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert!(lines >= 10.0, "{m:#?}");
+    eprintln!("stats after the test: {stats}; daemon read {lines} lines");
 }
 
 #[test]
