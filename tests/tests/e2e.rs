@@ -252,9 +252,8 @@ fn customer_typo_then_success_is_not_banned() {
     client_still_fine(&e);
 }
 
-/// Test 4: an IPv6 bot is banned and dropped. The lab's bot shares the mail host's /64
-/// (2001:db8:1::/64 holds 2001:db8:1::1), so the ban narrows to the bot's own address rather
-/// than being refused; the mail host stays reachable over IPv6 for others.
+/// Test 4: an IPv6 bot is banned for its whole /64 (2001:db8:1:6::/64, not the mail host's
+/// 2001:db8:1::/64) and dropped; the mail host stays reachable for others.
 #[test]
 fn ipv6_bot_is_banned() {
     if !root_or_skip() {
@@ -267,18 +266,18 @@ fn ipv6_bot_is_banned() {
     .expect("e2e up");
     let bot6 = e.lab.bot6().expect("ipv6 bot").clone();
     bot_round(&e, &bot6);
-    let ban = e.wait_banned("2001:db8:1::6", BAN_WAIT).unwrap();
+    let ban = e.wait_banned("2001:db8:1:6::/64", BAN_WAIT).unwrap();
     assert_eq!(ban.reason, "probe-login", "{ban:?}");
-    let line = ban_line(&e, 1, "2001:db8:1::6/128");
-    assert_eq!(line["ip"], "2001:db8:1::6", "{line}");
+    let line = ban_line(&e, 1, "2001:db8:1:6::/64");
+    assert_eq!(line["ip"], "2001:db8:1:6::6", "{line}");
     assert!(
         e.list()
             .unwrap()
             .iter()
-            .all(|b| b.address != "2001:db8:1::/64"),
-        "the /64 holds the mail host's own address and must not be banned"
+            .all(|b| b.address != "2001:db8:1:6::6"),
+        "the bot is covered by its /64, not banned one address at a time"
     );
-    assert_dropped(&e, &bot6, "2001:db8:1::6");
+    assert_dropped(&e, &bot6, "2001:db8:1:6::/64");
     // IPv4 bots and the client are unaffected.
     client_still_fine(&e);
 }

@@ -391,7 +391,7 @@ fn file_mode_bot_round_client_and_ipv6_bot() {
     legit_client_and_assert(&lab);
     outcomes_and_namespace_helpers(&lab);
     let bot6 = lab.bot6().expect("ipv6 bot").clone();
-    assert_eq!(bot6.ip.to_string(), "2001:db8:1::6");
+    assert_eq!(bot6.ip.to_string(), "2001:db8:1:6::6");
     bot_round_and_assert(&lab, &bot6);
     // File mode: the exact file line shapes (timestamp, host field for Postfix, none for Dovecot).
     let lines = lab.log_lines().unwrap();

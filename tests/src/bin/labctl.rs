@@ -30,7 +30,7 @@ enum Cmd {
         /// Log to a standalone systemd journal instead of files.
         #[arg(long)]
         journal: bool,
-        /// Add an IPv6 bot (2001:db8:1::6).
+        /// Add an IPv6 bot (2001:db8:1:6::6).
         #[arg(long)]
         ipv6: bool,
         /// Number of IPv4 bots (198.18.0.10 upwards).

@@ -4,7 +4,7 @@
 //! ```text
 //!   dtl-<tag>-client  eth0 198.18.0.2 ───── mh-client ┐
 //!   dtl-<tag>-bot0    eth0 198.18.0.10 ──── mh-bot0   ├─ dtl-<tag>-mail: 198.18.0.1 (+ 2001:db8:1::1)
-//!   dtl-<tag>-bot6    eth0 2001:db8:1::6 ── mh-bot6   ┘   Postfix 25/587, Dovecot 143/110
+//!   dtl-<tag>-bot6    eth0 2001:db8:1:6::6 ── mh-bot6   ┘   Postfix 25/587, Dovecot 143/110
 //! ```
 //!
 //! One veth pair per client namespace, created directly inside the two namespaces (nothing in
@@ -52,7 +52,7 @@ pub const USERS: &[(&str, &str)] = &[("alice", "AlicePass123"), ("bob", "BobPass
 pub const MAIL_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const MAIL_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
-pub const BOT6_IP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 6);
+pub const BOT6_IP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 6, 0, 0, 0, 6);
 /// Bot `i` gets 198.18.0.(10 + i).
 pub const MAX_BOTS: usize = 200;
 /// Ports the lab waits for before `up` returns.
@@ -71,7 +71,7 @@ pub enum LogMode {
 #[derive(Clone, Debug)]
 pub struct LabOptions {
     pub log_mode: LogMode,
-    /// Adds the `bot6` namespace (2001:db8:1::6) and IPv6 on the mail host.
+    /// Adds the `bot6` namespace (2001:db8:1:6::6) and IPv6 on the mail host.
     pub ipv6: bool,
     /// Number of IPv4 bot namespaces (`bot0`..), 198.18.0.10 upwards.
     pub bots: usize,
@@ -364,6 +364,20 @@ impl Lab {
                 "up",
             ]))?;
             sys::run(Command::new("ip").args(["-n", &p.ns, "link", "set", "eth0", "up"]))?;
+            if p.ip.is_ipv6() {
+                // The IPv6 bot lives in its own /64 (so its ban covers a /64 that is not the
+                // mail host's): reach the mail host through an on-link host route.
+                sys::run(Command::new("ip").args([
+                    "-n",
+                    &p.ns,
+                    "-6",
+                    "route",
+                    "add",
+                    &MAIL_IP6.to_string(),
+                    "dev",
+                    "eth0",
+                ]))?;
+            }
             sys::run(Command::new("ip").args([
                 "-n",
                 &st.mail_ns,
@@ -563,7 +577,7 @@ impl Lab {
             .collect()
     }
 
-    /// The IPv6 bot (2001:db8:1::6), if the lab has IPv6.
+    /// The IPv6 bot (2001:db8:1:6::6), if the lab has IPv6.
     pub fn bot6(&self) -> Option<&Peer> {
         self.state.peers.iter().find(|p| p.ip.is_ipv6())
     }
