@@ -16,8 +16,16 @@ use crate::util::{output, run_cmd};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Debian packages the build, the kernel tests and the lab need.
-pub const APT_PACKAGES: &[&str] = &["bpftool", "iproute2", "util-linux", "procps"];
+/// Debian packages the build, the kernel tests, the lab and the benches need (nftables and
+/// ethtool: `cargo xtask bench veth`).
+pub const APT_PACKAGES: &[&str] = &[
+    "bpftool",
+    "iproute2",
+    "util-linux",
+    "procps",
+    "nftables",
+    "ethtool",
+];
 
 /// The mail lab's packages (Postfix, Dovecot, systemd for journald), one per line; shared with
 /// the lab harness, which installs them the same way when they are missing.

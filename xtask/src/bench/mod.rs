@@ -3,6 +3,7 @@ use anyhow::Result;
 
 mod e2e;
 mod parse;
+mod veth;
 mod xdp;
 
 #[derive(clap::Args)]
@@ -16,8 +17,12 @@ pub enum Bench {
     /// Parser throughput: `detector parse --json` over a generated 1M-line mixed
     /// Postfix+Dovecot log, and the ratio against fail2ban-regex when it is installed.
     Parse(parse::Options),
-    /// ns/packet of the XDP program vs an empty and a bare-lookup program (BPF_PROG_TEST_RUN).
+    /// ns/packet of the XDP program vs an empty and a bare-lookup program (BPF_PROG_TEST_RUN),
+    /// same key (hot cache) and random keys (cache-cold).
     Xdp(xdp::Options),
+    /// Receiver CPU per packet on a veth pair under a UDP flood (paced and flat out): XDP vs
+    /// an nftables set vs no filter.
+    Veth(veth::Options),
     /// Log line written -> ban in the kernel map through `detector run`, p50/p99 over 250
     /// bans, for the file and the journal source (with journald's own share).
     E2e(e2e::Options),
@@ -27,6 +32,7 @@ pub fn run(args: Args) -> Result<()> {
     match args.bench {
         Bench::Parse(o) => parse::run(o),
         Bench::Xdp(o) => xdp::run(o),
+        Bench::Veth(o) => veth::run(o),
         Bench::E2e(o) => e2e::run(o),
     }
 }

@@ -24,6 +24,9 @@ pub struct Options {
     /// Prefix bans added for the "with prefix bans" rows.
     #[arg(long, default_value_t = 1000)]
     prefixes: u32,
+    /// Calls per program and run for the random-key (cache-cold) rows; 0 skips them.
+    #[arg(long, default_value_t = 20000)]
+    random_calls: u32,
 }
 
 pub fn run(opts: Options) -> Result<()> {
@@ -46,6 +49,7 @@ pub fn run(opts: Options) -> Result<()> {
             .args(["--runs", &opts.runs.to_string()])
             .args(["--target-ms", &opts.target_ms.to_string()])
             .args(["--cpu", &opts.cpu.to_string()])
-            .args(["--prefixes", &opts.prefixes.to_string()]),
+            .args(["--prefixes", &opts.prefixes.to_string()])
+            .args(["--random-calls", &opts.random_calls.to_string()]),
     )
 }
