@@ -82,6 +82,7 @@ fn parse_args() -> Result<Opts> {
         o.fillers <= 65_536,
         "--fillers: at most 65536 (198.19.0.0/16)"
     );
+    ensure!(o.rate > 0, "--rate: packets/s, more than 0");
     ensure!(
         o.seconds > 0.0 && o.seconds <= 60.0,
         "--seconds: 0 < s <= 60"
@@ -533,6 +534,14 @@ fn measure(config: &str, rate: u64, o: &Opts) -> Result<(Sample, String)> {
         );
         let rx = rx1 - rx0;
         ensure!(rx > 0, "the receiver saw no packets");
+        if let (Some(a), Some(b)) = (drop0, drop1) {
+            // Every flood frame must be dropped; only a few link-setup frames (IPv6 ND) pass.
+            ensure!(
+                b - a + 100 >= rx,
+                "{config}: the filter dropped {} of {rx} received packets",
+                b - a
+            );
+        }
         let busy = (cpu1.0 - cpu0.0) as f64 / ((cpu1.1 - cpu0.1).max(1)) as f64 * 100.0;
         Ok(Sample {
             config: config.to_string(),
