@@ -47,7 +47,7 @@ pub fn run(opts: Options) -> Result<()> {
     )
 }
 
-fn ignore_sigint() {
+pub(crate) fn ignore_sigint() {
     // SAFETY: signal(2) with SIG_IGN (1) for SIGINT (2) has no preconditions. Avoids a libc
     // dependency for one call. The demo installs its own handler, which replaces the
     // inherited "ignore".

@@ -26,6 +26,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -42,6 +43,13 @@ const RECEIVER_IP: [u8; 4] = [198, 18, 30, 2];
 const SENDER_CPU: usize = 0;
 const RECEIVER_CPU: usize = 1;
 const BATCH: usize = 64;
+
+/// Set by SIGINT/SIGTERM: the flood stops and the run ends after tearing everything down.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
 
 struct Opts {
     configs: Vec<String>,
@@ -370,7 +378,7 @@ fn flood(rate: u64, dur: Duration) -> Result<u64> {
     let mut sent: u64 = 0;
     loop {
         let elapsed = start.elapsed();
-        if elapsed >= dur {
+        if elapsed >= dur || STOP.load(Ordering::Relaxed) {
             break;
         }
         if rate > 0 && sent as f64 >= rate as f64 * elapsed.as_secs_f64() {
@@ -582,6 +590,11 @@ fn main() -> Result<()> {
             "`{tool}` not found: run `cargo xtask setup` (Debian packages nftables, ethtool)"
         );
     }
+    // SAFETY: the handler only stores to an atomic (async-signal-safe).
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut samples = Vec::new();
     let mut descs = Vec::new();
@@ -593,6 +606,10 @@ fn main() -> Result<()> {
                     if rate > 0 { "paced" } else { "flat-out" }
                 );
                 let (s, d) = measure(config, rate, &o)?;
+                ensure!(
+                    !STOP.load(Ordering::Relaxed),
+                    "interrupted (namespaces and pins removed)"
+                );
                 if !descs.iter().any(|(c, _): &(String, String)| c == config) {
                     descs.push((config.clone(), d));
                 }

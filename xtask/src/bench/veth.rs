@@ -48,6 +48,9 @@ pub fn run(opts: Options) -> Result<()> {
         "veth-bench",
     ]))?;
     ensure_bpffs()?;
+    // Ctrl-C reaches the whole process group: veth-bench stops the flood and tears down its
+    // namespaces and pins; wait for it instead of returning to the shell mid-teardown.
+    crate::demo::ignore_sigint();
     run_cmd(
         Command::new(root.join("target/release/veth-bench"))
             .args(["--configs", &opts.configs])
