@@ -1,5 +1,5 @@
 //! `cargo xtask bench xdp`: builds and runs the BPF_PROG_TEST_RUN micro-benchmark
-//! (tests/src/bin/xdp-bench.rs) in release mode, as root.
+//! (tests/src/bin/xdp-bench.rs: same-key and random-key rows) in release mode, as root.
 use std::process::Command;
 
 use anyhow::{Result, bail};
