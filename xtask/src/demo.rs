@@ -5,9 +5,9 @@
 //! at the end, also on Ctrl-C or an error (the `demo` binary of the tests crate owns that).
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
-use crate::util::{ensure_bpffs, is_root, run_cmd, workspace_root};
+use crate::util::{build_bins, ensure_bpffs, require_root, run_cmd};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -18,32 +18,17 @@ pub struct Options {
 }
 
 pub fn run(opts: Options) -> Result<()> {
-    if !is_root() {
-        bail!("the demo needs root (network namespaces, XDP); rerun as root");
-    }
-    let root = workspace_root();
-    run_cmd(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--package",
-        "detector",
-        "--package",
-        "detector-tests",
-        "--bin",
-        "detector",
-        "--bin",
-        "mailbot",
-        "--bin",
-        "demo",
-    ]))?;
+    require_root("the demo needs root (network namespaces, XDP)")?;
+    let bins = build_bins(false, &["mailbot", "demo"])?;
     ensure_bpffs()?;
     // Ctrl-C reaches the whole foreground process group: let the demo handle it (it tears
     // everything down) and wait for it, instead of returning to the shell mid-teardown.
     ignore_sigint();
     run_cmd(
-        Command::new(root.join("target/debug/demo"))
+        Command::new(bins.join("demo"))
             .args(&opts.args)
-            .env("DETECTOR_BIN", root.join("target/debug/detector"))
-            .env("MAILBOT_BIN", root.join("target/debug/mailbot")),
+            .env("DETECTOR_BIN", bins.join("detector"))
+            .env("MAILBOT_BIN", bins.join("mailbot")),
     )
 }
 

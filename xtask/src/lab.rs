@@ -3,9 +3,9 @@
 //! poking at by hand. Builds and runs the `labctl` binary of the tests crate.
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
-use crate::util::{is_root, run_cmd, workspace_root};
+use crate::util::{require_root, run_cmd, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -15,9 +15,7 @@ pub struct Options {
 }
 
 pub fn run(opts: Options) -> Result<()> {
-    if !is_root() {
-        bail!("the mail lab needs root (network namespaces, mounts); rerun as root");
-    }
+    require_root("the mail lab needs root (network namespaces, mounts)")?;
     let root = workspace_root();
     run_cmd(Command::new("cargo").current_dir(&root).args([
         "build",

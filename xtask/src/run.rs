@@ -1,8 +1,8 @@
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
-use crate::util::{ensure_bpffs, is_root, run_cmd, workspace_root};
+use crate::util::{ensure_bpffs, require_root, run_cmd, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -12,11 +12,7 @@ pub struct Options {
 }
 
 pub fn run(opts: Options) -> Result<()> {
-    if !is_root() {
-        bail!(
-            "detector needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) to load XDP; rerun as root"
-        );
-    }
+    require_root("detector needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN) to load XDP")?;
     crate::build::build(true)?;
     ensure_bpffs()?;
     let args = if opts.args.is_empty() {

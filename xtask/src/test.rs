@@ -1,9 +1,9 @@
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::setup::check_build_prereqs;
-use crate::util::{ensure_bpffs, is_root, run_cmd, workspace_root};
+use crate::util::{ensure_bpffs, require_root, run_cmd, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -14,9 +14,7 @@ pub struct Options {
 
 pub fn run(opts: Options) -> Result<()> {
     check_build_prereqs()?;
-    if !is_root() {
-        bail!("the kernel and end-to-end tests need root (XDP, network namespaces); rerun as root");
-    }
+    require_root("the kernel and end-to-end tests need root (XDP, network namespaces)")?;
     ensure_bpffs()?;
     let root = workspace_root();
     // The kernel tests drive the real binary; build it first so they find it.

@@ -4,10 +4,10 @@
 //! journal journald's own share (time until a separate `journalctl --follow` sees the entry).
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::setup::check_build_prereqs;
-use crate::util::{ensure_bpffs, is_root, run_cmd, workspace_root};
+use crate::util::{build_bins, ensure_bpffs, require_root, run_cmd};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -24,31 +24,15 @@ pub struct Options {
 
 pub fn run(opts: Options) -> Result<()> {
     check_build_prereqs()?;
-    if !is_root() {
-        bail!("the end-to-end benchmark attaches XDP and runs the mail lab; rerun as root");
-    }
-    let root = workspace_root();
-    run_cmd(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "--package",
-        "detector",
-        "--package",
-        "detector-tests",
-        "--bin",
-        "detector",
-        "--bin",
-        "e2e-bench",
-        "--bin",
-        "mailbot",
-    ]))?;
+    require_root("the end-to-end benchmark attaches XDP and runs the mail lab")?;
+    let bins = build_bins(true, &["e2e-bench", "mailbot"])?;
     ensure_bpffs()?;
     run_cmd(
-        Command::new(root.join("target/release/e2e-bench"))
+        Command::new(bins.join("e2e-bench"))
             .args(["--source", &opts.source])
             .args(["--bans", &opts.bans.to_string()])
             .args(["--gap-ms", &opts.gap_ms.to_string()])
-            .env("DETECTOR_BIN", root.join("target/release/detector"))
-            .env("MAILBOT_BIN", root.join("target/release/mailbot")),
+            .env("DETECTOR_BIN", bins.join("detector"))
+            .env("MAILBOT_BIN", bins.join("mailbot")),
     )
 }

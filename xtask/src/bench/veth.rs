@@ -3,10 +3,10 @@
 //! (tests/src/bin/veth-bench.rs), in release mode, as root.
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::setup::{check_build_prereqs, ensure_apt_packages};
-use crate::util::{ensure_bpffs, is_root, run_cmd, workspace_root};
+use crate::util::{build_bins, ensure_bpffs, require_root, run_cmd};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -30,34 +30,20 @@ pub struct Options {
 
 pub fn run(opts: Options) -> Result<()> {
     check_build_prereqs()?;
-    if !is_root() {
-        bail!("the veth benchmark creates namespaces and attaches XDP; rerun as root");
-    }
+    require_root("the veth benchmark creates namespaces and attaches XDP")?;
     ensure_apt_packages(&["nftables", "ethtool", "iproute2"])?;
-    let root = workspace_root();
-    run_cmd(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "--package",
-        "detector",
-        "--package",
-        "detector-tests",
-        "--bin",
-        "detector",
-        "--bin",
-        "veth-bench",
-    ]))?;
+    let bins = build_bins(true, &["veth-bench"])?;
     ensure_bpffs()?;
     // Ctrl-C reaches the whole process group: veth-bench stops the flood and tears down its
     // namespaces and pins; wait for it instead of returning to the shell mid-teardown.
     crate::demo::ignore_sigint();
     run_cmd(
-        Command::new(root.join("target/release/veth-bench"))
+        Command::new(bins.join("veth-bench"))
             .args(["--configs", &opts.configs])
             .args(["--rate", &opts.rate.to_string()])
             .args(["--seconds", &opts.seconds.to_string()])
             .args(["--rounds", &opts.rounds.to_string()])
             .args(["--fillers", &opts.fillers.to_string()])
-            .env("DETECTOR_BIN", root.join("target/release/detector")),
+            .env("DETECTOR_BIN", bins.join("detector")),
     )
 }

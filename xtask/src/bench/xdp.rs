@@ -2,10 +2,10 @@
 //! (tests/src/bin/xdp-bench.rs: same-key and random-key rows) in release mode, as root.
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::setup::check_build_prereqs;
-use crate::util::{is_root, run_cmd, workspace_root};
+use crate::util::{require_root, run_cmd, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -31,9 +31,7 @@ pub struct Options {
 
 pub fn run(opts: Options) -> Result<()> {
     check_build_prereqs()?;
-    if !is_root() {
-        bail!("the XDP benchmark loads BPF programs; rerun as root");
-    }
+    require_root("the XDP benchmark loads BPF programs")?;
     let root = workspace_root();
     run_cmd(Command::new("cargo").current_dir(&root).args([
         "build",
