@@ -114,21 +114,44 @@ pub struct MetricsConfig {
 }
 
 impl Config {
-    /// Reads and validates a TOML file. Errors name the offending key (`engine.burst_count`).
+    /// Reads and validates a TOML file (`check-config`). Errors name the offending key
+    /// (`engine.burst_count`) and the file.
     pub fn from_file(path: &Path) -> crate::Result<Config> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Config::from_toml(&text).map_err(|e| match e {
-            Error::Config { key, message } => Error::Config {
-                key,
-                message: format!("{message} (in {})", path.display()),
-            },
-            other => other,
-        })
+        let config = Config::read(path)?;
+        config.validate().map_err(|e| in_file(e, path))?;
+        Ok(config)
     }
 
+    /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> crate::Result<Config> {
+        let config = Config::parse(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads `--config PATH` (must exist) or the default path (may be absent), without the
+    /// checks of [`Config::validate`]: flags may still complete it (a `[sources]` table that
+    /// only tunes settings, with `--file` giving the file), so callers validate after applying
+    /// them.
+    pub fn load(explicit: Option<&Path>) -> crate::Result<Config> {
+        match explicit {
+            Some(path) => Config::read(path),
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                Config::read(Path::new(DEFAULT_CONFIG_PATH))
+            }
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// Reads and parses a file; unknown keys and values of the wrong type are errors here.
+    fn read(path: &Path) -> crate::Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Config::parse(&text).map_err(|e| in_file(e, path))
+    }
+
+    fn parse(text: &str) -> crate::Result<Config> {
         let de = toml::Deserializer::new(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             // toml's message carries a source excerpt over several lines; keep the first line
@@ -145,20 +168,7 @@ impl Config {
                 key
             };
             Error::config(key, message)
-        })?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Loads `--config PATH` (must exist) or the default path (may be absent).
-    pub fn load(explicit: Option<&Path>) -> crate::Result<Config> {
-        match explicit {
-            Some(path) => Config::from_file(path),
-            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
-                Config::from_file(Path::new(DEFAULT_CONFIG_PATH))
-            }
-            None => Ok(Config::default()),
-        }
+        })
     }
 
     /// Checks values serde cannot (ranges, relations between keys).
@@ -200,9 +210,31 @@ impl Config {
     }
 }
 
+/// Adds the file name to a configuration error.
+fn in_file(err: Error, path: &Path) -> Error {
+    match err {
+        Error::Config { key, message } => Error::Config {
+            key,
+            message: format!("{message} (in {})", path.display()),
+        },
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `[sources]` table that only tunes settings is fine in a file: `--file` may complete it.
+    /// The complete configuration is still checked (`validate`) after the flags.
+    #[test]
+    fn sources_may_come_from_flags_but_are_still_required() {
+        let c = Config::parse("[sources]\nfile_start = \"beginning\"\n").unwrap();
+        assert!(c.sources.is_empty());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("sources"), "{err}");
+        assert!(Config::from_toml("[sources]\nfile_start = \"beginning\"\n").is_err());
+    }
 
     #[test]
     fn empty_file_is_all_defaults() {

@@ -10,12 +10,14 @@
 //! Crash safety: source positions are committed only after their line went through the engine
 //! and any ban it caused is in the kernel map; positions and the engine snapshot are saved
 //! together, so after a restart no entry is processed twice and none is lost.
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use ipnet::IpNet;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -64,6 +66,10 @@ struct Daemon {
     cancel: CancellationToken,
     /// Lines processed since start: the evidence numbers of live decisions.
     line_no: u64,
+    /// Bans this daemon wrote and their wall-clock end. When one vanishes from the kernel before
+    /// its end, an administrator ran `detector unban`: the engine is told, so that address can be
+    /// banned again on its next offence instead of only after the old ban's end.
+    written: HashMap<IpNet, DateTime<Utc>>,
 }
 
 impl Daemon {
@@ -130,6 +136,7 @@ impl Daemon {
             metrics: Arc::new(Metrics::new()),
             cancel: CancellationToken::new(),
             line_no: 0,
+            written: HashMap::new(),
         };
         // A changed allowlist may now protect addresses banned before the restart.
         for decision in daemon.engine.reconcile() {
@@ -263,28 +270,43 @@ impl Daemon {
                     .enforcer
                     .ban(decision.prefix, Some(ttl), reason_of(decision.rule))
                 {
-                    Ok(outcome) => tracing::warn!(
-                        target: "detector::ban",
-                        prefix = %decision.prefix,
-                        ip = %decision.ip,
-                        rule,
-                        duration = %humantime::format_duration(decision.duration),
-                        offence = decision.offence,
-                        dry_run = decision.dry_run,
-                        outcome = ?outcome,
-                        note = %decision.note,
-                        evidence = ?evidence,
-                        "ban"
-                    ),
+                    Ok(outcome) => {
+                        let end = Utc::now() + left;
+                        let slot = self
+                            .written
+                            .entry(enforce::canonical(decision.prefix))
+                            .or_insert(end);
+                        *slot = (*slot).max(end);
+                        tracing::warn!(
+                            target: "detector::ban",
+                            prefix = %decision.prefix,
+                            ip = %decision.ip,
+                            rule,
+                            duration = %humantime::format_duration(decision.duration),
+                            offence = decision.offence,
+                            dry_run = decision.dry_run,
+                            outcome = ?outcome,
+                            note = %decision.note,
+                            evidence = ?evidence,
+                            "ban"
+                        )
+                    }
                     Err(e) => {
                         tracing::error!(prefix = %decision.prefix, rule, error = %e, "ban not written")
                     }
                 }
             }
-            Action::Unban => match self.enforcer.unban(decision.prefix) {
-                Ok(_) => tracing::info!(prefix = %decision.prefix, note = %decision.note, "unban"),
-                Err(e) => tracing::error!(prefix = %decision.prefix, error = %e, "unban failed"),
-            },
+            Action::Unban => {
+                self.written.remove(&enforce::canonical(decision.prefix));
+                match self.enforcer.unban(decision.prefix) {
+                    Ok(_) => {
+                        tracing::info!(prefix = %decision.prefix, note = %decision.note, "unban")
+                    }
+                    Err(e) => {
+                        tracing::error!(prefix = %decision.prefix, error = %e, "unban failed")
+                    }
+                }
+            }
         }
     }
 
@@ -308,7 +330,12 @@ impl Daemon {
                 self.metrics.set_kernel_counter(verdict, value);
             }
         }
-        if let Ok(bans) = self.enforcer.list() {
+        let bans = self.enforcer.list();
+        if let Err(e) = &bans {
+            tracing::warn!(error = %e, "listing the bans failed");
+        }
+        if let Ok(bans) = bans {
+            self.notice_admin_unbans(&bans);
             let v4 = bans.iter().filter(|b| b.net.addr().is_ipv4()).count();
             self.metrics
                 .active_bans
@@ -327,6 +354,34 @@ impl Daemon {
                 .set(bans.iter().map(|b| b.hits).sum::<u64>() as i64);
         }
         self.metrics.tracked_ips.set(self.engine.tracked().0 as i64);
+    }
+
+    /// Tells the engine about bans that left the kernel before their end (`detector unban`).
+    fn notice_admin_unbans(&mut self, bans: &[enforce::BanEntry]) {
+        let now = Utc::now();
+        // Bans at (or within a sweep of) their end leave the kernel on their own.
+        let margin =
+            chrono::Duration::from_std(self.config.daemon.sweep_interval).unwrap_or_default();
+        self.written.retain(|_, end| *end > now + margin);
+        let in_kernel: HashSet<IpNet> = bans.iter().map(|b| enforce::canonical(b.net)).collect();
+        let gone: Vec<IpNet> = self
+            .written
+            .keys()
+            .filter(|n| !in_kernel.contains(n))
+            .copied()
+            .collect();
+        let engine_now = self.engine.now().unwrap_or(now);
+        tracing::debug!(
+            written = self.written.len(),
+            gone = gone.len(),
+            "admin unban check"
+        );
+        for prefix in gone {
+            self.written.remove(&prefix);
+            if self.engine.unban(prefix.network(), engine_now).is_some() {
+                tracing::info!(%prefix, "unbanned by the administrator; the engine forgets the ban (offences kept)");
+            }
+        }
     }
 
     /// Saves the engine snapshot, then the source positions.

@@ -4,8 +4,10 @@
 //! customers with a typo alone. Needs root (`cargo xtask test`); skipped with a message
 //! otherwise. Each test has its own lab (tag), pin directory and state directory.
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
+use detector_tests::bin::detector_bin;
 use detector_tests::e2e::{Ban, E2e, E2eOptions};
 use detector_tests::lab::{self, LogMode, Peer};
 use detector_tests::mailclient::{Outcome, Report, random_token};
@@ -250,6 +252,54 @@ fn customer_typo_then_success_is_not_banned() {
     e.wait_banned("198.18.0.10", BAN_WAIT).unwrap();
     assert_not_banned(&e, "198.18.0.2");
     client_still_fine(&e);
+}
+
+/// An administrator's `detector unban` while the daemon runs: the daemon notices the entry left
+/// the kernel early and tells the engine, so the bot's next offence bans it again at once (as a
+/// repeat offence: 24 h) instead of only after the first ban's hour has passed.
+#[test]
+fn admin_unban_lets_the_next_offence_ban_again() {
+    if !root_or_skip() {
+        return;
+    }
+    let e = E2e::up(opts("e2u", LogMode::File)).expect("e2e up");
+    let bot = e.lab.bots()[0].clone();
+    bot_round(&e, &bot);
+    e.wait_banned("198.18.0.10", BAN_WAIT).unwrap();
+    let out = Command::new(detector_bin())
+        .args(["unban", "198.18.0.10", "--pin-dir"])
+        .arg(&e.pins.path)
+        .env_remove("DETECTOR_PIN_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_not_banned(&e, "198.18.0.10");
+    // The daemon sweeps every second (e2e CONFIG); wait until it has noticed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !e.daemon_logs().contains("unbanned by the administrator") {
+        assert!(
+            Instant::now() < deadline,
+            "daemon did not notice the unban:\n{}",
+            e.daemon_logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bot_round(&e, &bot);
+    let again = e.wait_banned("198.18.0.10", BAN_WAIT).unwrap();
+    assert!(
+        again.expires_in_s.unwrap() > 3600,
+        "second offence escalates to 24h: {again:?}"
+    );
+    let second = e
+        .ban_lines(1)
+        .into_iter()
+        .filter(|b| b["prefix"] == "198.18.0.10/32")
+        .count();
+    assert_eq!(second, 2, "two ban lines for the bot:\n{}", e.daemon_logs());
 }
 
 /// Test 4: an IPv6 bot is banned for its whole /64 (2001:db8:1:6::/64, not the mail host's
