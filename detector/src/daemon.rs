@@ -236,11 +236,12 @@ impl Daemon {
     }
 
     fn handle_event(&mut self, event: &Event) {
-        let kind = serde_json::to_value(event.kind)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_else(|| format!("{:?}", event.kind));
-        self.metrics.events.get_or_create(&KindLabel { kind }).inc();
+        self.metrics
+            .events
+            .get_or_create(&KindLabel {
+                kind: event.kind.name(),
+            })
+            .inc();
         for decision in self.engine.observe(event) {
             self.apply(&decision);
         }

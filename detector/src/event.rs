@@ -16,6 +16,16 @@ pub enum Service {
     Dovecot,
 }
 
+impl Service {
+    /// The name in `detector parse --json` output and metrics labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Postfix => "postfix",
+            Service::Dovecot => "dovecot",
+        }
+    }
+}
+
 /// The protocol the client spoke, where the line tells.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -30,6 +40,21 @@ pub enum Protocol {
     Pop3,
     Managesieve,
     Lmtp,
+}
+
+impl Protocol {
+    /// The name in `detector parse --json` output (same as serde's).
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Smtp => "smtp",
+            Protocol::Submission => "submission",
+            Protocol::Smtps => "smtps",
+            Protocol::Imap => "imap",
+            Protocol::Pop3 => "pop3",
+            Protocol::Managesieve => "managesieve",
+            Protocol::Lmtp => "lmtp",
+        }
+    }
 }
 
 /// What happened. Serialised names are the `kind` values of `detector parse --json`.
@@ -63,6 +88,27 @@ pub enum EventKind {
     MessageAccepted,
     /// A recognised line that matters to no rule.
     Other,
+}
+
+impl EventKind {
+    /// The `kind` of `detector parse --json` and the daemon's `events` metric label (same as
+    /// serde's).
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Connect => "connect",
+            EventKind::Disconnect => "disconnect",
+            EventKind::Rcpt => "rcpt",
+            EventKind::RcptRejected => "rcpt_rejected",
+            EventKind::Rejected => "rejected",
+            EventKind::LostConnection => "lost_connection",
+            EventKind::TransactionAborted => "transaction_aborted",
+            EventKind::AuthFailure => "auth_failure",
+            EventKind::AuthUnknownUser => "auth_unknown_user",
+            EventKind::AuthSuccess => "auth_success",
+            EventKind::MessageAccepted => "message_accepted",
+            EventKind::Other => "other",
+        }
+    }
 }
 
 /// Postfix `disconnect from ...` command counters (`ehlo=1 mail=1 rcpt=1 data=0/1 quit=1`).
@@ -121,5 +167,46 @@ impl Event {
             self.kind,
             EventKind::AuthFailure | EventKind::AuthUnknownUser
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `name()` is written by hand for speed; it must agree with serde's names.
+    #[test]
+    fn names_agree_with_serde() {
+        use EventKind::*;
+        for k in [
+            Connect,
+            Disconnect,
+            Rcpt,
+            RcptRejected,
+            Rejected,
+            LostConnection,
+            TransactionAborted,
+            AuthFailure,
+            AuthUnknownUser,
+            AuthSuccess,
+            MessageAccepted,
+            Other,
+        ] {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
+        }
+        for p in [
+            Protocol::Smtp,
+            Protocol::Submission,
+            Protocol::Smtps,
+            Protocol::Imap,
+            Protocol::Pop3,
+            Protocol::Managesieve,
+            Protocol::Lmtp,
+        ] {
+            assert_eq!(serde_json::to_value(p).unwrap(), p.name());
+        }
+        for s in [Service::Postfix, Service::Dovecot] {
+            assert_eq!(serde_json::to_value(s).unwrap(), s.name());
+        }
     }
 }

@@ -24,7 +24,7 @@ pub struct SourceLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabel {
-    pub kind: String,
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -227,7 +227,7 @@ mod tests {
         let m = Arc::new(Metrics::new());
         m.events
             .get_or_create(&KindLabel {
-                kind: "auth_failure".into(),
+                kind: "auth_failure",
             })
             .inc_by(3);
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -131,9 +131,9 @@ fn write_json(out: &mut impl Write, ev: &Event, buf: &mut Vec<u8>) -> io::Result
     buf.extend_from_slice(b"{\"time\":\"");
     push_time(buf, ev);
     buf.extend_from_slice(b"\",\"service\":\"");
-    buf.extend_from_slice(service_name(ev.service).as_bytes());
+    buf.extend_from_slice(ev.service.name().as_bytes());
     buf.extend_from_slice(b"\",\"kind\":\"");
-    buf.extend_from_slice(kind_name(ev.kind).as_bytes());
+    buf.extend_from_slice(ev.kind.name().as_bytes());
     buf.extend_from_slice(b"\",\"ip\":\"");
     let _ = write!(buf, "{}", ev.ip);
     buf.extend_from_slice(b"\",\"user\":");
@@ -144,7 +144,7 @@ fn write_json(out: &mut impl Write, ev: &Event, buf: &mut Vec<u8>) -> io::Result
     match ev.protocol {
         Some(p) => {
             buf.push(b'"');
-            buf.extend_from_slice(protocol_name(p).as_bytes());
+            buf.extend_from_slice(p.name().as_bytes());
             buf.push(b'"');
         }
         None => buf.extend_from_slice(b"null"),
@@ -208,47 +208,9 @@ fn push_opt_str(buf: &mut Vec<u8>, s: Option<&str>) {
     }
 }
 
-fn service_name(s: crate::event::Service) -> &'static str {
-    match s {
-        crate::event::Service::Postfix => "postfix",
-        crate::event::Service::Dovecot => "dovecot",
-    }
-}
-
-fn kind_name(k: crate::event::EventKind) -> &'static str {
-    use crate::event::EventKind::*;
-    match k {
-        Connect => "connect",
-        Disconnect => "disconnect",
-        Rcpt => "rcpt",
-        RcptRejected => "rcpt_rejected",
-        Rejected => "rejected",
-        LostConnection => "lost_connection",
-        TransactionAborted => "transaction_aborted",
-        AuthFailure => "auth_failure",
-        AuthUnknownUser => "auth_unknown_user",
-        AuthSuccess => "auth_success",
-        MessageAccepted => "message_accepted",
-        Other => "other",
-    }
-}
-
-fn protocol_name(p: crate::event::Protocol) -> &'static str {
-    use crate::event::Protocol::*;
-    match p {
-        Smtp => "smtp",
-        Submission => "submission",
-        Smtps => "smtps",
-        Imap => "imap",
-        Pop3 => "pop3",
-        Managesieve => "managesieve",
-        Lmtp => "lmtp",
-    }
-}
-
 fn write_text(out: &mut impl Write, ev: &Event) -> io::Result<()> {
-    let kind = kind_name(ev.kind);
-    let service = service_name(ev.service);
+    let kind = ev.kind.name();
+    let service = ev.service.name();
     write!(
         out,
         "{} line {} {service} {kind} {}",
@@ -257,12 +219,7 @@ fn write_text(out: &mut impl Write, ev: &Event) -> io::Result<()> {
         ev.ip
     )?;
     if let Some(p) = ev.protocol {
-        let p = serde_json::to_value(p).ok();
-        write!(
-            out,
-            " proto={}",
-            p.as_ref().and_then(|p| p.as_str()).unwrap_or("?")
-        )?;
+        write!(out, " proto={}", p.name())?;
     }
     if let Some(u) = &ev.user {
         write!(out, " user={u:?}")?;
