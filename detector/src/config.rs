@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::Error;
+use crate::enforce::AttachMode;
 
 /// Where `detector run` looks when `--config` is not given. A missing default file is fine
 /// (flags alone are a complete configuration); a missing explicit `--config` file is an error.
@@ -65,7 +66,7 @@ pub struct XdpConfig {
     /// daemon still writes bans into the pinned maps if they exist).
     pub interfaces: Vec<String>,
     /// `auto` (native, falling back to generic), `native` or `generic`.
-    pub mode: XdpMode,
+    pub mode: AttachMode,
     /// bpffs directory for the pinned maps and links.
     pub pin_dir: PathBuf,
     /// Capacity of each exact-ban map (per address family).
@@ -78,30 +79,10 @@ impl Default for XdpConfig {
     fn default() -> Self {
         XdpConfig {
             interfaces: Vec::new(),
-            mode: XdpMode::Auto,
+            mode: AttachMode::Auto,
             pin_dir: PathBuf::from(detector_common::PIN_DIR),
             max_exact_bans: 1 << 20,
             max_prefix_bans: 1 << 16,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    /// Native (driver) mode, falling back to generic when the driver lacks XDP support.
-    #[default]
-    Auto,
-    Native,
-    Generic,
-}
-
-impl From<XdpMode> for crate::enforce::AttachMode {
-    fn from(mode: XdpMode) -> Self {
-        match mode {
-            XdpMode::Auto => crate::enforce::AttachMode::Auto,
-            XdpMode::Native => crate::enforce::AttachMode::Native,
-            XdpMode::Generic => crate::enforce::AttachMode::Generic,
         }
     }
 }
@@ -240,7 +221,7 @@ mod tests {
     fn empty_file_is_all_defaults() {
         let c = Config::from_toml("").unwrap();
         assert_eq!(c.daemon.state_dir, PathBuf::from("/var/lib/detector"));
-        assert_eq!(c.xdp.mode, XdpMode::Auto);
+        assert_eq!(c.xdp.mode, AttachMode::Auto);
         assert!(c.metrics.listen.is_none());
     }
 

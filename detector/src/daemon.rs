@@ -81,7 +81,7 @@ impl Daemon {
         let report = enforce::attach(&AttachOptions {
             pin_dir: xdp.pin_dir.clone(),
             ifaces: xdp.interfaces.clone(),
-            mode: xdp.mode.into(),
+            mode: xdp.mode,
             capacity: Some(Capacity {
                 exact: xdp.max_exact_bans,
                 prefix: xdp.max_prefix_bans,

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use ipnet::IpNet;
 
-use crate::config::{Config, LogFormat, XdpMode};
+use crate::config::{Config, LogFormat};
+use crate::enforce::AttachMode;
 use crate::source::JournalConfig;
 
 /// Follow the logs, correlate, and ban in the pinned kernel maps.
@@ -23,7 +24,7 @@ pub struct Args {
     pub ifaces: Vec<String>,
     /// XDP attach mode (overrides `xdp.mode`).
     #[arg(long, value_enum)]
-    pub mode: Option<XdpMode>,
+    pub mode: Option<AttachMode>,
     /// bpffs directory for pins (overrides `xdp.pin_dir`).
     #[arg(long, value_name = "DIR", env = "DETECTOR_PIN_DIR")]
     pub pin_dir: Option<PathBuf>,

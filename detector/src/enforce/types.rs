@@ -25,8 +25,11 @@ impl Default for Capacity {
     }
 }
 
-/// How to attach XDP to an interface.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+/// How to attach XDP to an interface (also `xdp.mode` in detector.toml).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// Native (driver) mode if the driver supports it, else generic.
     #[default]
