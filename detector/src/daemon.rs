@@ -70,6 +70,9 @@ struct Daemon {
     /// its end, an administrator ran `detector unban`: the engine is told, so that address can be
     /// banned again on its next offence instead of only after the old ban's end.
     written: HashMap<IpNet, DateTime<Utc>>,
+    /// The engine or the positions changed since the last save. The snapshot can be tens of
+    /// MB on a host under attack, so an idle daemon does not rewrite it every interval.
+    unsaved: bool,
 }
 
 impl Daemon {
@@ -137,10 +140,12 @@ impl Daemon {
             cancel: CancellationToken::new(),
             line_no: 0,
             written: HashMap::new(),
+            unsaved: false,
         };
         // A changed allowlist may now protect addresses banned before the restart.
         for decision in daemon.engine.reconcile() {
             daemon.apply(&decision);
+            daemon.unsaved = true;
         }
         Ok(daemon)
     }
@@ -233,6 +238,7 @@ impl Daemon {
         }
         // Only now is everything this line caused in the kernel map.
         self.checkpoints.commit(&line.origin, &line.position);
+        self.unsaved = true;
     }
 
     fn handle_event(&mut self, event: &Event) {
@@ -380,6 +386,7 @@ impl Daemon {
         for prefix in gone {
             self.written.remove(&prefix);
             if self.engine.unban(prefix.network(), engine_now).is_some() {
+                self.unsaved = true;
                 tracing::info!(%prefix, "unbanned by the administrator; the engine forgets the ban (offences kept)");
             }
         }
@@ -387,6 +394,9 @@ impl Daemon {
 
     /// Saves the engine snapshot, then the source positions.
     fn persist(&mut self) {
+        if !self.unsaved {
+            return;
+        }
         let started = Instant::now();
         match serde_json::to_vec(&self.engine.snapshot()) {
             Ok(bytes) => {
@@ -401,8 +411,9 @@ impl Daemon {
                 return;
             }
         }
-        if let Err(e) = self.checkpoints.save(&self.state) {
-            tracing::error!(error = %e, "saving source positions failed");
+        match self.checkpoints.save(&self.state) {
+            Ok(()) => self.unsaved = false,
+            Err(e) => tracing::error!(error = %e, "saving source positions failed"),
         }
         let took = started.elapsed();
         if took > Duration::from_millis(200) {
