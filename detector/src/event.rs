@@ -130,6 +130,30 @@ pub struct SmtpCounters {
     pub rset: u32,
 }
 
+/// What an SMTP client showed of itself on an accepted-RCPT line (Postfix `NOQUEUE: info:
+/// RCPT from name[ip]: ...; from=<s> to=<r> proto=ESMTP helo=<h>`). Remote MTAs verifying a
+/// sender look different from probing bots: a null sender, a forward-confirmed reverse DNS
+/// name, a HELO that is that name. Only `client_name` is server-written (Postfix checked it);
+/// the sender and the HELO are chosen by the client, so they may only ever spare an address,
+/// never count against it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SmtpPeer {
+    /// The client had a forward-confirmed reverse DNS name (Postfix did not log `unknown`).
+    pub has_rdns: bool,
+    /// The envelope sender was null (`from=<>`): bounces and sender-verification callouts.
+    pub null_sender: bool,
+    /// The HELO name equals the reverse DNS name (case-insensitive).
+    pub helo_is_rdns: bool,
+}
+
+impl SmtpPeer {
+    /// Looks like a mail server verifying a sender rather than a bot probing a mailbox: at
+    /// least two of the three signs.
+    pub fn looks_like_mta(&self) -> bool {
+        u8::from(self.has_rdns) + u8::from(self.null_sender) + u8::from(self.helo_is_rdns) >= 2
+    }
+}
+
 /// One typed event from one log line.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Event {
@@ -158,6 +182,10 @@ pub struct Event {
     /// Disconnect counters, on `Disconnect`/`TransactionAborted` events from Postfix.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub smtp: Option<SmtpCounters>,
+    /// On `Rcpt` events from Postfix: what the client showed of itself (see [`SmtpPeer`]).
+    /// Not part of `detector parse --json` output.
+    #[serde(skip)]
+    pub peer: Option<SmtpPeer>,
 }
 
 impl Event {

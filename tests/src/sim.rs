@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
-use detector::event::{Event, EventKind, Protocol, Service, SmtpCounters};
+use detector::event::{Event, EventKind, Protocol, Service, SmtpCounters, SmtpPeer};
 
 /// The mail host's own addresses (as in the lab).
 pub const HOST_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -295,6 +295,7 @@ impl Gen {
             session: None,
             failures: 0,
             smtp: None,
+            peer: None,
         }
     }
 
@@ -350,6 +351,12 @@ impl Gen {
         // Like the parser: NOQUEUE and `lost connection` lines carry no session key.
         e.session = None;
         e.recipient = Some(rcpt.to_ascii_lowercase());
+        let has_rdns = client_name != "unknown";
+        e.peer = Some(SmtpPeer {
+            has_rdns,
+            null_sender: from.is_empty(),
+            helo_is_rdns: has_rdns && helo.eq_ignore_ascii_case(client_name),
+        });
         self.push(
             t0,
             LogFile::Postfix,

@@ -535,6 +535,7 @@ mod tests {
                 quit: true,
                 ..SmtpCounters::default()
             }),
+            peer: None,
         }
     }
 

@@ -42,6 +42,7 @@ impl Feed {
             session: None,
             failures: 0,
             smtp: None,
+            peer: None,
         }
     }
 

@@ -233,6 +233,7 @@ fn event(
         session,
         failures: if failure_kind { failures } else { 0 },
         smtp: r.smtp,
+        peer: r.peer,
     }
 }
 

@@ -5,7 +5,7 @@
 //! commands), `lost connection after X from `, or right after `warning: ` for SASL failures.
 //! Reply texts, HELO names, senders and recipients come later in the line and are never
 //! searched for addresses.
-use crate::event::{EventKind, Protocol, Service, SmtpCounters};
+use crate::event::{EventKind, Protocol, Service, SmtpCounters, SmtpPeer};
 
 use super::record::{Link, Parsed, Record};
 use super::text::{
@@ -175,6 +175,7 @@ fn command_line(r: &[u8], reject: bool, proto: Protocol) -> Parsed {
     let Some((ip, tail)) = client_token(rest) else {
         return Parsed::Unparsed;
     };
+    let client_name = rest.split(|&b| b == b'[').next().unwrap_or_default();
     let is_rcpt = cmd == b"RCPT";
     let kind = match (reject, is_rcpt) {
         (true, true) => EventKind::RcptRejected,
@@ -185,8 +186,29 @@ fn command_line(r: &[u8], reject: bool, proto: Protocol) -> Parsed {
     let mut rec = record(kind, ip, proto);
     if is_rcpt {
         rec.recipient = recipient(tail).and_then(owned_lower);
+        rec.peer = Some(peer(client_name, tail));
     }
     Parsed::Record(rec)
+}
+
+/// The sender and HELO of an RCPT line's tail, and whether the client had a reverse DNS name.
+/// Sender and HELO are client-chosen: the engine only lets them spare an address.
+fn peer(client_name: &[u8], tail: &[u8]) -> SmtpPeer {
+    let has_rdns = !client_name.is_empty() && client_name != b"unknown";
+    let null_sender = find(tail, b"; from=<")
+        .and_then(|i| angle_value(&tail[i..], b"from=<"))
+        .is_some_and(<[u8]>::is_empty);
+    // HELO is the last field; a HELO that itself contains ` helo=<` only fools the match
+    // into a mismatch.
+    let helo = memchr::memmem::rfind(tail, b" helo=<")
+        .map(|i| &tail[i + 7..])
+        .map(|h| h.strip_suffix(b">").unwrap_or(h));
+    let helo_is_rdns = has_rdns && helo.is_some_and(|h| h.eq_ignore_ascii_case(client_name));
+    SmtpPeer {
+        has_rdns,
+        null_sender,
+        helo_is_rdns,
+    }
 }
 
 /// The envelope recipient from `; from=<s> to=<r>` (smtpd) or `; from=<s>, to=<r>`

@@ -30,6 +30,7 @@ pub(crate) struct Record {
     pub attempts: u32,
     pub link: Link,
     pub smtp: Option<SmtpCounters>,
+    pub peer: Option<crate::event::SmtpPeer>,
 }
 
 /// How the line relates to other lines of the same attempt or connection.
@@ -66,6 +67,7 @@ impl Record {
             attempts: 0,
             link: Link::None,
             smtp: None,
+            peer: None,
         }
     }
 }

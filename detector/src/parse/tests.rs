@@ -533,3 +533,24 @@ fn foreign_lines_are_ignored() {
         assert!(one(line).is_none(), "{line}");
     }
 }
+
+#[test]
+fn rcpt_lines_carry_what_the_client_showed_of_itself() {
+    let peer = |l: &str| one(l).and_then(|e| e.peer).unwrap();
+    // A verifying MTA: reverse DNS, null sender, HELO = its name.
+    let p = peer(
+        "Nov 27 05:30:59 mail postfix/smtpd[1]: NOQUEUE: info: RCPT from mx1.sender.example[198.18.0.2]: lab-rcpt=<a@b.example>; from=<> to=<a@b.example> proto=ESMTP helo=<MX1.sender.example>",
+    );
+    assert!(p.has_rdns && p.null_sender && p.helo_is_rdns && p.looks_like_mta());
+    // A bot: no reverse DNS, a sender, a made-up HELO.
+    let p = peer(
+        "Nov 27 05:30:59 mail postfix/smtpd[1]: NOQUEUE: info: RCPT from unknown[198.18.0.2]: lab-rcpt=<a@b.example>; from=<p@q.invalid> to=<a@b.example> proto=ESMTP helo=<x>",
+    );
+    assert_eq!(p, crate::event::SmtpPeer::default());
+    assert!(!p.looks_like_mta());
+    // A recipient that fakes `; from=<>` and a HELO that fakes the name do not make an MTA.
+    let p = peer(
+        "Nov 27 05:30:59 mail postfix/smtpd[1]: NOQUEUE: info: RCPT from unknown[198.18.0.2]: lab-rcpt=<a@b.example>; from=<p@q.invalid> to=<a@b.example> proto=ESMTP helo=<unknown>",
+    );
+    assert!(!p.looks_like_mta(), "{p:?}");
+}
