@@ -303,6 +303,21 @@ impl Daemon {
                     }
                 }
             }
+            Action::Alert => {
+                let kind = decision.kind.map_or("alert", |k| k.name());
+                self.metrics.alerts.get_or_create(&KindLabel { kind }).inc();
+                let evidence: Vec<&str> =
+                    decision.evidence.iter().map(|e| e.what.as_str()).collect();
+                tracing::warn!(
+                    target: "detector::alert",
+                    kind,
+                    ip = %decision.ip,
+                    user = decision.user.as_deref().unwrap_or(""),
+                    note = %decision.note,
+                    evidence = ?evidence,
+                    "alert"
+                );
+            }
             Action::Unban => {
                 self.written.remove(&enforce::canonical(decision.prefix));
                 match self.enforcer.unban(decision.prefix) {
@@ -424,7 +439,9 @@ impl Daemon {
 
 fn reason_of(rule: Rule) -> Reason {
     match rule {
-        Rule::ProbeLogin => Reason::ProbeLogin,
+        Rule::ProbeLogin | Rule::SplitRole => Reason::ProbeLogin,
+        Rule::CampaignProbe => Reason::TargetCampaign,
+        Rule::PossibleCompromise => Reason::Other,
         Rule::SlowRepeat => Reason::SlowRepeat,
         Rule::TargetCampaign => Reason::TargetCampaign,
         Rule::Burst | Rule::LenientBurst => Reason::Burst,

@@ -147,10 +147,11 @@ pub struct SmtpPeer {
 }
 
 impl SmtpPeer {
-    /// Looks like a mail server verifying a sender rather than a bot probing a mailbox: at
-    /// least two of the three signs.
+    /// Looks like a mail server verifying a sender rather than a bot probing a mailbox: a null
+    /// sender (what callouts use; an office gateway behind NAT may have no reverse DNS), or a
+    /// reverse DNS name that the HELO repeats.
     pub fn looks_like_mta(&self) -> bool {
-        u8::from(self.has_rdns) + u8::from(self.null_sender) + u8::from(self.helo_is_rdns) >= 2
+        self.null_sender || self.helo_is_rdns
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub unparsed: Family<SourceLabel, Counter>,
     pub events: Family<KindLabel, Counter>,
     pub decisions: Family<RuleLabel, Counter>,
+    /// Engine alerts (possible compromise, shared address spared), per kind.
+    pub alerts: Family<KindLabel, Counter>,
     pub active_bans: Family<FamilyLabel, Gauge>,
     pub xdp_packets: Family<VerdictLabel, Counter>,
     pub xdp_dropped_bytes: Counter,
@@ -74,6 +76,7 @@ impl Metrics {
             unparsed: Family::default(),
             events: Family::default(),
             decisions: Family::default(),
+            alerts: Family::default(),
             active_bans: Family::default(),
             xdp_packets: Family::default(),
             xdp_dropped_bytes: Counter::default(),
@@ -92,6 +95,11 @@ impl Metrics {
         );
         registry.register("events", "Typed events, per kind", m.events.clone());
         registry.register("decisions", "Ban decisions, per rule", m.decisions.clone());
+        registry.register(
+            "alerts",
+            "Engine alerts, per kind: possible-compromise (a login that is most likely a guessed password), shared-address (a ban withheld from an address many users share)",
+            m.alerts.clone(),
+        );
         registry.register(
             "active_bans",
             "Bans in the kernel maps, per address family",

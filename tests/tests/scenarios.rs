@@ -184,11 +184,15 @@ fn assert_scenario(name: &str, sim: &Sim, report: &ReplayReport) {
         t.sprayers.iter().all(|s| caught.contains(s)),
         "[{name}] sprayers banned"
     );
-    assert_eq!(
-        spray.len(),
-        t.sprayers.len(),
-        "[{name}] sprayer decisions name the address"
-    );
+    // Each sprayer is named by a decision, or its /64 lies in an IPv6 site the engine banned
+    // as a whole (several offending /64s inside one /48).
+    for s in &t.sprayers {
+        let named = report.attempts_before_ban.contains_key(s);
+        let site = bans
+            .iter()
+            .any(|d| d.prefix.contains(s) && d.prefix.prefix_len() < 64 && s.is_ipv6());
+        assert!(named || site, "[{name}] sprayer {s}: no decision names it");
+    }
     // The injector is banned by its own address.
     let inj = t.injector.expect("injector");
     assert!(caught.contains(&inj), "[{name}] injector not banned");
@@ -324,7 +328,7 @@ fn fail2ban_parity_alone_misses_the_slow_botnet() {
     // try once every 2–3 hours, are never banned.
     let sim = sim(1);
     let cfg = EngineConfig::from_toml_str(
-        "[engine]\ndisabled_rules = [\"probe-login\", \"slow-repeat\", \"target-campaign\"]\n",
+        "[engine]\ndisabled_rules = [\"probe-login\", \"split-role\", \"campaign-probe\", \"slow-repeat\", \"target-campaign\", \"possible-compromise\"]\n",
     )
     .unwrap();
     let inputs = vec![

@@ -21,19 +21,28 @@ pub struct EngineConfig {
     pub horizon: Duration,
 
     /// `probe-login`: longest gap between an aborted SMTP transaction that named a recipient and
-    /// a failed login from the same IP (default 10m).
+    /// a failed login from the same IP that bans at once (default 10m).
     #[serde(with = "humantime_serde")]
     pub probe_window: Duration,
+    /// How long a probe ties a later failed login as the probed mailbox to it, from the same
+    /// address (`probe-login`) or another one (`split-role`), with a weight falling from 1 to
+    /// 0 over this window; links older than `probe_window` wait out the grace period
+    /// (default 1h).
+    #[serde(with = "humantime_serde")]
+    pub link_window: Duration,
+    /// Weak evidence (no probe of the mailbox seconds before) holds a ban this long; a
+    /// successful login from the address cancels it (default 10m; 0 bans at once).
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
 
     /// `slow-repeat`: failure score within the horizon that bans (default 2).
     pub slow_repeat_score: u32,
     /// Score of one failure for a mailbox that does not exist (`auth_unknown_user`, default 2);
     /// other failures score 1.
     pub unknown_user_weight: u32,
-    /// An IP with successful logins by at least this many distinct users within
-    /// `lenient_period` is a shared address (office NAT): `slow-repeat` does not apply to it and
-    /// `probe-login` only to a login as the probed address itself; `burst` and
-    /// `target-campaign` do (default 3; 0 disables the exemption).
+    /// An address with successful logins by at least this many distinct users within
+    /// `lenient_period` is shared (office NAT, CGNAT, webmail): it is never banned for failed
+    /// logins; a `shared-address` alert says so once per horizon (default 3; 0 disables).
     pub shared_ip_users: u32,
 
     /// `target-campaign`: distinct IPs failing on one user name within `campaign_window` that
@@ -43,13 +52,23 @@ pub struct EngineConfig {
     #[serde(with = "humantime_serde")]
     pub campaign_window: Duration,
 
+    /// `campaign-probe`: addresses whose failed login as a mailbox was tied to a probe of it
+    /// within `campaign_window` that put the mailbox under a probe campaign; then an aborted
+    /// transaction to it from an address that never logged in and does not look like a mail
+    /// server is banned at the abort (default 2; 0 disables).
+    pub campaign_probe_ips: u32,
+    /// `possible-compromise`: distinct other user names an address failed as before a
+    /// successful login that make the login suspect (default 2; 0 disables this sign).
+    pub compromise_other_users: u32,
+
     /// `burst`: failures within `burst_window` that ban (fail2ban parity, default 5 in 10m).
     pub burst_failures: u32,
     #[serde(with = "humantime_serde")]
     pub burst_window: Duration,
 
-    /// Leniency: an IP that logged in successfully as user U within this period (default 30
-    /// days) is banned for failures on U only by the lenient burst below.
+    /// Known clients: an address (IPv4, or the IPv6 /64) that logged in successfully, as any
+    /// user and not as a possible compromise, within this period (default 30 days) is a
+    /// known client: its failures count only for the lenient burst below.
     #[serde(with = "humantime_serde")]
     pub lenient_period: Duration,
     /// Lenient burst threshold (default 30 in 10m): phones with stale passwords stay unbanned.
@@ -68,12 +87,19 @@ pub struct EngineConfig {
     pub ipv4_prefix: u8,
     /// Prefix length of IPv6 bans (default 64: one customer network).
     pub ipv6_prefix: u8,
+    /// IPv6 site escalation: when `ipv6_site_offenders` distinct banned prefixes lie inside
+    /// one prefix of this length within the horizon, the ban covers it (default 48), unless it
+    /// holds a host address, an allowlisted range or a known client.
+    pub ipv6_site_prefix: u8,
+    /// See `ipv6_site_prefix` (default 3; 0 disables escalation).
+    pub ipv6_site_offenders: u32,
 
     /// Never banned, in addition to loopback and the host's own addresses.
     pub allowlist: Vec<IpNet>,
 
-    /// Rules that never ban, by name: `probe-login`, `slow-repeat`, `target-campaign`, `burst`,
-    /// `lenient-burst` (default: none).
+    /// Rules that never ban, by name: `probe-login`, `split-role`, `campaign-probe`,
+    /// `slow-repeat`, `target-campaign`, `burst`, `lenient-burst`, `possible-compromise` (its
+    /// alert is still raised) (default: none).
     pub disabled_rules: Vec<Rule>,
 
     /// Emit decisions marked `dry_run` (the enforcer logs instead of banning).
@@ -101,11 +127,15 @@ impl Default for EngineConfig {
         EngineConfig {
             horizon: Duration::from_secs(48 * HOUR),
             probe_window: Duration::from_secs(10 * MIN),
+            link_window: Duration::from_secs(HOUR),
+            grace_period: Duration::from_secs(10 * MIN),
             slow_repeat_score: 2,
             unknown_user_weight: 2,
             shared_ip_users: 3,
             campaign_ips: 3,
             campaign_window: Duration::from_secs(DAY),
+            campaign_probe_ips: 2,
+            compromise_other_users: 2,
             burst_failures: 5,
             burst_window: Duration::from_secs(10 * MIN),
             lenient_period: Duration::from_secs(30 * DAY),
@@ -120,6 +150,8 @@ impl Default for EngineConfig {
             offence_memory: Duration::from_secs(30 * DAY),
             ipv4_prefix: 32,
             ipv6_prefix: 64,
+            ipv6_site_prefix: 48,
+            ipv6_site_offenders: 3,
             allowlist: Vec::new(),
             disabled_rules: Vec::new(),
             dry_run: false,
@@ -176,6 +208,8 @@ impl EngineConfig {
         let all = [
             ("horizon", self.horizon),
             ("probe_window", self.probe_window),
+            ("link_window", self.link_window),
+            ("grace_period", self.grace_period),
             ("campaign_window", self.campaign_window),
             ("burst_window", self.burst_window),
             ("lenient_period", self.lenient_period),
@@ -192,6 +226,15 @@ impl EngineConfig {
         }
         if self.probe_window > self.horizon {
             return err("probe_window", "must not be longer than engine.horizon");
+        }
+        if self.link_window < self.probe_window || self.link_window > self.horizon {
+            return err(
+                "link_window",
+                "must be between engine.probe_window and engine.horizon",
+            );
+        }
+        if self.grace_period > self.horizon {
+            return err("grace_period", "must not be longer than engine.horizon");
         }
         if self.burst_window > self.horizon || self.lenient_burst_window > self.horizon {
             return err(
@@ -230,6 +273,9 @@ impl EngineConfig {
         }
         if self.ipv6_prefix == 0 || self.ipv6_prefix > 128 {
             return err("ipv6_prefix", "must be 1..=128");
+        }
+        if self.ipv6_site_prefix == 0 || self.ipv6_site_prefix > self.ipv6_prefix {
+            return err("ipv6_site_prefix", "must be 1..=engine.ipv6_prefix");
         }
         let max_burst = self.burst_failures.max(self.lenient_burst_failures) as usize;
         if self.max_failures_per_ip < max_burst {

@@ -21,17 +21,30 @@ pub enum Rule {
     Burst,
     /// Very many failures in a short window on a user the IP has logged in as before.
     LenientBurst,
+    /// A failed login as an address that another address probed shortly before (the prober
+    /// and the login address are both banned).
+    SplitRole,
+    /// An aborted SMTP transaction to a mailbox under a probe-and-login campaign, from an
+    /// address that never logged in and does not look like a mail server: banned before the
+    /// login that would follow.
+    CampaignProbe,
+    /// A successful login that is most likely a guessed password (after probing, after
+    /// failing as other users, or from an address that is part of a campaign).
+    PossibleCompromise,
     /// Not a detection rule: an administrator's or restore-time decision.
     Manual,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 6] = [
+    pub const ALL: [Rule; 9] = [
         Rule::ProbeLogin,
         Rule::SlowRepeat,
         Rule::TargetCampaign,
         Rule::Burst,
         Rule::LenientBurst,
+        Rule::SplitRole,
+        Rule::CampaignProbe,
+        Rule::PossibleCompromise,
         Rule::Manual,
     ];
 
@@ -42,6 +55,9 @@ impl Rule {
             Rule::TargetCampaign => "target-campaign",
             Rule::Burst => "burst",
             Rule::LenientBurst => "lenient-burst",
+            Rule::SplitRole => "split-role",
+            Rule::CampaignProbe => "campaign-probe",
+            Rule::PossibleCompromise => "possible-compromise",
             Rule::Manual => "manual",
         }
     }
@@ -58,6 +74,33 @@ impl fmt::Display for Rule {
 pub enum Action {
     Ban,
     Unban,
+    /// Nothing to enforce: something the administrator must hear about (see [`AlertKind`]).
+    Alert,
+}
+
+/// What an [`Action::Alert`] reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlertKind {
+    /// A successful login that is most likely a guessed password: the account needs a new
+    /// password. The address is banned too (a separate ban decision) unless it is shared or
+    /// protected.
+    PossibleCompromise,
+    /// A rule would have banned an address where many distinct users log in (NAT, CGNAT,
+    /// webmail): it is not banned for failures. Said once per horizon per address.
+    SharedAddress,
+}
+
+impl AlertKind {
+    pub const ALL: [AlertKind; 2] = [AlertKind::PossibleCompromise, AlertKind::SharedAddress];
+
+    /// The `kind` label of alerts (log, metric, `replay --json`).
+    pub fn name(self) -> &'static str {
+        match self {
+            AlertKind::PossibleCompromise => "possible-compromise",
+            AlertKind::SharedAddress => "shared-address",
+        }
+    }
 }
 
 /// One log line that contributed to a decision: its number (as given in `Event::line`), its
@@ -90,6 +133,12 @@ pub struct Decision {
     pub evidence: Vec<Evidence>,
     /// The strongest evidence in one sentence, e.g. "login as the probed address ...".
     pub note: String,
+    /// On alerts: what is reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<AlertKind>,
+    /// On alerts: the user name concerned (the account that may be compromised).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl Decision {
@@ -108,6 +157,20 @@ impl fmt::Display for Decision {
         let action = match self.action {
             Action::Ban => "ban",
             Action::Unban => "unban",
+            Action::Alert => {
+                return write!(
+                    f,
+                    "{} ALERT {} {} (ip {}{}): {}",
+                    self.time.to_rfc3339_opts(SecondsFormat::Secs, true),
+                    self.kind.map_or("alert", AlertKind::name),
+                    self.prefix,
+                    self.ip,
+                    self.user
+                        .as_deref()
+                        .map_or(String::new(), |u| format!(", user {u}")),
+                    self.note
+                );
+            }
         };
         write!(
             f,

@@ -22,17 +22,18 @@ mod rules;
 mod snapshot;
 pub mod state;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 use ipnet::IpNet;
 
 pub use config::EngineConfig;
-pub use decision::{Action, Decision, Evidence, Rule};
+pub use decision::{Action, AlertKind, Decision, Evidence, Rule};
 pub use explain::{Explanation, FailureView};
+pub use rules::typo_of;
 pub use snapshot::{SNAPSHOT_VERSION, Snapshot};
-use state::{IpState, PrefixState, UserState};
+use state::{IpState, PrefixState, ProbeMark, UserState};
 
 use crate::event::Event;
 
@@ -48,6 +49,12 @@ pub struct Engine {
     ips: HashMap<IpAddr, IpState>,
     users: HashMap<Box<str>, UserState>,
     prefixes: HashMap<IpNet, PrefixState>,
+    /// Non-mail-server probes by mailbox key (split-role links), oldest first.
+    marks: HashMap<Box<str>, VecDeque<ProbeMark>>,
+    /// Bans held for the grace period: (deadline, state key); details in `IpState::pending`.
+    pending: BTreeSet<(i64, IpAddr)>,
+    /// IPv6 sites (`ipv6_site_prefix`) and the banned /64s inside them with their ban times.
+    sites: HashMap<IpNet, VecDeque<(IpNet, i64)>>,
     /// Latest log time seen (Unix seconds); time never runs backwards inside the engine.
     now: i64,
     last_sweep: i64,
@@ -61,6 +68,12 @@ pub struct EngineStats {
     pub bans: u64,
     /// Bans a rule wanted but the allowlist, loopback or a host address prevented.
     pub spared: u64,
+    /// Bans a rule wanted on a shared address (many users log in there).
+    #[serde(default)]
+    pub spared_shared: u64,
+    /// Possible-compromise alerts.
+    #[serde(default)]
+    pub alerts: u64,
     pub evicted_ips: u64,
     pub evicted_users: u64,
     pub evicted_prefixes: u64,
@@ -75,6 +88,9 @@ impl Engine {
             ips: HashMap::new(),
             users: HashMap::new(),
             prefixes: HashMap::new(),
+            marks: HashMap::new(),
+            pending: BTreeSet::new(),
+            sites: HashMap::new(),
             now: i64::MIN,
             last_sweep: i64::MIN,
             stats: EngineStats::default(),
@@ -117,8 +133,14 @@ impl Engine {
         {
             self.sweep();
         }
-        let out = rules::observe(self, ev);
+        // Bans whose grace period ended before this event come first.
+        let mut out = rules::fire_due(self, self.now);
+        out.extend(rules::observe(self, ev));
         self.stats.bans += out.iter().filter(|d| d.action == Action::Ban).count() as u64;
+        self.stats.alerts += out
+            .iter()
+            .filter(|d| d.kind == Some(AlertKind::PossibleCompromise))
+            .count() as u64;
         self.enforce_caps();
         out
     }
@@ -135,6 +157,43 @@ impl Engine {
             || wide.contains(&IpAddr::from([127, 0, 0, 1]))
             || wide.contains(&IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
         if unsafe_wide { IpNet::from(ip) } else { wide }
+    }
+
+    /// The IPv6 site (`ipv6_site_prefix`, default /48) a ban prefix escalates to, if site
+    /// escalation applies to it.
+    fn site_of(&self, prefix: IpNet) -> Option<IpNet> {
+        let len = self.cfg.ipv6_site_prefix;
+        match prefix {
+            IpNet::V6(p) if self.cfg.ipv6_site_offenders > 0 && len < p.prefix_len() => {
+                IpNet::new(IpAddr::V6(p.network()), len)
+                    .ok()
+                    .map(|n| n.trunc())
+            }
+            _ => None,
+        }
+    }
+
+    /// Why `site` may not be banned as a whole: it covers a host address, loopback, an
+    /// allowlisted range, or a known client.
+    fn site_unsafe(&self, site: IpNet, t: i64) -> Option<&'static str> {
+        let overlaps = |n: &IpNet| site.contains(&n.network()) || n.contains(&site.network());
+        if self.host_addrs.iter().any(|a| site.contains(a))
+            || site.contains(&IpAddr::from(std::net::Ipv6Addr::LOCALHOST))
+        {
+            return Some("it holds a host address");
+        }
+        if self.cfg.allowlist.iter().any(overlaps) {
+            return Some("it overlaps the allowlist");
+        }
+        let since = t.saturating_sub(self.cfg.lenient_period.as_secs() as i64);
+        if self
+            .ips
+            .iter()
+            .any(|(k, s)| site.contains(k) && s.success_users_since(since) > 0)
+        {
+            return Some("a known client lives in it");
+        }
+        None
     }
 
     /// The key under which state about `ip` is kept: the network of its ban prefix, so that
@@ -185,6 +244,8 @@ impl Engine {
             dry_run: self.cfg.dry_run,
             evidence: Vec::new(),
             note: "unbanned by the administrator".into(),
+            kind: None,
+            user: None,
         })
     }
 
@@ -244,6 +305,17 @@ impl Engine {
         self.prefixes
             .retain(|_, p| p.banned_until > now || p.last_offence >= now.saturating_sub(memory));
         self.stats.evicted_prefixes += (before - self.prefixes.len()) as u64;
+        let link = now.saturating_sub(self.cfg.link_window.as_secs() as i64);
+        self.marks.retain(|_, m| {
+            m.retain(|x| x.time >= link);
+            !m.is_empty()
+        });
+        self.sites.retain(|_, s| {
+            s.retain(|(_, t)| *t >= cutoff);
+            !s.is_empty()
+        });
+        let ips = &self.ips;
+        self.pending.retain(|(_, ip)| ips.contains_key(ip));
     }
 
     fn enforce_caps(&mut self) {
@@ -267,6 +339,18 @@ impl Engine {
             |p| p.last_offence,
             |_, p| p.banned_until > now,
         ) as u64;
+        state::evict_oldest(
+            &mut self.marks,
+            self.cfg.max_tracked_users,
+            |m| m.back().map_or(i64::MIN, |x| x.time),
+            |_, _| false,
+        );
+        state::evict_oldest(
+            &mut self.sites,
+            self.cfg.max_tracked_prefixes,
+            |s| s.back().map_or(i64::MIN, |x| x.1),
+            |_, _| false,
+        );
     }
 }
 

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::state::{IpState, PrefixState, UserState};
+use std::collections::VecDeque;
+
+use super::state::{IpState, PrefixState, ProbeMark, UserState};
 use super::{Engine, EngineConfig, EngineStats};
 use crate::Error;
 
@@ -21,6 +23,10 @@ pub struct Snapshot {
     pub ips: Vec<(IpAddr, IpState)>,
     pub users: Vec<(Box<str>, UserState)>,
     pub prefixes: Vec<(IpNet, PrefixState)>,
+    #[serde(default)]
+    pub marks: Vec<(Box<str>, VecDeque<ProbeMark>)>,
+    #[serde(default)]
+    pub sites: Vec<(IpNet, VecDeque<(IpNet, i64)>)>,
 }
 
 impl Engine {
@@ -36,6 +42,14 @@ impl Engine {
         users.sort_by(|a, b| a.0.cmp(&b.0));
         let mut prefixes: Vec<_> = self.prefixes.iter().map(|(k, v)| (*k, v.clone())).collect();
         prefixes.sort_by_key(|(k, _)| *k);
+        let mut marks: Vec<_> = self
+            .marks
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        marks.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut sites: Vec<_> = self.sites.iter().map(|(k, v)| (*k, v.clone())).collect();
+        sites.sort_by_key(|(k, _)| *k);
         Snapshot {
             version: SNAPSHOT_VERSION,
             now: (self.now != i64::MIN).then_some(self.now),
@@ -43,6 +57,8 @@ impl Engine {
             ips,
             users,
             prefixes,
+            marks,
+            sites,
         }
     }
 
@@ -62,6 +78,13 @@ impl Engine {
         engine.ips = snap.ips.into_iter().collect();
         engine.users = snap.users.into_iter().collect();
         engine.prefixes = snap.prefixes.into_iter().collect();
+        engine.marks = snap.marks.into_iter().collect();
+        engine.sites = snap.sites.into_iter().collect();
+        engine.pending = engine
+            .ips
+            .iter()
+            .filter_map(|(k, s)| s.pending.as_ref().map(|p| (p.deadline, *k)))
+            .collect();
         if engine.now != i64::MIN {
             engine.sweep();
         }

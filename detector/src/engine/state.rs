@@ -63,6 +63,38 @@ pub enum SaslSide {
 pub struct Success {
     pub user: Box<str>,
     pub time: i64,
+    /// False when the login looked like a guessed password (possible compromise): it makes
+    /// the address neither a known client nor shared.
+    #[serde(default = "yes")]
+    pub trusted: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A ban held for the grace period: weak evidence that a successful login from the same
+/// address cancels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    /// Log time at which the ban is made if nothing cancelled it.
+    pub deadline: i64,
+    pub rule: Rule,
+    pub note: String,
+    /// The address the decision names (inside an IPv6 /64 it may differ from the key).
+    pub addr: IpAddr,
+}
+
+/// A probe of a mailbox, remembered by mailbox so a login from another address can be tied
+/// to it (split roles).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeMark {
+    pub time: i64,
+    /// State key of the prober.
+    pub prober: IpAddr,
+    /// The prober's own address.
+    pub addr: IpAddr,
+    pub recipient: Box<str>,
 }
 
 /// An accepted RCPT whose transaction has not ended yet.
@@ -71,6 +103,9 @@ pub struct PendingRcpt {
     pub session: Option<Box<str>>,
     pub recipient: Box<str>,
     pub time: i64,
+    /// Whether the RCPT line's client looked like a mail server (`None`: not told).
+    #[serde(default)]
+    pub peer: Option<bool>,
 }
 
 /// An SMTP transaction that named a recipient and ended without an accepted message.
@@ -80,6 +115,13 @@ pub struct Probe {
     pub line: u64,
     pub session: Option<Box<str>>,
     pub recipients: Vec<Box<str>>,
+    /// The client looked like a mail server verifying a sender (see `SmtpPeer`): such a
+    /// probe is weak evidence only and never ties other addresses to it.
+    #[serde(default)]
+    pub mta_like: bool,
+    /// The RCPT line told what the client looked like (`mta_like` is a finding, not a default).
+    #[serde(default)]
+    pub peer_known: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -91,6 +133,19 @@ pub struct IpState {
     pub pending_rcpts: Vec<PendingRcpt>,
     pub probes: VecDeque<Probe>,
     pub evidence: VecDeque<Evidence>,
+    /// A ban waiting out the grace period.
+    #[serde(default)]
+    pub pending: Option<Pending>,
+    /// Last log time the address was tied to a campaign (a login linked to a probe, a
+    /// failure on a mailbox under attack): a success from it is not trusted.
+    #[serde(default)]
+    pub campaign: Option<i64>,
+    /// Last log time a shared-address alert was raised for it.
+    #[serde(default)]
+    pub shared_noticed: Option<i64>,
+    /// Last possible-compromise alert: log time, user.
+    #[serde(default)]
+    pub compromise: Option<(i64, Box<str>)>,
 }
 
 impl IpState {
@@ -116,9 +171,20 @@ impl IpState {
             .any(|s| &*s.user == user && s.time >= since)
     }
 
-    /// Distinct users with a successful login at or after `since`.
+    /// Distinct users with a trusted successful login at or after `since`.
     pub fn success_users_since(&self, since: i64) -> usize {
-        self.successes.iter().filter(|s| s.time >= since).count()
+        self.successes
+            .iter()
+            .filter(|s| s.trusted && s.time >= since)
+            .count()
+    }
+
+    /// Users this address logged in as (trusted) at or after `since`.
+    pub fn known_users(&self, since: i64) -> impl Iterator<Item = &str> {
+        self.successes
+            .iter()
+            .filter(move |s| s.trusted && s.time >= since)
+            .map(|s| &*s.user)
     }
 
     /// Heap plus inline bytes, for the memory estimate.
@@ -170,6 +236,15 @@ pub struct UserState {
     /// Log time until which the name counts as under attack (set when the campaign threshold
     /// is reached, extended by the horizon on each later crossing).
     pub attacked_until: Option<i64>,
+    /// Addresses whose failed login on this mailbox was tied to a probe (own or split-role),
+    /// latest first kept; `campaign_probe_ips` of them within `campaign_window` put the
+    /// mailbox under a probe campaign (aborts that probe it are banned).
+    #[serde(default)]
+    pub linked: VecDeque<UserFailure>,
+    /// Last trusted successful login as this mailbox, from any address: it has an owner who
+    /// may mistype during an attack.
+    #[serde(default)]
+    pub owner_seen: Option<i64>,
 }
 
 /// Bans and offences of one ban prefix (an IPv4 address or an IPv6 /64 by default).

@@ -553,4 +553,9 @@ fn rcpt_lines_carry_what_the_client_showed_of_itself() {
         "Nov 27 05:30:59 mail postfix/smtpd[1]: NOQUEUE: info: RCPT from unknown[198.18.0.2]: lab-rcpt=<a@b.example>; from=<p@q.invalid> to=<a@b.example> proto=ESMTP helo=<unknown>",
     );
     assert!(!p.looks_like_mta(), "{p:?}");
+    // An office gateway behind NAT: no reverse DNS, but the null sender of a callout.
+    let p = peer(
+        "Nov 27 05:30:59 mail postfix/smtpd[1]: NOQUEUE: info: RCPT from unknown[198.18.0.2]: lab-rcpt=<a@b.example>; from=<> to=<a@b.example> proto=ESMTP helo=<mx.office.example>",
+    );
+    assert!(p.looks_like_mta(), "{p:?}");
 }
