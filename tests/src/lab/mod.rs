@@ -22,7 +22,6 @@
 mod clients;
 mod config;
 mod install;
-mod lock;
 pub mod logs;
 mod mount_ns;
 mod state;
@@ -40,8 +39,9 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 pub use clients::{find_mailbot, run_mailbot};
+pub use detector_testkit::cmd::is_root;
+pub use detector_testkit::lock::FileLock;
 pub use install::{DEBCONF_TXT, PACKAGES_TXT, ensure_installed, packages};
-pub use lock::FileLock;
 pub use logs::{LogLine, LogOrigin};
 pub use state::{LabInfo, lab_tags};
 pub use supervise::sweep_stale;
@@ -359,9 +359,4 @@ fn read_lossy(p: &Path) -> String {
     std::fs::read(p)
         .map(|b| String::from_utf8_lossy(&b).trim().to_string())
         .unwrap_or_default()
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }

@@ -1,4 +1,4 @@
-//! flock(2)-based locks the labs share (the install lock, the `/dev/log` reference count).
+//! flock(2) locks on files, released on drop.
 use std::fs::File;
 use std::path::Path;
 
