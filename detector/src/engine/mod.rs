@@ -145,6 +145,17 @@ impl Engine {
         out
     }
 
+    /// Makes every ban still held for the grace period, as if log time had run past them
+    /// (the end of a replayed log: no successful login came).
+    pub fn flush_pending(&mut self) -> Vec<Decision> {
+        let Some(&(last, _)) = self.pending.last() else {
+            return Vec::new();
+        };
+        let out = rules::fire_due(self, last);
+        self.stats.bans += out.iter().filter(|d| d.action == Action::Ban).count() as u64;
+        out
+    }
+
     /// What a ban of `ip` covers: `ip` widened to the configured prefix length (IPv6 /64 by
     /// default), or just `ip` itself when the wider prefix would also cover a host address,
     /// loopback or an allowlisted range.
