@@ -44,10 +44,28 @@ pub struct Explanation {
     /// Current `slow-repeat` score within the horizon, and the score that bans.
     pub slow_repeat_score: u32,
     pub slow_repeat_threshold: u32,
-    /// The address counts as shared (office NAT): see `EngineConfig::shared_ip_users`.
+    /// The address counts as shared (office NAT, CGNAT, webmail): never banned for failed
+    /// logins; see `EngineConfig::shared_ip_users`.
     pub shared: bool,
+    /// A known client: it logged in successfully (and not as a possible compromise) within
+    /// `lenient_period`, so its failures are typos or stale devices (lenient burst only).
+    pub known_client: bool,
+    /// A ban held for the grace period: when it will be made, by which rule, why.
+    pub pending: Option<(DateTime<Utc>, Rule, String)>,
+    /// Last time the address was tied to a campaign (a login linked to a probe, a probe of a
+    /// mailbox under a probe campaign): its successful logins are not trusted.
+    pub campaign: Option<DateTime<Utc>>,
+    /// The latest possible-compromise alert: when, which user.
+    pub compromise: Option<(DateTime<Utc>, String)>,
+    /// Probes (by time) whose client looked like a mail server verifying a sender: weak
+    /// evidence only, never tied to other addresses.
+    pub callouts: Vec<DateTime<Utc>>,
+    /// An IPv6 site ban (e.g. the /48) that covers the address, if active.
+    pub site_ban: Option<IpNet>,
+    /// Why the address is not banned (empty when it is).
+    pub not_banned_because: Vec<String>,
     pub failures: Vec<FailureView>,
-    /// Users this address logged in as within the leniency period.
+    /// Users this address logged in as (trusted) within the leniency period.
     pub lenient_users: Vec<String>,
     /// Aborted SMTP transactions (log time, recipients) still in the horizon.
     pub probes: Vec<(DateTime<Utc>, Vec<String>)>,
@@ -115,6 +133,60 @@ impl Engine {
             .collect();
         attacked_users.sort();
         attacked_users.dedup();
+        let known_client = s.is_some_and(|s| s.success_users_since(lenient_since) > 0);
+        let shared = s.is_some_and(|s| {
+            self.cfg.shared_ip_users > 0
+                && s.success_users_since(lenient_since) >= self.cfg.shared_ip_users as usize
+        });
+        let site_ban = self.site_of(prefix).filter(|site| {
+            self.prefixes
+                .get(site)
+                .is_some_and(|p| p.banned_until > self.now)
+        });
+        let banned = p.is_some_and(|p| p.banned_until > self.now) || site_ban.is_some();
+        let pending = s
+            .and_then(|s| s.pending.as_ref())
+            .map(|x| (to_time(x.deadline), x.rule, x.note.clone()));
+        let callouts: Vec<DateTime<Utc>> = s
+            .map(|s| {
+                (s.probes.iter())
+                    .filter(|p| p.mta_like)
+                    .map(|p| to_time(p.time))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut why = Vec::new();
+        if !banned {
+            if let Some(what) = self.is_protected(ip) {
+                why.push(format!("protected: {what}"));
+            }
+            if shared {
+                why.push(
+                    "shared address: many users log in here, it is never banned for failed logins"
+                        .to_string(),
+                );
+            } else if known_client {
+                why.push(
+                    "known client: it logged in successfully, so its failures count only for \
+                     lenient-burst"
+                        .to_string(),
+                );
+            }
+            if let Some((at, rule, _)) = &pending {
+                why.push(format!(
+                    "grace period: a {rule} ban is held until {} for a successful login that \
+                     would cancel it",
+                    ts(*at)
+                ));
+            }
+            if !callouts.is_empty() {
+                why.push(format!(
+                    "{} of its probes looked like a mail server verifying a sender (callout): \
+                     weak evidence only",
+                    callouts.len()
+                ));
+            }
+        }
         Explanation {
             ip,
             prefix,
@@ -129,19 +201,19 @@ impl Engine {
             next_ban: self.cfg.ban_duration(offences + 1),
             slow_repeat_score: s.map_or(0, |s| self.slow_repeat_score(s)),
             slow_repeat_threshold: self.cfg.slow_repeat_score,
-            shared: s.is_some_and(|s| {
-                self.cfg.shared_ip_users > 0
-                    && s.success_users_since(lenient_since) >= self.cfg.shared_ip_users as usize
-            }),
+            shared,
+            known_client,
+            pending,
+            campaign: s.and_then(|s| s.campaign).map(to_time),
+            compromise: s
+                .and_then(|s| s.compromise.as_ref())
+                .map(|(t, u)| (to_time(*t), u.to_string())),
+            callouts,
+            site_ban,
+            not_banned_because: why,
             failures,
             lenient_users: s
-                .map(|s| {
-                    s.successes
-                        .iter()
-                        .filter(|x| x.time >= lenient_since)
-                        .map(|x| x.user.to_string())
-                        .collect()
-                })
+                .map(|s| s.known_users(lenient_since).map(str::to_string).collect())
                 .unwrap_or_default(),
             probes: s
                 .map(|s| {
@@ -174,6 +246,12 @@ impl fmt::Display for Explanation {
         if let Some(why) = self.protected {
             writeln!(f, "  never banned: {why}")?;
         }
+        if let Some(site) = self.site_ban {
+            writeln!(
+                f,
+                "  banned as part of {site} (offending /64s accumulated in it)"
+            )?;
+        }
         match (self.banned_until, self.last_rule) {
             (Some(until), Some(rule)) => writeln!(f, "  banned until {} by {rule}", ts(until))?,
             (None, Some(rule)) => writeln!(f, "  not banned now; last ban by {rule}")?,
@@ -181,6 +259,24 @@ impl fmt::Display for Explanation {
         }
         if let Some(note) = self.last_note.as_deref().filter(|n| !n.is_empty()) {
             writeln!(f, "  reason: {note}")?;
+        }
+        for why in &self.not_banned_because {
+            writeln!(f, "  not banned because: {why}")?;
+        }
+        if let Some((t, user)) = &self.compromise {
+            writeln!(
+                f,
+                "  ALERT possible compromise: successful login as {user} at {} looked like a \
+                 guessed password",
+                ts(*t)
+            )?;
+        }
+        if let Some(t) = self.campaign {
+            writeln!(
+                f,
+                "  tied to a campaign at {} (its successful logins are not trusted)",
+                ts(t)
+            )?;
         }
         writeln!(
             f,
@@ -190,7 +286,7 @@ impl fmt::Display for Explanation {
             self.slow_repeat_score,
             self.slow_repeat_threshold,
             if self.shared {
-                " (shared address: slow-repeat does not apply)"
+                " (shared address: no failure bans)"
             } else {
                 ""
             }

@@ -540,7 +540,10 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, addr: IpAddr, ev: &Event, out: &m
         (None, Some(u)) => split_link(engine, ip, u, t),
         _ => None,
     };
-    let linked = own.as_ref().is_some_and(|(_, exact)| *exact) || split.is_some();
+    // Tied to a probe: this address's own (not a mail server's) of this mailbox, or another
+    // address's seconds before when the mailbox has no owner who might be mistyping.
+    let linked = own.as_ref().is_some_and(|(_, taints)| *taints)
+        || split.as_ref().is_some_and(|(_, strong, _)| *strong);
     if linked && let Some(u) = user.as_deref() {
         record_linked(engine, &mailbox_key(u), ip, addr, t);
     }
@@ -847,8 +850,8 @@ fn link_weight(engine: &Engine, age: i64) -> f64 {
     (1.0 - age as f64 / window).max(0.0)
 }
 
-/// A failed login tied to this address's own probe: the verdict and whether the login was
-/// as the probed mailbox itself.
+/// A failed login tied to this address's own probe: the verdict and whether it ties the
+/// address to a campaign (a login as the mailbox it probed, not as a mail server).
 fn own_probe_link(engine: &Engine, ip: IpAddr, user: &str, ev: &Event) -> Option<(Verdict, bool)> {
     let state = engine.ips.get(&ip)?;
     let t = ev.time.timestamp();
@@ -882,7 +885,7 @@ fn own_probe_link(engine: &Engine, ip: IpAddr, user: &str, ev: &Event) -> Option
                     ),
                     strong,
                 },
-                true,
+                !p.mta_like,
             ));
         }
     }
@@ -1173,8 +1176,8 @@ pub(super) fn same_mailbox(user: &str, rcpt: &str) -> bool {
 }
 
 /// `typed` is a typo of `meant` (a user name the address logged in as): the same local part
-/// (wrong case, missing or another hosted domain, a `+tag`), or one letter off (an edit,
-/// a swap of neighbours) in a local part of at least 4 letters or in the whole name.
+/// (wrong case, a missing, mistyped or another hosted domain, a `+tag`), or one letter off
+/// (an edit, a swap of neighbours) in a local part of at least 4 letters.
 pub fn typo_of(typed: &str, meant: &str) -> bool {
     if typed.eq_ignore_ascii_case(meant) {
         return true;
@@ -1187,9 +1190,7 @@ pub fn typo_of(typed: &str, meant: &str) -> bool {
         (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
         _ => true,
     };
-    (same_domain && a.len().min(b.len()) >= 4 && one_edit(&a, &b))
-        || (typed.len().min(meant.len()) >= 8
-            && one_edit(&typed.to_ascii_lowercase(), &meant.to_ascii_lowercase()))
+    same_domain && a.len().min(b.len()) >= 4 && one_edit(&a, &b)
 }
 
 /// At most one insertion, deletion, substitution or swap of neighbouring bytes apart.

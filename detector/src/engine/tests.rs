@@ -845,3 +845,361 @@ fn a_prefix_that_would_cover_a_protected_address_shrinks_to_the_address() {
     let d = f.fail(0, "2001:db8:1:2::3", "a@example.test");
     assert_eq!(d[0].prefix.to_string(), "2001:db8:1:2::/64");
 }
+
+// ------------------------------------------------------------------ engine v2: the traps
+
+impl Feed {
+    /// A probe whose RCPT line showed the client: a bot (`mta` false: no reverse DNS, a
+    /// sender, a made-up HELO) or a mail server verifying a sender (null sender).
+    fn probe_by(&mut self, at: i64, ip: &str, rcpt: &str, mta: bool) -> Vec<Decision> {
+        let mut e = self.ev(at, ip, EventKind::Rcpt);
+        e.recipient = Some(rcpt.into());
+        e.session = Some("pid:100".into());
+        e.peer = Some(crate::event::SmtpPeer {
+            has_rdns: mta,
+            null_sender: mta,
+            helo_is_rdns: mta,
+        });
+        let mut out = self.push(e);
+        let mut d = self.ev(at, ip, EventKind::TransactionAborted);
+        d.session = Some("pid:100".into());
+        d.smtp = Some(SmtpCounters {
+            rcpt_ok: 1,
+            quit: true,
+            ..SmtpCounters::default()
+        });
+        out.extend(self.push(d));
+        out
+    }
+
+    /// Lets log time pass (an unrelated delivery) and returns what became due.
+    fn tick(&mut self, at: i64) -> Vec<Decision> {
+        self.delivery(at, "198.18.250.250", "someone@example.test")
+    }
+}
+
+fn graceful() -> EngineConfig {
+    EngineConfig::default()
+}
+
+fn bans(out: &[Decision]) -> Vec<&Decision> {
+    out.iter().filter(|d| d.action == Action::Ban).collect()
+}
+
+fn alerts(out: &[Decision]) -> Vec<&Decision> {
+    out.iter().filter(|d| d.action == Action::Alert).collect()
+}
+
+const HOME: &str = "198.18.40.1";
+
+#[test]
+fn typos_map_to_the_mailbox_meant() {
+    let meant = "greta@example.org";
+    for typed in [
+        "greta",
+        "Greta@Example.org",
+        "greta@example.com",
+        "gerta@example.org",
+        "gretta@example.org",
+        "greta+list@example.org",
+        "greta@exmaple.org",
+    ] {
+        assert!(typo_of(typed, meant), "{typed}");
+    }
+    for other in [
+        "bob@example.org",
+        "gr@example.org",
+        "info@example.org",
+        "admin",
+    ] {
+        assert!(!typo_of(other, meant), "{other}");
+    }
+}
+
+#[test]
+fn a_customers_user_name_typo_at_home_never_bans() {
+    let mut f = Feed::new(graceful());
+    for i in 0..20 {
+        f.ok(i * 1800, HOME, "greta@example.org");
+    }
+    let mut out = f.fail_unknown(40_000, HOME, "greta");
+    out.extend(f.fail_unknown(40_010, HOME, "Greta@example.com"));
+    out.extend(f.fail(40_020, HOME, "greta@example.org"));
+    out.extend(f.tick(90_000));
+    assert!(out.is_empty(), "{out:?}");
+    let x = f.engine.explain(HOME.parse().unwrap());
+    assert!(x.known_client, "{x}");
+    assert!(
+        x.to_string().contains("not banned because: known client"),
+        "{x}"
+    );
+}
+
+#[test]
+fn a_new_hire_failing_then_succeeding_within_the_grace_period_is_not_banned() {
+    let new = "198.18.41.1";
+    let mut f = Feed::new(graceful());
+    let mut out = Vec::new();
+    for i in 0..4 {
+        out.extend(f.fail(i * 90, new, "nina@example.test"));
+    }
+    let x = f.engine.explain(new.parse().unwrap());
+    assert!(x.pending.is_some(), "{x}");
+    assert!(x.to_string().contains("grace period"), "{x}");
+    out.extend(f.ok(400, new, "nina@example.test"));
+    out.extend(f.tick(10_000));
+    assert!(out.is_empty(), "{out:?}");
+    assert!(f.engine.explain(new.parse().unwrap()).pending.is_none());
+
+    // Without the success the held ban is made when the grace period ends.
+    let mut f = Feed::new(graceful());
+    assert!(f.fail(0, new, "nina@example.test").is_empty());
+    assert!(f.fail(60, new, "nina@example.test").is_empty());
+    assert!(f.tick(60 + 599).is_empty(), "still held");
+    let out = f.tick(60 + 600);
+    assert_eq!(bans(&out).len(), 1, "{out:?}");
+    assert_eq!(out[0].rule, Rule::SlowRepeat);
+    assert_eq!(out[0].time, at_time(660), "made at the deadline");
+    assert!(out[0].note.contains("held 10m"), "{}", out[0].note);
+}
+
+#[test]
+fn the_seed_pattern_bans_at_once_despite_the_grace_period() {
+    let mut f = Feed::new(graceful());
+    f.probe_by(0, BOT, "alice@example.test", false);
+    let out = f.fail(5, BOT, "alice@example.test");
+    assert_eq!(bans(&out).len(), 1, "{out:?}");
+    assert_eq!(out[0].rule, Rule::ProbeLogin);
+}
+
+#[test]
+fn a_lazy_bot_is_tied_to_its_probe_for_tens_of_minutes() {
+    let mut f = Feed::new(graceful());
+    f.probe_by(0, BOT, "alice@example.test", false);
+    assert!(
+        f.fail(30 * 60, BOT, "alice@example.test").is_empty(),
+        "held"
+    );
+    let out = f.tick(40 * 60);
+    assert_eq!(bans(&out).len(), 1, "{out:?}");
+    assert_eq!(out[0].rule, Rule::ProbeLogin);
+    assert!(out[0].note.contains("link weight 0.50"), "{}", out[0].note);
+}
+
+#[test]
+fn split_roles_ban_the_login_address_and_the_prober() {
+    let (p, l) = ("198.18.50.1", "2001:db8:77::5");
+    let mut f = Feed::new(graceful());
+    assert!(f.probe_by(0, p, "bob@example.test", false).is_empty());
+    let out = f.fail(12, l, "bob@example.test");
+    let b = bans(&out);
+    assert_eq!(b.len(), 2, "{out:?}");
+    let rules: Vec<(Rule, String)> = b.iter().map(|d| (d.rule, d.ip.to_string())).collect();
+    assert!(
+        rules.contains(&(Rule::SplitRole, l.to_string())),
+        "{rules:?}"
+    );
+    assert!(
+        rules.contains(&(Rule::SplitRole, p.to_string())),
+        "{rules:?}"
+    );
+    // A mail server's callout ties nobody.
+    let mut f = Feed::new(graceful());
+    f.probe_by(0, p, "bob@example.test", true);
+    assert!(f.fail(12, l, "bob@example.test").is_empty());
+    assert!(f.tick(3600).is_empty(), "a single failure only: nothing");
+}
+
+#[test]
+fn the_owner_of_a_probed_mailbox_who_mistypes_on_a_new_address_is_not_banned() {
+    let (bot, owner_home, owner_new) = ("198.18.50.1", "198.18.60.1", "198.18.60.2");
+    let mut f = Feed::new(graceful());
+    f.ok(0, owner_home, "bob@example.test");
+    f.probe_by(100, bot, "bob@example.test", false);
+    let mut out = f.fail(110, owner_new, "bob@example.test");
+    assert!(out.is_empty(), "held: the mailbox has an owner: {out:?}");
+    out.extend(f.ok(150, owner_new, "bob@example.test"));
+    out.extend(f.tick(5000));
+    assert!(out.is_empty(), "{out:?}");
+}
+
+#[test]
+fn a_mailbox_under_a_probe_campaign_is_protected_at_the_abort() {
+    let mut f = Feed::new(graceful());
+    for (i, ip) in ["198.18.70.1", "198.18.70.2"].iter().enumerate() {
+        let t = i as i64 * 100;
+        f.probe_by(t, ip, "info@example.test", false);
+        assert_eq!(bans(&f.fail(t + 5, ip, "info@example.test")).len(), 1);
+    }
+    // A new address probes it and aborts: banned before its login.
+    let out = f.probe_by(300, "198.18.70.3", "info@example.test", false);
+    assert_eq!(bans(&out).len(), 1, "{out:?}");
+    assert_eq!(out[0].rule, Rule::CampaignProbe);
+    // A mail server verifying the sender, and a known client, are not.
+    assert!(
+        f.probe_by(400, "198.18.80.1", "info@example.test", true)
+            .is_empty()
+    );
+    f.ok(500, "198.18.80.2", "carl@example.test");
+    assert!(
+        f.probe_by(600, "198.18.80.2", "info@example.test", false)
+            .is_empty()
+    );
+    // Nor a probe without what the client showed (no RCPT line).
+    assert!(f.probe(700, "198.18.80.3", "info@example.test").is_empty());
+}
+
+#[test]
+fn a_guessed_password_is_alerted_and_banned() {
+    // After probing the mailbox.
+    let mut f = Feed::new(graceful());
+    f.probe_by(0, BOT, "alice@example.test", false);
+    let out = f.ok(5, BOT, "alice@example.test");
+    let a = alerts(&out);
+    assert_eq!(a.len(), 1, "{out:?}");
+    assert_eq!(a[0].kind, Some(AlertKind::PossibleCompromise));
+    assert_eq!(a[0].user.as_deref(), Some("alice@example.test"));
+    assert_eq!(bans(&out).len(), 1, "{out:?}");
+    assert_eq!(bans(&out)[0].rule, Rule::PossibleCompromise);
+    let x = f.engine.explain(BOT.parse().unwrap());
+    assert!(x.compromise.is_some() && !x.known_client, "{x}");
+    assert!(x.to_string().contains("ALERT possible compromise"), "{x}");
+
+    // After failing as other users (a sprayer that got one right).
+    let mut f = Feed::new(EngineConfig {
+        slow_repeat_score: 10,
+        ..graceful()
+    });
+    f.fail(0, BOT, "a@example.test");
+    f.fail(60, BOT, "b@example.test");
+    let out = f.ok(120, BOT, "c@example.test");
+    assert_eq!(alerts(&out).len(), 1, "{out:?}");
+    assert!(
+        alerts(&out)[0]
+            .note
+            .contains("after failing as 2 other users")
+    );
+    assert_eq!(bans(&out).len(), 1, "{out:?}");
+    // The login does not make it a known client: its later failures still count.
+    assert!(!f.engine.explain(BOT.parse().unwrap()).known_client);
+}
+
+#[test]
+fn ordinary_logins_are_never_alerted() {
+    let mut f = Feed::new(graceful());
+    let mut out = Vec::new();
+    // A typo of the own name, then success; a callout from the office gateway, then users.
+    out.extend(f.fail_unknown(0, HOME, "greta"));
+    out.extend(f.ok(20, HOME, "greta@example.org"));
+    let office = "198.18.90.1";
+    out.extend(f.probe_by(100, office, "partner@example.net", true));
+    out.extend(f.ok(130, office, "ann@example.org"));
+    out.extend(f.probe_by(200, office, "ann@example.org", true));
+    out.extend(f.ok(230, office, "ann@example.org"));
+    // The owner of a mailbox under attack mistypes on a new address, then succeeds.
+    for (i, ip) in ["198.18.91.1", "198.18.91.2", "198.18.91.3"]
+        .iter()
+        .enumerate()
+    {
+        out.extend(f.fail(300 + i as i64, ip, "sales@example.org"));
+    }
+    out.retain(|d| d.action == Action::Alert);
+    out.extend(f.fail(400, "198.18.92.1", "sales@example.org"));
+    out.extend(f.ok(430, "198.18.92.1", "sales@example.org"));
+    assert!(alerts(&out).is_empty(), "{out:?}");
+    assert!(!bans(&out).iter().any(|d| d.ip.to_string() == "198.18.92.1"));
+}
+
+#[test]
+fn a_campaign_is_not_evidence_against_the_mailboxs_own_known_clients() {
+    let phone = "198.18.93.1";
+    let mut f = Feed::new(graceful());
+    f.ok(0, phone, "sales@example.org");
+    let mut out = Vec::new();
+    for i in 0..4 {
+        out.extend(f.fail(100 + i, &format!("198.18.94.{i}"), "sales@example.org"));
+    }
+    out.extend(f.fail(200, phone, "sales@example.org"));
+    out.extend(f.tick(5000));
+    assert!(!out.iter().any(|d| d.ip.to_string() == phone), "{out:?}");
+    assert!(
+        out.iter().any(|d| d.rule == Rule::TargetCampaign),
+        "the campaign itself is banned: {out:?}"
+    );
+}
+
+#[test]
+fn user_name_variants_are_one_mailbox() {
+    let mut f = Feed::new(graceful());
+    f.probe_by(0, BOT, "Name@Example.test", false);
+    let out = f.fail(5, BOT, "name+x@example.test");
+    assert_eq!(bans(&out).len(), 1, "{out:?}");
+    assert_eq!(out[0].rule, Rule::ProbeLogin);
+    let mut f = Feed::new(graceful());
+    f.probe_by(0, BOT, "name@example.test", false);
+    assert_eq!(bans(&f.fail(5, BOT, "name")).len(), 1);
+}
+
+#[test]
+fn ipv6_hoppers_inside_one_48_escalate_to_the_48() {
+    let mut f = Feed::new(graceful());
+    let mut out = Vec::new();
+    for i in 1..=3 {
+        let ip = format!("2001:db8:5:{i}::9");
+        out.extend(f.probe_by(i * 100, &ip, "alice@example.test", false));
+        out.extend(f.fail(i * 100 + 5, &ip, "alice@example.test"));
+    }
+    let wide: Vec<&Decision> = bans(&out)
+        .into_iter()
+        .filter(|d| d.prefix.prefix_len() == 48)
+        .collect();
+    assert_eq!(wide.len(), 1, "{out:?}");
+    assert_eq!(wide[0].prefix.to_string(), "2001:db8:5::/48");
+    assert!(
+        wide[0].note.contains("3 offending /64s"),
+        "{}",
+        wide[0].note
+    );
+    // The 4th hop is covered already: no decision, and explain says the site ban.
+    let next = "2001:db8:5:99::1";
+    assert!(
+        f.probe_by(500, next, "alice@example.test", false)
+            .is_empty()
+    );
+    assert!(f.fail(505, next, "alice@example.test").is_empty());
+    assert!(f.engine.explain(next.parse().unwrap()).site_ban.is_some());
+
+    // A /48 that holds a known client is not widened, and the decision says so.
+    let mut f = Feed::new(graceful());
+    f.ok(0, "2001:db8:6:77::1", "carol@example.test");
+    let mut out = Vec::new();
+    for i in 1..=3 {
+        let ip = format!("2001:db8:6:{i}::9");
+        out.extend(f.probe_by(i * 100, &ip, "alice@example.test", false));
+        out.extend(f.fail(i * 100 + 5, &ip, "alice@example.test"));
+    }
+    assert!(
+        bans(&out).iter().all(|d| d.prefix.prefix_len() == 64),
+        "{out:?}"
+    );
+    assert!(
+        out.iter().any(|d| d.note.contains("not widened")),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn pending_bans_survive_a_snapshot() {
+    let new = "198.18.41.9";
+    let mut f = Feed::new(graceful());
+    f.fail(0, new, "x@example.test");
+    f.fail(60, new, "x@example.test");
+    let snap = f.engine.snapshot();
+    let json = serde_json::to_string(&snap).unwrap();
+    let back: Snapshot = serde_json::from_str(&json).unwrap();
+    let mut g = Feed {
+        engine: Engine::restore(graceful(), back).unwrap(),
+        line: 100,
+    };
+    assert_eq!(bans(&g.tick(700)).len(), 1);
+}
