@@ -305,7 +305,43 @@ fn map_full_is_a_clear_error() {
         .unwrap();
     let err = e
         .ban("198.18.14.3/32".parse().unwrap(), None, Reason::Manual)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("BANS_V4 is full (2 entries)"), "{err}");
+        .unwrap_err();
+    // Classified by the kernel's errno (a full hash says E2BIG), the cause kept as source.
+    assert!(
+        matches!(
+            err,
+            detector::Error::MapFull {
+                map: "BANS_V4",
+                capacity: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.errno(), Some(libc::E2BIG));
+    assert!(std::error::Error::source(&err).is_some());
+    assert!(
+        err.to_string().contains("BANS_V4 is full (2 entries)"),
+        "{err}"
+    );
+
+    // A full LPM trie says ENOSPC.
+    e.ban("198.18.15.0/24".parse().unwrap(), None, Reason::Manual)
+        .unwrap();
+    e.ban("198.18.16.0/24".parse().unwrap(), None, Reason::Manual)
+        .unwrap();
+    let err = e
+        .ban("198.18.17.0/24".parse().unwrap(), None, Reason::Manual)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            detector::Error::MapFull {
+                map: "PREFIX_V4",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.errno(), Some(libc::ENOSPC));
 }
