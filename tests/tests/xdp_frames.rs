@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use detector::enforce::testrun::{TestObject, action};
-use detector::enforce::{Capacity, Reason, Stats};
-use detector_common::XDP_PROGRAM;
+use detector::enforce::{Capacity, Reason};
+use detector_common::{Counters, XDP_PROGRAM};
 use detector_tests::frames::*;
 
 const BANNED4: [u8; 4] = [198, 18, 10, 66];
@@ -45,8 +45,8 @@ fn verdict(obj: &TestObject, frame: &[u8]) -> u32 {
         .retval
 }
 
-fn stats(obj: &mut TestObject) -> Stats {
-    obj.enforcer().stats().unwrap()
+fn stats(obj: &mut TestObject) -> Counters {
+    obj.enforcer().stats().unwrap().counters
 }
 
 #[test]
@@ -60,7 +60,7 @@ fn ipv4_banned_source_is_dropped_others_pass() {
     assert_eq!(verdict(&obj, &other), action::PASS);
     assert_eq!(verdict(&obj, &to_banned), action::PASS);
     let s = stats(&mut obj);
-    assert_eq!((s.seen, s.dropped, s.passed), (3, 1, 2));
+    assert_eq!((s.seen(), s.dropped, s.passed), (3, 1, 2));
     assert_eq!(s.dropped_bytes, banned.len() as u64);
     let entry = obj
         .enforcer()
@@ -207,7 +207,7 @@ fn observe_mode_counts_but_passes() {
     assert_eq!(verdict(&obj, &banned), action::PASS);
     let s = stats(&mut obj);
     assert_eq!((s.observed, s.dropped, s.passed), (1, 0, 1));
-    assert!(s.observe_mode);
+    assert!(obj.enforcer().stats().unwrap().observe_mode);
     obj.enforcer().set_observe(false).unwrap();
     assert_eq!(verdict(&obj, &banned), action::DROP);
 }

@@ -314,25 +314,12 @@ impl Enforcer {
             .stats
             .get(&0, 0)
             .map_err(|e| Error::bpf("reading STATS", e))?;
-        let mut t = Counters::default();
+        let mut counters = Counters::default();
         for c in per_cpu.iter() {
-            t.passed = t.passed.wrapping_add(c.passed);
-            t.dropped = t.dropped.wrapping_add(c.dropped);
-            t.dropped_bytes = t.dropped_bytes.wrapping_add(c.dropped_bytes);
-            t.observed = t.observed.wrapping_add(c.observed);
-            t.expired_hits = t.expired_hits.wrapping_add(c.expired_hits);
-            t.malformed = t.malformed.wrapping_add(c.malformed);
-            t.non_ip = t.non_ip.wrapping_add(c.non_ip);
+            counters.add(c);
         }
         Ok(Stats {
-            seen: t.passed.wrapping_add(t.dropped),
-            passed: t.passed,
-            dropped: t.dropped,
-            dropped_bytes: t.dropped_bytes,
-            observed: t.observed,
-            expired_hits: t.expired_hits,
-            malformed: t.malformed,
-            non_ip: t.non_ip,
+            counters,
             observe_mode: self.observe()?,
         })
     }
