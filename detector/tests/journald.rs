@@ -145,7 +145,7 @@ fn start(config: &SourceConfig, checkpoints: &Checkpoints) -> Run {
     let (tx, lines) = mpsc::channel(64);
     let (stx, status) = mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
-    let handles = source::spawn(config, checkpoints, tx, stx, cancel.clone()).unwrap();
+    let handles = source::spawn(config, checkpoints.resume(), tx, stx, cancel.clone()).unwrap();
     Run {
         lines,
         _status: status,

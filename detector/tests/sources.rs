@@ -32,7 +32,8 @@ fn start(config: &SourceConfig, checkpoints: &Checkpoints) -> Running {
     let (tx, lines) = mpsc::channel(4);
     let (status_tx, status) = mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
-    let handles = source::spawn(config, checkpoints, tx, status_tx, cancel.clone()).expect("spawn");
+    let handles =
+        source::spawn(config, checkpoints.resume(), tx, status_tx, cancel.clone()).expect("spawn");
     Running {
         lines,
         status,
@@ -556,14 +557,7 @@ async fn journal_missing_journalctl_is_a_clear_error_before_anything_starts() {
     let (stx, _srx) = mpsc::unbounded_channel();
     let mut config = journal_config("detector-test-no-such-journalctl".into());
     config.files.push("/tmp/never-opened.log".into());
-    let err = source::spawn(
-        &config,
-        &Checkpoints::default(),
-        tx,
-        stx,
-        CancellationToken::new(),
-    )
-    .unwrap_err();
+    let err = source::spawn(&config, |_| None, tx, stx, CancellationToken::new()).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("detector-test-no-such-journalctl not found in PATH"),

@@ -9,8 +9,8 @@
 //!  let (tx, mut rx) = tokio::sync::mpsc::channel(4096);        // bounded: backpressure
 //!  let (status_tx, mut status_rx) = tokio::sync::mpsc::unbounded_channel();
 //!  let cancel = CancellationToken::new();
-//!  let checkpoints = Checkpoints::load(&state_dir)?;
-//!  let handles = source::spawn(&config.sources, &checkpoints, tx, status_tx, cancel.clone())?;
+//!  let checkpoints = Checkpoints::load(&state_dir)?;        // or any resume function
+//!  let handles = source::spawn(&config.sources, checkpoints.resume(), tx, status_tx, cancel.clone())?;
 //!  while let Some(line) = rx.recv().await {
 //!      engine.handle(parser.parse_line(&line.bytes, ..));
 //!      checkpoints.commit(&line.origin, &line.position);   // only after the engine is done
@@ -77,7 +77,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Checkpoints;
 use crate::{Error, Result};
 
 mod file;
@@ -507,13 +506,13 @@ fn check_max_line(key: &str, value: usize) -> Result<()> {
 // Starting the sources
 // ---------------------------------------------------------------------------------------------
 
-/// Validates `config` and starts one task per source, each resuming from its checkpoint in
-/// `checkpoints`. Must be called inside a tokio runtime. Errors (bad settings, journalctl not
+/// Validates `config` and starts one task per source, each resuming just after the position
+/// `resume` gives for its id (`None`: the configured start; `|_| None` for no checkpoints). Must be called inside a tokio runtime. Errors (bad settings, journalctl not
 /// found) are returned before any task is started. Relative file paths are made absolute
 /// (without resolving symlinks: the name is what is followed).
 pub fn spawn(
     config: &SourceConfig,
-    checkpoints: &Checkpoints,
+    resume: impl Fn(&SourceId) -> Option<Position>,
     lines: mpsc::Sender<SourceLine>,
     status: mpsc::UnboundedSender<SourceStatus>,
     cancel: CancellationToken,
@@ -545,11 +544,11 @@ pub fn spawn(
 
     if let (Some(journal), Some(program)) = (&config.journal, journal_program) {
         let ctx = ctx(SourceId::journal(journal.directory.as_deref()));
-        let resume = match checkpoints.get(&ctx.id) {
-            Some(Position::Journal { cursor }) => Some(cursor.clone()),
+        let cursor = match resume(&ctx.id) {
+            Some(Position::Journal { cursor }) => Some(cursor),
             _ => None,
         };
-        let task = tokio::spawn(journal::run(journal.clone(), program, resume, ctx.clone()));
+        let task = tokio::spawn(journal::run(journal.clone(), program, cursor, ctx.clone()));
         handles.push(finish(&ctx, task));
     }
     for path in files {
@@ -561,8 +560,7 @@ pub fn spawn(
             poll_interval: config.poll_interval,
             rotate_grace: config.rotate_grace,
         };
-        let resume = checkpoints.get(&ctx.id).cloned();
-        let task = tokio::spawn(file::run(opts, resume, ctx.clone()));
+        let task = tokio::spawn(file::run(opts, resume(&ctx.id), ctx.clone()));
         handles.push(finish(&ctx, task));
     }
     if config.stdin {
