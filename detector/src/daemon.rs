@@ -19,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -33,7 +34,7 @@ use crate::engine::{Action, Decision, Rule};
 use crate::metrics::{FamilyLabel, KindLabel, Metrics, RuleLabel, SourceLabel};
 use crate::parse::{Format, LineParser};
 use crate::pipeline::{ClockGuard, DecisionRecord, Fed, Pipeline, Sink};
-use crate::source::{self, Position, SourceLine, SourceStatus};
+use crate::source::{self, Position, SourceCounters, SourceLine, SourceStatus};
 use crate::store::{
     self, Checkpoints, DaemonCounters, ENGINE_STATE_FILE, EngineLoad, PID_FILE, StateDir,
 };
@@ -80,6 +81,8 @@ struct Daemon {
     saved_tx: mpsc::UnboundedSender<SaveOutcome>,
     saved: mpsc::UnboundedReceiver<SaveOutcome>,
     counters: DaemonCounters,
+    /// The running sources' counters (untrusted journal entries).
+    sources: Vec<Arc<SourceCounters>>,
 }
 
 impl Daemon {
@@ -184,6 +187,7 @@ impl Daemon {
                 started_at: Some(Utc::now()),
                 ..DaemonCounters::default()
             },
+            sources: Vec::new(),
         };
         // A changed allowlist may now protect addresses banned before the restart.
         let decisions = daemon.pipeline.engine_mut().reconcile();
@@ -203,6 +207,7 @@ impl Daemon {
             self.cancel.clone(),
         )?;
         tracing::info!(sources = handles.len(), "following logs");
+        self.sources = handles.iter().map(|h| Arc::clone(&h.counters)).collect();
 
         let metrics_task = self.metrics_listener.take().map(|listener| {
             tokio::spawn(crate::metrics::serve(
@@ -319,6 +324,7 @@ impl Daemon {
 
     /// Removes expired bans and copies kernel counters into the metrics.
     fn sweep(&mut self) {
+        self.count_untrusted();
         match self.kernel.enforcer.sweep_expired() {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "expired bans removed"),
@@ -420,6 +426,7 @@ impl Daemon {
     /// A copy of what is to be saved, taken at one instant: the engine snapshot and the
     /// positions of exactly the lines it has seen. `None` when nothing changed.
     fn take_save_job(&mut self) -> Option<SaveJob> {
+        self.count_untrusted();
         if !self.unsaved {
             return None;
         }
@@ -434,6 +441,22 @@ impl Daemon {
             checkpoints: self.checkpoints.clone(),
             counters: self.counters.clone(),
         })
+    }
+
+    /// Copies the sources' untrusted-entry counts into the metric and the counters file.
+    fn count_untrusted(&mut self) {
+        let total: u64 = (self.sources.iter())
+            .map(|c| c.untrusted.load(Ordering::Relaxed))
+            .sum();
+        let new = total.saturating_sub(self.counters.journal_untrusted);
+        if new > 0 {
+            self.metrics.journal_untrusted.inc_by(new);
+            self.counters.journal_untrusted = total;
+            self.counters.journal_untrusted_last =
+                self.sources.iter().find_map(|c| c.last_untrusted());
+            // The counters file should show it even when no line was accepted since.
+            self.unsaved = true;
+        }
     }
 
     fn saved(&mut self, outcome: SaveOutcome) {
