@@ -60,6 +60,8 @@ pub struct Metrics {
     pub state_bytes: Gauge,
     /// Lines whose time ran too far ahead of the wall clock (dropped, not trusted).
     pub lines_ahead_of_clock: Counter,
+    /// Journal entries that named a mail server but came from another process.
+    pub journal_untrusted: Counter,
     /// Last kernel values copied, to turn absolute kernel counters into counter increments.
     kernel_last: Mutex<std::collections::HashMap<&'static str, u64>>,
 }
@@ -90,6 +92,7 @@ impl Metrics {
             tracked_ips: Gauge::default(),
             state_bytes: Gauge::default(),
             lines_ahead_of_clock: Counter::default(),
+            journal_untrusted: Counter::default(),
             kernel_last: Mutex::default(),
             registry: Registry::default(),
         };
@@ -142,6 +145,11 @@ impl Metrics {
             "lines_ahead_of_clock",
             "Lines stamped further ahead of the wall clock than daemon.max_clock_ahead; dropped",
             m.lines_ahead_of_clock.clone(),
+        );
+        registry.register(
+            "journal_untrusted_entries",
+            "Journal entries that named Postfix or Dovecot but came from another process; dropped",
+            m.journal_untrusted.clone(),
         );
         Metrics { registry, ..m }
     }
