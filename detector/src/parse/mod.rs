@@ -141,7 +141,7 @@ impl LineParser {
             envelope::syslog(line, &self.reference, self.naive_offset)
         };
         let parsed = dispatch(&env, line);
-        let time = env.time.unwrap_or_else(|| self.reference.now());
+        let time = (env.time.filter(time::plausible)).unwrap_or_else(|| self.reference.now());
         self.finish(parsed, time, env.pid, line_no)
     }
 
@@ -263,5 +263,7 @@ fn dispatch(env: &envelope::Envelope<'_>, line: &[u8]) -> Parsed {
     }
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

@@ -24,6 +24,13 @@ impl Reference {
     }
 }
 
+/// Whether a log time can be believed at all: 1970 up to the end of 9999. Times beyond (journal
+/// fields and TAI64N labels can name any instant chrono holds) would overflow every later
+/// `time ± duration`; such a line is treated as one without a time of its own.
+pub fn plausible(t: &DateTime<Utc>) -> bool {
+    (0..=253_402_300_799).contains(&t.timestamp())
+}
+
 /// A parsed timestamp and the number of bytes it took.
 pub(crate) struct Stamp {
     pub time: DateTime<Utc>,
@@ -161,14 +168,24 @@ fn iso(b: &[u8], offset: FixedOffset) -> Option<Stamp> {
 /// daemontools TAI64N label: `@` + 16 hex digits of seconds (offset 2^62) + 8 of nanoseconds.
 /// As `tai64nlocal` does, the label's 10 s TAI offset is removed (later leap seconds are not).
 fn tai64n(b: &[u8]) -> Option<Stamp> {
+    // Byte-level: the label is input, so no `&str` slicing (a multibyte character would put a
+    // char boundary inside it) and no `from_str_radix` (it accepts a sign).
     let h = b.get(1..25)?;
-    let s = std::str::from_utf8(h).ok()?;
-    let secs = u64::from_str_radix(&s[..16], 16)
-        .ok()?
-        .checked_sub((1 << 62) + 10)?;
-    let nanos = u32::from_str_radix(&s[16..], 16).ok()?;
+    let secs = hex(&h[..16])?.checked_sub((1 << 62) + 10)?;
+    let nanos = u32::try_from(hex(&h[16..])?).ok()?;
     let t = DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos.min(999_999_999))?;
     Some(Stamp { time: t, len: 25 })
+}
+
+/// Up to 16 hex digits, nothing else.
+fn hex(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 16 {
+        return None;
+    }
+    b.iter().try_fold(0u64, |n, &c| {
+        let d = (c as char).to_digit(16)?;
+        Some(n << 4 | u64::from(d))
+    })
 }
 
 #[cfg(test)]
@@ -266,5 +283,24 @@ mod tests {
             "2010-09-16T05:50:50.125476500+00:00"
         );
         assert!(p("@4000zz", &r).is_none());
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+
+    fn stamp(b: &[u8]) -> Option<Stamp> {
+        let r = Reference::Fixed(DateTime::from_timestamp(1_795_757_470, 0).unwrap());
+        parse_stamp(b, &r, FixedOffset::east_opt(0).unwrap())
+    }
+
+    #[test]
+    fn tai64n_with_multibyte_text_is_no_timestamp() {
+        assert!(stamp("@000000000000000\u{e9}0000000 x".as_bytes()).is_none());
+        assert!(stamp("@400000004c91b04\u{e9}77a9e94 x".as_bytes()).is_none());
+        assert!(stamp("@400000004c91b044077a9e\u{e9} x".as_bytes()).is_none());
+        // from_str_radix would take a sign; a label is hex digits only.
+        assert!(stamp(b"@400000004c91b044+77a9e94 x").is_none());
     }
 }
