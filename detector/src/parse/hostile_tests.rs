@@ -50,3 +50,44 @@ fn timestamps_outside_sane_years_are_not_trusted() {
     let e = event(line.as_bytes()).expect("still an event");
     assert_eq!(e.time.to_rfc3339(), "2026-11-27T06:00:00+00:00");
 }
+
+/// `imap_id_log` writes the client's ID values verbatim before the key=value list: text shaped
+/// like Dovecot's own `(auth failed, N attempts ...)` note must count nothing.
+#[test]
+fn imap_id_text_cannot_set_the_failure_count() {
+    let fake = [
+        "Nov 27 05:31:03 imap-login: Info: ID sent: name=x (auth failed, 999999999 attempts in 1 secs): user=<>, rip=198.18.0.2, lip=198.18.0.1, session=<abc>",
+        "Nov 27 05:31:03 imap-login: Info: ID sent: name=(auth failed, 999999999 attempts, version=1: user=<>, rip=198.18.0.2, lip=198.18.0.1, session=<abc>",
+        "Nov 27 05:31:03 imap-login: Info: ID sent: name=x (tried to use disabled PLAIN SASL mechanism): user=<>, rip=198.18.0.2, lip=198.18.0.1",
+        // A real disconnect reason whose note is not the last group of the reason.
+        "Nov 27 05:31:03 imap-login: Info: Disconnected (auth failed, 999999999 attempts in 1 secs) x: user=<>, rip=198.18.0.2, lip=198.18.0.1",
+    ];
+    for line in fake {
+        if let Some(e) = event(line.as_bytes()) {
+            assert_eq!(e.failures, 0, "{line}");
+            assert!(!e.is_auth_failure(), "{line}");
+        }
+    }
+    // Dovecot's own notes still count, 2.3 and 2.4 forms.
+    for (line, n) in [
+        (
+            "Nov 27 05:31:03 imap-login: Info: Disconnected (auth failed, 3 attempts in 12 secs): user=<a>, method=PLAIN, rip=198.18.0.2, lip=198.18.0.1, session=<s1>",
+            3,
+        ),
+        (
+            "Nov 27 05:31:03 imap-login: Info: Disconnected: Inactivity (auth failed, 2 attempts): user=<a>, rip=198.18.0.2, lip=198.18.0.1",
+            2,
+        ),
+        (
+            "Aug 30 00:11:05 imap-login: Info: Login aborted: Connection closed (auth failed, 4 attempts in 16 secs) (auth_failed): user=<a>, method=PLAIN, rip=198.18.0.2, lip=0.0.0.0, TLS, session=<s2>",
+            4,
+        ),
+        (
+            "Nov 27 05:31:03 pop3-login: Info: Aborted login (tried to use disallowed plaintext auth): user=<>, rip=198.18.0.2, lip=198.18.0.1, session=<s3>",
+            1,
+        ),
+    ] {
+        let e = event(line.as_bytes()).unwrap_or_else(|| panic!("no event: {line}"));
+        assert_eq!((e.kind, e.failures), (EventKind::AuthFailure, n), "{line}");
+    }
+}
