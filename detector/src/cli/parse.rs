@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::event::Event;
-use chrono::Offset;
-
-use crate::parse::{Format, LineParser, Outcome, Reference};
+use crate::parse::{Format, LineParser, LocalZone, Outcome, Reference};
 
 /// Parse Postfix/Dovecot logs and print the events the detector would see.
 ///
@@ -51,11 +49,12 @@ pub fn run(args: Args) -> crate::Result<ExitCode> {
             inputs.push(Some((path.clone(), f)));
         }
     }
-    // Reading files: "now" for year inference is the start of the run.
-    let mut parser = LineParser::with_reference(
+    // Reading files: "now" for year inference is the start of the run; local times are the
+    // host's zone (TZ=Europe/Berlin detector parse ... reads another zone's logs).
+    let mut parser = LineParser::with_zone(
         args.format,
         Reference::Fixed(chrono::Utc::now()),
-        chrono::Local::now().offset().fix(),
+        LocalZone::system(),
     );
     let mut json_buf = Vec::with_capacity(512);
     let stdout = io::stdout();

@@ -12,10 +12,11 @@
 //! - bare messages with no header at all (the caller uses its reference time).
 use std::borrow::Cow;
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, Utc};
 
 use super::text::parse_u32;
 use super::time::{Reference, parse_stamp};
+use super::zone::LocalZone;
 
 /// One line, unwrapped.
 #[derive(Debug)]
@@ -98,7 +99,7 @@ fn json_bytes(v: serde_json::Value) -> Option<Vec<u8>> {
 pub(crate) fn syslog<'a>(
     line: &'a [u8],
     reference: &Reference,
-    offset: FixedOffset,
+    zone: &mut LocalZone,
 ) -> Envelope<'a> {
     let mut b = line;
     // `<PRI>` as written to a network socket or by some relays.
@@ -109,12 +110,12 @@ pub(crate) fn syslog<'a>(
     {
         b = &b[close + 1..];
         if let Some(rest) = b.strip_prefix(b"1 ")
-            && let Some(env) = rfc5424(rest, reference, offset)
+            && let Some(env) = rfc5424(rest, reference, zone)
         {
             return env;
         }
     }
-    let Some(stamp) = parse_stamp(b, reference, offset) else {
+    let Some(stamp) = parse_stamp(b, reference, zone) else {
         return bare(line);
     };
     let rest = trim_start(&b[stamp.len..]);
@@ -195,13 +196,13 @@ fn tagged(b: &[u8]) -> Envelope<'_> {
 }
 
 /// RFC 5424 after `<PRI>1 `: `TIMESTAMP HOST APP PROCID MSGID SD MSG`.
-fn rfc5424<'a>(b: &'a [u8], reference: &Reference, offset: FixedOffset) -> Option<Envelope<'a>> {
+fn rfc5424<'a>(b: &'a [u8], reference: &Reference, zone: &mut LocalZone) -> Option<Envelope<'a>> {
     let mut fields = b.splitn(6, |&c| c == b' ');
     let ts = fields.next()?;
     let time = if ts == b"-" {
         None
     } else {
-        Some(parse_stamp(ts, reference, offset)?.time)
+        Some(parse_stamp(ts, reference, zone)?.time)
     };
     let _host = fields.next()?;
     let app = fields.next()?;
@@ -250,7 +251,8 @@ mod tests {
 
     fn env(line: &str) -> (Option<String>, Option<String>, Option<u32>, String, bool) {
         let r = Reference::Fixed("2026-11-27T06:00:00Z".parse().unwrap());
-        let e = syslog(line.as_bytes(), &r, FixedOffset::east_opt(0).unwrap());
+        let mut zone = LocalZone::fixed(chrono::FixedOffset::east_opt(0).unwrap());
+        let e = syslog(line.as_bytes(), &r, &mut zone);
         (
             e.time.map(|t| t.to_rfc3339()),
             e.ident.map(|i| String::from_utf8_lossy(&i).into_owned()),

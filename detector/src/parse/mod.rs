@@ -9,7 +9,7 @@
 //! `postfix` and `dovecot` turn messages into records, [`dedup`] holds the cross-line state
 //! (failure de-duplication, Postfix connection and queue tracking). No regex anywhere: fixed
 //! prefixes and `memchr`, bounded work per line.
-use chrono::{DateTime, FixedOffset, Offset, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 
 use crate::event::{Event, EventKind, Service};
 
@@ -20,9 +20,11 @@ mod postfix;
 mod record;
 mod text;
 pub mod time;
+pub mod zone;
 
 use record::{Link, Parsed, Record};
 pub use time::Reference;
+pub use zone::LocalZone;
 
 /// Longer lines are not parsed at all (counted as unparsed): real Postfix/Dovecot lines stay
 /// well under 8 KiB, journal JSON objects under 16 KiB.
@@ -61,14 +63,15 @@ pub struct ParseStats {
 
 /// Stateful line parser: holds year inference and the cross-line de-duplication state.
 ///
-/// Timestamps without an offset (RFC 3164, Dovecot `log_path`) are read in the local time
-/// zone's offset at construction time ([`LineParser::with_reference`] lets callers fix both).
+/// Timestamps without an offset (RFC 3164, Postfix `maillog_file`, Dovecot `log_path`) are
+/// wall-clock times of the host's zone, each converted with the zone's rules for its own
+/// instant ([`LocalZone`]; [`LineParser::with_zone`] lets callers choose the zone).
 #[derive(Debug)]
 pub struct LineParser {
     format: Format,
     stats: ParseStats,
     reference: Reference,
-    naive_offset: FixedOffset,
+    zone: LocalZone,
     state: dedup::State,
 }
 
@@ -79,20 +82,25 @@ impl Default for LineParser {
 }
 
 impl LineParser {
-    /// A parser for live input: the year of year-less timestamps comes from the wall clock.
+    /// A parser for live input: the year of year-less timestamps comes from the wall clock,
+    /// local times are the host's zone.
     pub fn new(format: Format) -> Self {
-        let offset = chrono::Local::now().offset().fix();
-        LineParser::with_reference(format, Reference::WallClock, offset)
+        LineParser::with_zone(format, Reference::WallClock, LocalZone::system())
     }
 
     /// A parser with an explicit reference time (year inference, time of header-less lines)
-    /// and the offset of timestamps that carry none.
+    /// and one fixed offset for timestamps that carry none (tests, UTC hosts).
     pub fn with_reference(format: Format, reference: Reference, naive_offset: FixedOffset) -> Self {
+        LineParser::with_zone(format, reference, LocalZone::fixed(naive_offset))
+    }
+
+    /// A parser with an explicit reference time and the zone of timestamps without offset.
+    pub fn with_zone(format: Format, reference: Reference, zone: LocalZone) -> Self {
         LineParser {
             format,
             stats: ParseStats::default(),
             reference,
-            naive_offset,
+            zone,
             state: dedup::State::default(),
         }
     }
@@ -138,7 +146,7 @@ impl LineParser {
                 None => return Outcome::Unparsed,
             }
         } else {
-            envelope::syslog(line, &self.reference, self.naive_offset)
+            envelope::syslog(line, &self.reference, &mut self.zone)
         };
         let parsed = dispatch(&env, line);
         let time = (env.time.filter(time::plausible)).unwrap_or_else(|| self.reference.now());

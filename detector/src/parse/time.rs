@@ -4,6 +4,7 @@
 use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
 
 use super::text::split_digits;
+use super::zone::LocalZone;
 
 /// The reference "now" used to pick the year of year-less timestamps and as the time of
 /// header-less lines.
@@ -20,6 +21,14 @@ impl Reference {
         match self {
             Reference::WallClock => Utc::now(),
             Reference::Fixed(t) => *t,
+        }
+    }
+
+    /// The wall clock, when lines are followed live (decides the repeated DST hour).
+    fn live_now(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Reference::WallClock => Some(Utc::now()),
+            Reference::Fixed(_) => None,
         }
     }
 }
@@ -41,22 +50,18 @@ const MONTHS: [&[u8; 3]; 12] = [
     b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
 ];
 
-/// Timestamps without an offset (RFC 3164, Dovecot log_path) are in the host's local time;
-/// `naive_offset` is that offset (taken once at start-up; see [`super::LineParser`]).
-pub(crate) fn parse_stamp(
-    b: &[u8],
-    reference: &Reference,
-    naive_offset: FixedOffset,
-) -> Option<Stamp> {
+/// Timestamps without an offset (RFC 3164, Postfix maillog_file, Dovecot log_path) are wall
+/// clock times of `zone`, converted with its rules for that instant (see [`LocalZone`]).
+pub(crate) fn parse_stamp(b: &[u8], reference: &Reference, zone: &mut LocalZone) -> Option<Stamp> {
     match b.first()? {
         b'@' => tai64n(b),
-        b'0'..=b'9' => iso(b, naive_offset),
-        _ => rfc3164(b, reference, naive_offset),
+        b'0'..=b'9' => iso(b, reference, zone),
+        _ => rfc3164(b, reference, zone),
     }
 }
 
 /// `Mmm dd HH:MM:SS` with the day space-padded (`Apr  6`) or not (`Mar 7`).
-fn rfc3164(b: &[u8], reference: &Reference, offset: FixedOffset) -> Option<Stamp> {
+fn rfc3164(b: &[u8], reference: &Reference, zone: &mut LocalZone) -> Option<Stamp> {
     let month = MONTHS.iter().position(|m| b.get(..3) == Some(&m[..]))? as u32 + 1;
     let mut i = 3;
     if b.get(i) != Some(&b' ') {
@@ -74,7 +79,7 @@ fn rfc3164(b: &[u8], reference: &Reference, offset: FixedOffset) -> Option<Stamp
     let (h, m, s, len) = hms(&b[i..])?;
     i += len;
     let now = reference.now();
-    let local_now = now.with_timezone(&offset);
+    let local_now = now.with_timezone(&zone.offset_at(now));
     // The year is not in the line: take the reference year, and when that puts the line more
     // than a day in the future (a December line read in January), the previous year. Feb 29
     // in a non-leap year also walks back to the last leap year.
@@ -82,10 +87,7 @@ fn rfc3164(b: &[u8], reference: &Reference, offset: FixedOffset) -> Option<Stamp
     for _ in 0..8 {
         if let Some(date) = NaiveDate::from_ymd_opt(year, month, day) {
             let naive = date.and_hms_opt(h, m, s)?;
-            let t = offset
-                .from_local_datetime(&naive)
-                .single()?
-                .with_timezone(&Utc);
+            let t = zone.resolve_local(naive, reference.live_now())?;
             if t <= now + Duration::days(1) {
                 return Some(Stamp { time: t, len: i });
             }
@@ -110,7 +112,7 @@ fn hms(b: &[u8]) -> Option<(u32, u32, u32, usize)> {
 }
 
 /// `YYYY-MM-DD[T ]HH:MM:SS[.frac][Z|+HH:MM|+HHMM]`. Without an offset the time is local.
-fn iso(b: &[u8], offset: FixedOffset) -> Option<Stamp> {
+fn iso(b: &[u8], reference: &Reference, zone: &mut LocalZone) -> Option<Stamp> {
     let d = b.get(..10)?;
     if d[4] != b'-' || d[7] != b'-' || !d[..4].iter().all(u8::is_ascii_digit) {
         return None;
@@ -156,7 +158,10 @@ fn iso(b: &[u8], offset: FixedOffset) -> Option<Stamp> {
                 len,
             )
         }
-        _ => (offset, 0),
+        _ => {
+            let t = zone.resolve_local(naive, reference.live_now())?;
+            return Some(Stamp { time: t, len: i });
+        }
     };
     let t = tz.from_local_datetime(&naive).single()?.with_timezone(&Utc);
     Some(Stamp {
@@ -201,7 +206,7 @@ mod tests {
     }
 
     fn p(line: &str, r: &Reference) -> Option<String> {
-        parse_stamp(line.as_bytes(), r, utc()).map(|s| s.time.to_rfc3339())
+        parse_stamp(line.as_bytes(), r, &mut LocalZone::fixed(utc())).map(|s| s.time.to_rfc3339())
     }
 
     #[test]
@@ -292,7 +297,11 @@ mod hostile {
 
     fn stamp(b: &[u8]) -> Option<Stamp> {
         let r = Reference::Fixed(DateTime::from_timestamp(1_795_757_470, 0).unwrap());
-        parse_stamp(b, &r, FixedOffset::east_opt(0).unwrap())
+        parse_stamp(
+            b,
+            &r,
+            &mut LocalZone::fixed(FixedOffset::east_opt(0).unwrap()),
+        )
     }
 
     #[test]
