@@ -91,3 +91,74 @@ fn imap_id_text_cannot_set_the_failure_count() {
         assert_eq!((e.kind, e.failures), (EventKind::AuthFailure, n), "{line}");
     }
 }
+
+/// Container deployments: `docker compose logs -f mailserver | detector run --stdin`.
+#[test]
+fn container_envelopes() {
+    use EventKind::*;
+    let cases: &[(&str, EventKind, &str, Option<&str>)] = &[
+        // docker-mailserver: compose v2 service prefix around rsyslog's mail.log.
+        (
+            "mailserver-1  | Jun 16 09:37:32 mail dovecot: imap-login: Disconnected (auth failed, 1 attempts in 2 secs): user=<a@b.test>, method=PLAIN, rip=198.18.0.2, lip=172.18.0.2, session=<x>",
+            AuthFailure,
+            "198.18.0.2",
+            Some("2026-06-16T09:37:32+00:00"),
+        ),
+        // compose v1 name, `docker compose logs -t`: docker's time wins.
+        (
+            "mailserver_1  | 2024-07-03T17:18:06.603714476Z Jul 03 17:18:06 mail postfix/smtpd[123]: warning: unknown[198.18.0.3]: SASL LOGIN authentication failed: UGFzc3dvcmQ6",
+            AuthFailure,
+            "198.18.0.3",
+            Some("2024-07-03T17:18:06.603714476+00:00"),
+        ),
+        // `docker logs -t` without compose.
+        (
+            "2024-07-03T17:18:06.603714476Z Jul 03 17:18:06 mail postfix/smtpd[123]: connect from unknown[198.18.0.4]",
+            Connect,
+            "198.18.0.4",
+            Some("2024-07-03T17:18:06.603714476+00:00"),
+        ),
+        // busybox syslogd (Alpine-based images such as Mailu's).
+        (
+            "Jun 16 09:37:32 mail mail.warn postfix/smtpd[77]: warning: unknown[198.18.0.5]: SASL PLAIN authentication failed: authentication failure",
+            AuthFailure,
+            "198.18.0.5",
+            Some("2026-06-16T09:37:32+00:00"),
+        ),
+        (
+            "imap-1  | Jun 16 09:37:33 mail mail.info dovecot: imap-login: Login: user=<x>, method=PLAIN, rip=198.18.0.6, lip=1.1.1.1, mpid=1",
+            AuthSuccess,
+            "198.18.0.6",
+            None,
+        ),
+        // Colour codes around the prefix, Dovecot log_path inside (Mailu).
+        (
+            "\x1b[36mimap-1  | \x1b[0mJun 16 09:37:32 imap-login: Info: Disconnected (auth failed, 2 attempts in 5 secs): user=<x>, method=PLAIN, rip=198.18.0.7, lip=1.1.1.1",
+            AuthFailure,
+            "198.18.0.7",
+            None,
+        ),
+        // mailcow: compose prefix, -t, and a Dovecot line without a syslog tag.
+        (
+            "dovecot-mailcow-1  | 2024-07-03T17:18:06.000000001Z Jul 03 17:18:06 f2e1 dovecot: auth: passwd-file(u,198.18.0.8,<S1>): unknown user",
+            AuthUnknownUser,
+            "198.18.0.8",
+            None,
+        ),
+    ];
+    for (line, kind, addr, time) in cases {
+        let e = event(line.as_bytes()).unwrap_or_else(|| panic!("no event for {line}"));
+        assert_eq!(
+            (e.kind, e.ip.to_string().as_str()),
+            (*kind, *addr),
+            "{line}"
+        );
+        if let Some(t) = time {
+            assert_eq!(e.time.to_rfc3339(), *t, "{line}");
+        }
+    }
+    // Not a facility.level: a host name followed by a tag stays as it was.
+    let e = event(b"Jun 16 09:37:32 mail.warn postfix/smtpd[7]: connect from unknown[198.18.0.9]")
+        .unwrap();
+    assert_eq!(e.ip.to_string(), "198.18.0.9");
+}

@@ -140,6 +140,12 @@ impl LineParser {
             Format::Syslog => false,
             Format::Auto => envelope::looks_like_json(line),
         };
+        // `docker compose logs`: the container's own line follows the service prefix.
+        let line = if json {
+            line
+        } else {
+            envelope::strip_compose_prefix(line)
+        };
         let env = if json {
             match envelope::journal(line) {
                 Some(e) => e,

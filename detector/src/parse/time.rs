@@ -44,6 +44,8 @@ pub fn plausible(t: &DateTime<Utc>) -> bool {
 pub(crate) struct Stamp {
     pub time: DateTime<Utc>,
     pub len: usize,
+    /// The text named its UTC offset (`Z`, `+02:00`) or is TAI64N: no zone was assumed.
+    pub offset_given: bool,
 }
 
 const MONTHS: [&[u8; 3]; 12] = [
@@ -89,7 +91,11 @@ fn rfc3164(b: &[u8], reference: &Reference, zone: &mut LocalZone) -> Option<Stam
             let naive = date.and_hms_opt(h, m, s)?;
             let t = zone.resolve_local(naive, reference.live_now())?;
             if t <= now + Duration::days(1) {
-                return Some(Stamp { time: t, len: i });
+                return Some(Stamp {
+                    time: t,
+                    len: i,
+                    offset_given: false,
+                });
             }
         }
         year -= 1;
@@ -160,13 +166,18 @@ fn iso(b: &[u8], reference: &Reference, zone: &mut LocalZone) -> Option<Stamp> {
         }
         _ => {
             let t = zone.resolve_local(naive, reference.live_now())?;
-            return Some(Stamp { time: t, len: i });
+            return Some(Stamp {
+                time: t,
+                len: i,
+                offset_given: false,
+            });
         }
     };
     let t = tz.from_local_datetime(&naive).single()?.with_timezone(&Utc);
     Some(Stamp {
         time: t,
         len: i + tz_len,
+        offset_given: true,
     })
 }
 
@@ -179,7 +190,11 @@ fn tai64n(b: &[u8]) -> Option<Stamp> {
     let secs = hex(&h[..16])?.checked_sub((1 << 62) + 10)?;
     let nanos = u32::try_from(hex(&h[16..])?).ok()?;
     let t = DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos.min(999_999_999))?;
-    Some(Stamp { time: t, len: 25 })
+    Some(Stamp {
+        time: t,
+        len: 25,
+        offset_given: true,
+    })
 }
 
 /// Up to 16 hex digits, nothing else.
