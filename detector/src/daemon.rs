@@ -223,7 +223,14 @@ impl Daemon {
             source: line.origin.to_string(),
         };
         self.metrics.lines.get_or_create(&source).inc();
-        match self.parser.parse_line(&line.bytes, self.line_no) {
+        let outcome = if line.truncated {
+            // What is left of a cut line could name another address: count it, do not parse.
+            self.metrics.truncated.get_or_create(&source).inc();
+            self.parser.skip_truncated()
+        } else {
+            self.parser.parse_line(&line.bytes, self.line_no)
+        };
+        match outcome {
             Outcome::Event(event) => {
                 if matches!(line.position, Position::Journal { .. }) {
                     let lag = (Utc::now() - event.time).num_milliseconds() as f64 / 1000.0;

@@ -93,3 +93,26 @@ fn garbage_input_never_panics() {
         }
     }
 }
+
+/// A line over the limit is cut while reading (memory stays bounded) and not parsed: here the
+/// part that would be left names an address that is not the client's.
+#[test]
+fn overlong_lines_are_counted_and_not_parsed() {
+    let mut log = b"Nov 27 05:31:03 imap-login: Info: Disconnected (auth failed, 1 attempts): user=<x, rip=203.0.113.9, ".to_vec();
+    log.extend(std::iter::repeat_n(b'a', 2 << 20));
+    log.extend_from_slice(b">, method=PLAIN, rip=198.18.0.2, lip=198.18.0.1\n");
+    log.extend_from_slice(
+        b"Nov 27 05:31:04 mail postfix/smtpd[1]: connect from unknown[198.18.0.3]\n",
+    );
+    let out = parse_stdin(&[], &[], &log);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stdout.contains("203.0.113.9"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains("198.18.0.3"), "{stdout}");
+    assert!(
+        stderr.contains("2 lines read, 1 events, 1 unparsed lines (1 longer than 1048576 bytes"),
+        "{stderr}"
+    );
+}

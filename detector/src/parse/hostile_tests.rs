@@ -162,3 +162,29 @@ fn container_envelopes() {
         .unwrap();
     assert_eq!(e.ip.to_string(), "198.18.0.9");
 }
+
+/// One limit: whatever a source delivers uncut (up to [`MAX_LINE_BYTES`]) is parsed; longer
+/// lines and lines a source had to cut are counted as truncated and never parsed.
+#[test]
+fn the_line_limit_is_the_sources_limit() {
+    let mut p = parser();
+    // A journal entry of ~200 KiB (a long field beside MESSAGE), under the limit: parsed.
+    let pad = "x".repeat(200 * 1024);
+    let line = format!(
+        r#"{{"MESSAGE":"auth: Info: passwd-file(u,198.18.0.2,<S1>): unknown user","SYSLOG_IDENTIFIER":"dovecot","X_PAD":"{pad}","__REALTIME_TIMESTAMP":"1795757470793360"}}"#
+    );
+    assert!(line.len() < MAX_LINE_BYTES);
+    assert!(matches!(
+        p.parse_line(line.as_bytes(), 1),
+        Outcome::Event(_)
+    ));
+    // Over the limit: not parsed, counted.
+    let long = format!(
+        "Nov 27 05:31:03 imap-login: Info: Disconnected (auth failed, 1 attempts): user=<x>, rip=198.18.0.2, lip=1.1.1.1{}",
+        " ".repeat(MAX_LINE_BYTES)
+    );
+    assert_eq!(p.parse_line(long.as_bytes(), 2), Outcome::Unparsed);
+    assert_eq!(p.skip_truncated(), Outcome::Unparsed);
+    let s = p.stats();
+    assert_eq!((s.lines, s.events, s.unparsed, s.truncated), (3, 1, 2, 2));
+}

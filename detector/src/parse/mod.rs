@@ -26,9 +26,9 @@ use record::{Link, Parsed, Record};
 pub use time::Reference;
 pub use zone::LocalZone;
 
-/// Longer lines are not parsed at all (counted as unparsed): real Postfix/Dovecot lines stay
-/// well under 8 KiB, journal JSON objects under 16 KiB.
-pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Longer lines are not parsed at all (counted as truncated): the one limit the sources cut
+/// at, defined beside them.
+pub use crate::source::MAX_LINE_BYTES;
 
 /// Input envelope: how a line wraps the daemon's message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -59,6 +59,10 @@ pub struct ParseStats {
     pub lines: u64,
     pub events: u64,
     pub unparsed: u64,
+    /// Lines that were cut (by a source) or are longer than [`MAX_LINE_BYTES`]: not parsed,
+    /// since what is left of them could name another address than the whole line. Also
+    /// counted in `unparsed`.
+    pub truncated: u64,
 }
 
 /// Stateful line parser: holds year inference and the cross-line de-duplication state.
@@ -105,8 +109,20 @@ impl LineParser {
         }
     }
 
+    /// Counts a line that a source had to cut, without parsing it (see
+    /// [`ParseStats::truncated`]); always [`Outcome::Unparsed`].
+    pub fn skip_truncated(&mut self) -> Outcome {
+        self.stats.lines += 1;
+        self.stats.truncated += 1;
+        self.stats.unparsed += 1;
+        Outcome::Unparsed
+    }
+
     /// Parses one line (without its trailing newline). `line_no` is 1-based.
     pub fn parse_line(&mut self, line: &[u8], line_no: u64) -> Outcome {
+        if line.len() > MAX_LINE_BYTES {
+            return self.skip_truncated();
+        }
         self.stats.lines += 1;
         let outcome = self.parse_inner(line, line_no);
         match outcome {
@@ -127,9 +143,6 @@ impl LineParser {
     }
 
     fn parse_inner(&mut self, line: &[u8], line_no: u64) -> Outcome {
-        if line.len() > MAX_LINE_BYTES {
-            return Outcome::Unparsed;
-        }
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
