@@ -210,6 +210,45 @@ pub mod postfix {
     pub fn removed(qid: &str) -> String {
         format!("{qid}: removed")
     }
+
+    pub fn tls_established(peer: &str) -> String {
+        format!(
+            "Anonymous TLS connection established from {peer}: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange X25519 server-signature RSA-PSS (2048 bits) server-digest SHA256"
+        )
+    }
+
+    /// A reject at RCPT by a DNS blocklist.
+    pub fn reject_rbl(peer: &str, ip: IpAddr, from: &str, rcpt: &str, helo: &str) -> String {
+        format!(
+            "NOQUEUE: reject: RCPT from {peer}: 554 5.7.1 Service unavailable; Client host [{ip}] blocked using zen.spamhaus.org; from=<{from}> to=<{rcpt}> proto=ESMTP helo=<{helo}>"
+        )
+    }
+
+    pub fn lmtp_saved(qid: &str, rcpt: &str) -> String {
+        format!(
+            "{qid}: to=<{rcpt}>, relay=mail.example.test[private/dovecot-lmtp], delay=0.1, delays=0.05/0/0.02/0.03, dsn=2.0.0, status=sent (250 2.0.0 <{rcpt}> Saved)"
+        )
+    }
+
+    pub fn postscreen_connect(ip: IpAddr, port: u16, local: IpAddr) -> String {
+        format!("CONNECT from [{ip}]:{port} to [{local}]:25")
+    }
+
+    pub fn postscreen_pass_old(ip: IpAddr, port: u16) -> String {
+        format!("PASS OLD [{ip}]:{port}")
+    }
+
+    pub fn postscreen_pregreet(ip: IpAddr, port: u16) -> String {
+        format!("PREGREET 14 after 0.08 from [{ip}]:{port}: EHLO ylmf-pc\\r\\n")
+    }
+
+    pub fn postscreen_disconnect(ip: IpAddr, port: u16) -> String {
+        format!("DISCONNECT [{ip}]:{port}")
+    }
+
+    pub fn anvil_rate(ip: IpAddr, at: &str) -> String {
+        format!("statistics: max connection rate 3/60s for (smtp:{ip}) at {at}")
+    }
 }
 
 /// Dovecot messages, per version.
@@ -223,11 +262,14 @@ pub mod dovecot {
         Closed,
     }
 
+    /// Dovecot's `log` process writes every Dovecot line to syslog (one pid for all).
+    pub const LOG_PID: u32 = 811;
+
     fn msg(ident: String, text: String) -> Msg {
         Msg {
             file: LogFile::Dovecot,
             ident,
-            pid: 0,
+            pid: LOG_PID,
             text,
         }
     }
@@ -349,8 +391,35 @@ pub mod dovecot {
         msg(format!("{proto}-login"), text)
     }
 
+    /// A connection whose TLS handshake failed before any login.
+    pub fn tls_failed(
+        v: DovecotVersion,
+        proto: &str,
+        ip: IpAddr,
+        lip: IpAddr,
+        session: &str,
+    ) -> Msg {
+        let el = format!(
+            "user=<>, rip={ip}, lip={lip}, TLS handshaking: SSL_accept() failed: error:0A00006C:SSL routines::bad key share, session=<{session}>"
+        );
+        let text = match v {
+            DovecotVersion::V2_3 => format!("Disconnected (no auth attempts in 0 secs): {el}"),
+            DovecotVersion::V2_4 => format!(
+                "Login aborted: Connection closed (disconnected during TLS handshake) (tls_handshake_not_finished): {el}"
+            ),
+        };
+        msg(format!("{proto}-login"), text)
+    }
+
     /// The mail process's logout after a successful login.
-    pub fn logout(proto: &str, user: &str, mpid: u32, session: &str, bytes_in: u64, bytes_out: u64) -> Msg {
+    pub fn logout(
+        proto: &str,
+        user: &str,
+        mpid: u32,
+        session: &str,
+        bytes_in: u64,
+        bytes_out: u64,
+    ) -> Msg {
         let text = if proto == "pop3" {
             "Disconnected: Logged out top=0/0, retr=0/0, del=0/0, size=0".to_string()
         } else {
@@ -374,7 +443,15 @@ mod tests {
     fn envelopes_and_versions() {
         let ip: IpAddr = "198.18.0.2".parse().unwrap();
         let lip: IpAddr = "198.18.0.1".parse().unwrap();
-        let m = dovecot::auth_failure(DovecotVersion::V2_3, "passwd-file", "a@x", ip, Some("S"), "plain", true);
+        let m = dovecot::auth_failure(
+            DovecotVersion::V2_3,
+            "passwd-file",
+            "a@x",
+            ip,
+            Some("S"),
+            "plain",
+            true,
+        );
         assert_eq!(
             render(Envelope::SplitFiles, t(), "mail", &m),
             "Nov 20 07:05:09 auth: Info: passwd-file(a@x,198.18.0.2,<S>): unknown user"
@@ -383,7 +460,15 @@ mod tests {
             render(Envelope::Syslog, t(), "mail", &m),
             "Nov 20 07:05:09 mail dovecot: auth: passwd-file(a@x,198.18.0.2,<S>): unknown user"
         );
-        let m = dovecot::auth_failure(DovecotVersion::V2_4, "passwd-file", "a@x", ip, Some("S"), "plain", false);
+        let m = dovecot::auth_failure(
+            DovecotVersion::V2_4,
+            "passwd-file",
+            "a@x",
+            ip,
+            Some("S"),
+            "plain",
+            false,
+        );
         assert_eq!(
             render(Envelope::SplitFiles, t(), "mail", &m),
             "Nov 20 07:05:09 auth(a@x,198.18.0.2,sasl:plain)<S>: Info: passwd-file: Password mismatch"
@@ -399,7 +484,10 @@ mod tests {
             "Nov 20 07:05:09 mail postfix/smtpd[12]: connect from unknown[198.18.0.2]"
         );
         let j = render(Envelope::Journal, t(), "mail", &m);
-        assert!(j.starts_with("{\"__REALTIME_TIMESTAMP\":\"1795158309000000\""), "{j}");
+        assert!(
+            j.starts_with("{\"__REALTIME_TIMESTAMP\":\"1795158309000000\""),
+            "{j}"
+        );
         assert!(j.contains("\"SYSLOG_IDENTIFIER\":\"postfix/smtpd\""), "{j}");
         assert!(j.contains("\"_COMM\":\"smtpd\""), "{j}");
         let m = dovecot::no_auth(DovecotVersion::V2_3, "imap", ip, lip, "q\"\\");
