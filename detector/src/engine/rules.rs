@@ -1039,7 +1039,7 @@ fn ban(engine: &mut Engine, ip: IpAddr, rule: Rule, note: String, t: i64, out: &
     {
         return;
     }
-    let Some(d) = ban_prefix(engine, ip, prefix, rule, note, t) else {
+    let Some(d) = ban_prefix(engine, ip, prefix, rule, note, t, 1) else {
         return;
     };
     out.push(d);
@@ -1087,12 +1087,15 @@ fn escalate_site(
     if let Some(d) = last {
         d.note = format!("{}; escalated to {site}", d.note);
     }
-    if let Some(mut d) = ban_prefix(engine, ip, site, rule, note, t) {
+    // Several networks offending already: the site's first ban is a repeat offence (24 h
+    // with the defaults), so it outlasts a hopper's next round hours later.
+    if let Some(mut d) = ban_prefix(engine, ip, site, rule, note, t, 2) {
         d.ip = ip;
         out.push(d);
     }
 }
 
+/// Bans `prefix` as offence number `min_offence` or the next one, whichever is higher.
 fn ban_prefix(
     engine: &mut Engine,
     ip: IpAddr,
@@ -1100,6 +1103,7 @@ fn ban_prefix(
     rule: Rule,
     note: String,
     t: i64,
+    min_offence: u32,
 ) -> Option<Decision> {
     let cfg = &engine.cfg;
     let now = engine.now.max(t);
@@ -1117,7 +1121,7 @@ fn ban_prefix(
     if p.last_offence < now.saturating_sub(memory) {
         p.offences = 0;
     }
-    p.offences = p.offences.saturating_add(1);
+    p.offences = p.offences.saturating_add(1).max(min_offence);
     let duration = cfg.ban_duration(p.offences);
     p.last_offence = t;
     p.banned_until = t.saturating_add(duration.as_secs() as i64);

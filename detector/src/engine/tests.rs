@@ -1164,6 +1164,11 @@ fn ipv6_hoppers_inside_one_48_escalate_to_the_48() {
         "{}",
         wide[0].note
     );
+    assert_eq!(
+        wide[0].duration,
+        Duration::from_secs(86400),
+        "a repeat offence at once: it outlasts the next round"
+    );
     // The 4th hop is covered already: no decision, and explain says the site ban.
     let next = "2001:db8:5:99::1";
     assert!(
