@@ -444,6 +444,13 @@ fn compromise_evidence(engine: &Engine, ip: IpAddr, user: &str, t: i64) -> Optio
                 .join(", ")
         ));
     }
+    // Took part in a campaign: failed as another mailbox that is under attack.
+    if let Some(u) = others
+        .iter()
+        .find(|u| under_campaign(engine, &mailbox_key(u), t).is_some())
+    {
+        return Some(format!("after failing as {u}, a mailbox under attack"));
+    }
     if let Some(c) = state.campaign.filter(|c| *c >= horizon) {
         return Some(format!(
             "from an address tied to a campaign {}s earlier",

@@ -1212,3 +1212,22 @@ fn pending_bans_survive_a_snapshot() {
     };
     assert_eq!(bans(&g.tick(700)).len(), 1);
 }
+
+#[test]
+fn a_login_after_failing_on_a_mailbox_under_attack_is_a_possible_compromise() {
+    let mut f = Feed::new(graceful());
+    for i in 0..3 {
+        f.fail(i, &format!("198.18.95.{i}"), "info@example.test");
+    }
+    f.fail(100, BOT, "info@example.test");
+    let out = f.ok(200, BOT, "cust17@example.net");
+    assert_eq!(alerts(&out).len(), 1, "{out:?}");
+    assert!(
+        alerts(&out)[0].note.contains("a mailbox under attack"),
+        "{out:?}"
+    );
+    // Its owner mistyping the attacked mailbox and then getting in is not.
+    let out = f.fail(300, "198.18.96.1", "info@example.test");
+    assert!(alerts(&out).is_empty());
+    assert!(alerts(&f.ok(320, "198.18.96.1", "info@example.test")).is_empty());
+}

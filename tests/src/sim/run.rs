@@ -253,6 +253,9 @@ pub struct Report {
     pub guessed_right: usize,
     pub guessed_right_alerted: usize,
     pub guessed_right_banned: usize,
+    /// Guessed-right bots already banned before their correct guess: it was dropped at the
+    /// edge and never reached Dovecot (nothing to alert; left out of the two rates above).
+    pub guessed_right_prevented: usize,
     /// Alerts that name a benign address.
     pub benign_alerts: usize,
     pub alerts: usize,
@@ -333,14 +336,18 @@ impl Report {
                     }
                 }
                 BotKind::GuessedRight => {
-                    r.guessed_right += 1;
                     let success = logins[a]
                         .iter()
                         .find_map(|&i| match &sim.sessions[i].attempt {
-                            Attempt::Login { ok: true, .. } => Some(sim.sessions[i].start),
+                            Attempt::Login { ok: true, .. } => Some(i),
                             _ => None,
                         });
-                    if let Some(ok_at) = success {
+                    if success.is_some_and(|i| run.blocked[i]) {
+                        r.guessed_right_prevented += 1;
+                        continue;
+                    }
+                    r.guessed_right += 1;
+                    if let Some(ok_at) = success.map(|i| sim.sessions[i].start) {
                         let alerted = run
                             .alerts
                             .iter()
@@ -479,12 +486,13 @@ impl fmt::Display for Report {
         }
         writeln!(
             f,
-            "  possible-compromise alerts: {} in all; guessed-right bots alerted {}/{} (target 100 %), banned after the success {}/{}; alerts naming a benign address: {} (target 0)",
+            "  possible-compromise alerts: {} in all; guessed-right bots alerted {}/{} (target 100 %), banned after the success {}/{}, banned before their correct guess {}; alerts naming a benign address: {} (target 0)",
             self.alerts,
             self.guessed_right_alerted,
             self.guessed_right,
             self.guessed_right_banned,
             self.guessed_right,
+            self.guessed_right_prevented,
             self.benign_alerts
         )?;
         writeln!(f, "  benign addresses banned per kind (target 0):")?;
