@@ -1,4 +1,4 @@
-//! The journal source against a real, private systemd-journald (as in ../shared/lab NOTES §6):
+//! The journal source against a real, private systemd-journald (as in docs/lab.md, "Journal mode"):
 //! journald runs in its own mount namespace with its sockets and journal files bind-mounted
 //! from a temporary directory, so the test writes with `logger -u <dev-log>` and reads with
 //! `journalctl --directory`. Skipped (with a message) where that is impossible: not root, no
