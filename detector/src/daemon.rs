@@ -617,3 +617,49 @@ async fn shutdown_signal() {
         _ = int.recv() => tracing::info!("SIGINT"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, EngineConfig};
+    use crate::source::SourceId;
+
+    fn job(state: &StateDir) -> SaveJob {
+        let mut checkpoints = Checkpoints::default();
+        checkpoints.commit(&SourceId::stdin(), &Position::Stdin { line: 7 });
+        SaveJob {
+            state: state.clone(),
+            snapshot: Engine::new(EngineConfig::default()).snapshot(),
+            checkpoints,
+            counters: DaemonCounters::default(),
+        }
+    }
+
+    #[test]
+    fn a_save_writes_snapshot_positions_and_counters() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
+        let outcome = job(&state).write();
+        assert!(outcome.result.unwrap() > 0);
+        let again = Checkpoints::load(&state).unwrap();
+        assert_eq!(
+            again.get(&SourceId::stdin()),
+            Some(&Position::Stdin { line: 7 })
+        );
+        assert!(state.file(ENGINE_STATE_FILE).exists());
+        assert!(state.file(DaemonCounters::FILE_NAME).exists());
+    }
+
+    /// Positions are only written after the snapshot: were they saved alone, a restart would
+    /// skip lines whose effect the (old) snapshot does not hold.
+    #[test]
+    fn positions_are_not_saved_when_the_snapshot_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
+        // A directory in the snapshot's place makes its rename fail.
+        std::fs::create_dir(state.file(ENGINE_STATE_FILE)).unwrap();
+        let outcome = job(&state).write();
+        assert!(outcome.result.is_err());
+        assert!(!state.file(Checkpoints::FILE_NAME).exists());
+    }
+}

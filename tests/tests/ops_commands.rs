@@ -122,3 +122,65 @@ fn tempfile_dir(tag: &str) -> Result<std::path::PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// One line stamped in 2099 must not move the daemon's clock: it is dropped and counted, the
+/// lines after it are judged in real time, and `detector status` reports it.
+#[test]
+fn the_daemon_drops_a_far_future_line_and_status_reports_it() -> Result<()> {
+    use std::io::Write;
+    let pins = PinDir::new("future")?;
+    let state = tempfile_dir("future")?;
+    let config = state.with_extension("toml");
+    std::fs::write(&config, "")?;
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6f+00:00");
+    let input = format!(
+        "2099-01-01T00:00:00.000000+00:00 mx dovecot: auth: passwd-file(x@example.test,198.18.0.50): unknown user\n\
+         {now} mx dovecot: auth: passwd-file(y@example.test,198.18.0.51): unknown user\n"
+    );
+    let mut child = std::process::Command::new(detector_tests::bin::detector_bin())
+        .args(["run", "--stdin", "--config", config.to_str().unwrap()])
+        .args(["--state-dir", state.to_str().unwrap()])
+        .arg("--pin-dir")
+        .arg(&pins.path)
+        .env_remove("DETECTOR_PIN_DIR")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().unwrap().write_all(input.as_bytes())?;
+    // End of input ends the daemon, which saves its state.
+    let out = child.wait_with_output()?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("ahead of the wall clock"), "{log}");
+
+    let list = detector_ok(&pins, None, &["list", "--json"])?.stdout;
+    assert!(
+        list.contains("198.18.0.51"),
+        "the real-time line bans: {list}"
+    );
+    assert!(
+        !list.contains("198.18.0.50"),
+        "the 2099 line banned: {list}"
+    );
+
+    let status = json(
+        &detector_ok(
+            &pins,
+            None,
+            &["status", "--json", "--state-dir", state.to_str().unwrap()],
+        )?
+        .stdout,
+    )?;
+    assert_eq!(status["untrusted"]["lines_ahead_of_clock"], 1, "{status}");
+    let snapshot = json(&std::fs::read_to_string(state.join("engine.json"))?)?;
+    let engine_now = snapshot["now"].as_i64().unwrap();
+    assert!(
+        engine_now <= chrono::Utc::now().timestamp(),
+        "the engine's clock moved to {engine_now}"
+    );
+    detector_ok(&pins, None, &["detach"])?;
+    std::fs::remove_dir_all(&state)?;
+    std::fs::remove_file(&config)?;
+    Ok(())
+}
