@@ -147,7 +147,53 @@ impl Daemon {
             daemon.apply(&decision);
             daemon.unsaved = true;
         }
+        daemon.reconcile_kernel()?;
         Ok(daemon)
+    }
+
+    /// After a reboot or `detector detach` the maps are empty while the engine still holds its
+    /// bans: write those again, with their time left. Bans an administrator removed while the
+    /// daemon was stopped are forgotten by the engine instead (see [`Enforcer::reconcile`]).
+    fn reconcile_kernel(&mut self) -> Result<()> {
+        let now = Utc::now();
+        let mut ends = HashMap::new();
+        let mut bans = Vec::new();
+        for (prefix, until, rule) in self.engine.active_bans() {
+            // Over in wall-clock time (an old backlog): nothing to write.
+            let Ok(left) = (until - now).to_std() else {
+                continue;
+            };
+            ends.insert(enforce::canonical(prefix), until);
+            bans.push(enforce::ActiveBan {
+                net: prefix,
+                remaining: Some(left),
+                reason: reason_of(rule),
+            });
+        }
+        let done = self.enforcer.reconcile(&bans)?;
+        for net in done.restored.iter().chain(&done.present) {
+            if let Some(end) = ends.get(net) {
+                self.written.insert(*net, *end);
+            }
+        }
+        let engine_now = self.engine.now().unwrap_or(now);
+        for net in &done.removed_by_admin {
+            if self.engine.unban(net.network(), engine_now).is_some() {
+                self.unsaved = true;
+                tracing::info!(prefix = %net, "removed from the kernel while the daemon was stopped; the engine forgets the ban (offences kept)");
+            }
+        }
+        for (net, e) in &done.failed {
+            tracing::error!(prefix = %net, error = %e, "ban not restored");
+        }
+        tracing::info!(
+            restored = done.restored.len(),
+            present = done.present.len(),
+            forgotten = done.removed_by_admin.len(),
+            failed = done.failed.len(),
+            "engine bans reconciled with the kernel maps"
+        );
+        Ok(())
     }
 
     async fn run(mut self) -> Result<ExitCode> {
@@ -278,7 +324,10 @@ impl Daemon {
                     .ban(decision.prefix, Some(ttl), reason_of(decision.rule))
                 {
                     Ok(outcome) => {
-                        let end = Utc::now() + left;
+                        // Checked: an end saturated at chrono's maximum must not panic.
+                        let end = Utc::now()
+                            .checked_add_signed(left)
+                            .unwrap_or(DateTime::<Utc>::MAX_UTC);
                         let slot = self
                             .written
                             .entry(enforce::canonical(decision.prefix))

@@ -17,7 +17,7 @@ use super::allow::Allowlist;
 use super::clock;
 use super::pins::PinPaths;
 use super::table::{Table, Walk};
-use super::types::{BanEntry, BanOutcome, Reason, Stats};
+use super::types::{ActiveBan, BanEntry, BanOutcome, Reason, Reconciled, Stats};
 use super::{sys, verify};
 use crate::Error;
 
@@ -239,6 +239,31 @@ impl Enforcer {
         let net = canonical(net);
         let now = clock::monotonic_ns();
         with_table!(self, net, |t, k| t.entry(&k, now))
+    }
+
+    /// Makes the maps hold the engine's active bans. On maps no daemon has filled yet (fresh
+    /// after a reboot or `detector detach`), every ban missing is written with its time left;
+    /// on maps a daemon already filled, a missing ban was removed by an administrator and is
+    /// reported in [`Reconciled::removed_by_admin`] instead, for the engine to forget. Marks
+    /// the maps as filled either way. One lookup per ban, no walk.
+    pub fn reconcile(&mut self, bans: &[ActiveBan]) -> crate::Result<Reconciled> {
+        let synced = self.read_settings()?.flags & settings_flags::ENGINE_SYNCED != 0;
+        let mut out = Reconciled::default();
+        for ban in bans {
+            let net = canonical(ban.net);
+            if self.entry(net)?.is_some() {
+                out.present.push(net);
+            } else if synced {
+                out.removed_by_admin.push(net);
+            } else {
+                match self.ban(net, ban.remaining, ban.reason) {
+                    Ok(_) => out.restored.push(net),
+                    Err(e) => out.failed.push((net, e)),
+                }
+            }
+        }
+        self.update_flags(|f| f | settings_flags::ENGINE_SYNCED)?;
+        Ok(out)
     }
 
     /// The live ban that drops `addr`, if any: the exact entry, else the longest matching

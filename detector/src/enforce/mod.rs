@@ -27,7 +27,10 @@ pub use attach::{AttachOptions, AttachOutcome, AttachReport, DetachReport, attac
 pub use maps::Enforcer;
 pub use maps::canonical;
 pub use pins::PinPaths;
-pub use types::{AttachMode, BanEntry, BanOutcome, Capacity, Reason, Stats, display_target};
+pub use types::{
+    ActiveBan, AttachMode, BanEntry, BanOutcome, Capacity, Reason, Reconciled, Stats,
+    display_target,
+};
 
 use std::path::PathBuf;
 
