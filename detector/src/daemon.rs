@@ -15,7 +15,7 @@
 //! a large snapshot must not hold up bans): the snapshot first, then the positions, so after a
 //! crash no entry is lost (at worst a few are read again). SIGTERM/SIGINT finish the lines
 //! already read, wait for a running save, save once more and exit 0.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -372,9 +372,24 @@ impl Daemon {
     /// Removes expired bans and copies kernel counters into the metrics.
     fn sweep(&mut self) {
         self.count_untrusted();
-        match self.kernel.enforcer.sweep_expired() {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "expired bans removed"),
+        // Walks the maps only when a ban is due to end (or every few minutes, for bans other
+        // processes wrote); the gauges below are as fresh as the last walk.
+        match self.kernel.enforcer.sweep_due() {
+            Ok(None) => {}
+            Ok(Some(report)) => {
+                if report.removed > 0 {
+                    tracing::info!(removed = report.removed, "expired bans removed");
+                }
+                for (family, live) in [("ipv4", report.live_v4), ("ipv6", report.live_v6)] {
+                    self.metrics
+                        .active_bans
+                        .get_or_create(&FamilyLabel {
+                            family: family.into(),
+                        })
+                        .set(live as i64);
+                }
+                self.metrics.ban_hits.set(report.hits as i64);
+            }
             Err(e) => tracing::warn!(error = %e, "sweeping expired bans failed"),
         }
         if let Ok(stats) = self.kernel.enforcer.stats() {
@@ -382,49 +397,29 @@ impl Daemon {
                 self.metrics.set_kernel_counter(counter, value);
             }
         }
-        let bans = self.kernel.enforcer.list();
-        if let Err(e) = &bans {
-            tracing::warn!(error = %e, "listing the bans failed");
-        }
-        if let Ok(bans) = bans {
-            self.notice_admin_unbans(&bans);
-            let v4 = bans.iter().filter(|b| b.net.addr().is_ipv4()).count();
-            self.metrics
-                .active_bans
-                .get_or_create(&FamilyLabel {
-                    family: "ipv4".into(),
-                })
-                .set(v4 as i64);
-            self.metrics
-                .active_bans
-                .get_or_create(&FamilyLabel {
-                    family: "ipv6".into(),
-                })
-                .set((bans.len() - v4) as i64);
-            self.metrics
-                .ban_hits
-                .set(bans.iter().map(|b| b.hits).sum::<u64>() as i64);
-        }
+        self.notice_admin_unbans();
         self.metrics
             .tracked_ips
             .set(self.pipeline.engine().tracked().0 as i64);
     }
 
     /// Tells the engine about bans that left the kernel before their end (`detector unban`).
-    fn notice_admin_unbans(&mut self, bans: &[enforce::BanEntry]) {
+    fn notice_admin_unbans(&mut self) {
         let now = Utc::now();
         // Bans at (or within a sweep of) their end leave the kernel on their own.
         let margin =
             chrono::Duration::from_std(self.config.daemon.sweep_interval).unwrap_or_default();
         self.kernel.written.retain(|_, end| *end > now + margin);
-        let in_kernel: HashSet<IpNet> = bans.iter().map(|b| enforce::canonical(b.net)).collect();
-        let gone: Vec<IpNet> = self
-            .kernel
-            .written
-            .keys()
-            .filter(|n| !in_kernel.contains(n))
-            .copied()
-            .collect();
+        // Only this daemon's own bans, one lookup each: no walk of maps that may hold a
+        // million bulk-imported entries.
+        let written: Vec<IpNet> = self.kernel.written.keys().copied().collect();
+        let gone = match self.kernel.enforcer.missing(written) {
+            Ok(gone) => gone,
+            Err(e) => {
+                tracing::warn!(error = %e, "checking the daemon's bans failed");
+                return;
+            }
+        };
         let engine_now = self.pipeline.engine().now().unwrap_or(now);
         tracing::debug!(
             written = self.kernel.written.len(),

@@ -345,3 +345,35 @@ fn map_full_is_a_clear_error() {
     );
     assert_eq!(err.errno(), Some(libc::ENOSPC));
 }
+
+/// The sweeper walks the maps only when a ban it knows of is due (or after the full-walk
+/// interval); the daemon's admin-unban check looks its own bans up by key.
+#[test]
+fn sweeps_walk_only_when_a_ban_is_due() {
+    let mut obj = object(); // one permanent and one 1h ban
+    let e = obj.enforcer();
+    let first = e.sweep_due().unwrap().expect("the first sweep walks");
+    assert_eq!((first.removed, first.live_v4, first.live_v6), (0, 1, 1));
+    // Nothing ends before an hour from now: no walk.
+    assert_eq!(e.sweep_due().unwrap(), None);
+
+    let short = "198.18.20.1/32".parse().unwrap();
+    e.ban(short, Some(Duration::from_millis(200)), Reason::Burst)
+        .unwrap();
+    // Not ended yet: still nothing to do.
+    assert_eq!(e.sweep_due().unwrap(), None);
+    std::thread::sleep(Duration::from_millis(300));
+    let due = e.sweep_due().unwrap().expect("a ban has ended: walk");
+    assert_eq!((due.removed, due.live_v4), (1, 1));
+    assert_eq!(e.sweep_due().unwrap(), None);
+
+    // With no known end due, the full-walk interval still brings a walk.
+    e.set_full_walk_every(Duration::ZERO);
+    assert!(e.sweep_due().unwrap().is_some());
+
+    let gone = "198.18.10.66/32".parse().unwrap();
+    let kept = "2001:db8:10:a::66/128".parse().unwrap();
+    assert!(e.missing([gone, kept]).unwrap().is_empty());
+    e.unban(gone).unwrap();
+    assert_eq!(e.missing([gone, kept]).unwrap(), vec![gone]);
+}
