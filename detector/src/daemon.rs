@@ -327,12 +327,18 @@ impl Daemon {
             source: line.origin.to_string(),
         };
         self.metrics.lines.get_or_create(&source).inc();
-        let fed = self.pipeline.feed_line(
-            line.origin.as_str(),
-            self.line_no,
-            &line.bytes,
-            &mut self.kernel,
-        );
+        let fed = if line.truncated {
+            // What is left of a cut line could name another address: count it, do not parse.
+            self.metrics.truncated.get_or_create(&source).inc();
+            self.pipeline.skip_truncated()
+        } else {
+            self.pipeline.feed_line(
+                line.origin.as_str(),
+                self.line_no,
+                &line.bytes,
+                &mut self.kernel,
+            )
+        };
         match fed {
             Fed::Event { kind, time } => {
                 self.metrics
