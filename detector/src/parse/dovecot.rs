@@ -417,8 +417,8 @@ fn login_line(name: &[u8], rest: &[u8]) -> Parsed {
 /// (login-proxy.c `login_proxy_set_destination()` sets the prefix; 2.3.21 has the same).
 /// `Started proxying to ...` (client-common-auth.c `client_proxy_finish_destroy_client()`)
 /// means the remote server accepted the login: a success. Every other proxy line (`Login
-/// failed`, `Disconnected by server`, ...) is only a disconnect; the failed attempt is
-/// counted by the `Login aborted: ... (proxy dest authentication failure, ...)` line.
+/// failed`, `Disconnected by server`, ...) counts nothing; the failed attempt is counted by
+/// the `Login aborted: ... (proxy dest authentication failure, ...)` line.
 ///
 /// USER is the client's login name and appears twice. It is accepted only when exactly one
 /// split of the line has the same USER in `proxy(USER,` and in `user=<USER>`, with a
@@ -471,7 +471,7 @@ fn proxy_line(name: &[u8], rest: &[u8]) -> Parsed {
     let kind = if success {
         EventKind::AuthSuccess
     } else {
-        EventKind::Disconnect
+        EventKind::Other
     };
     let mut rec = Record::new(Service::Dovecot, kind, ip);
     rec.protocol = login_protocol(name);

@@ -392,10 +392,10 @@ fn dovecot_2_4_shapes() {
             0,
         ),
         // client-common-auth.c client_check_plaintext_auth(): logged before the `Login
-        // aborted` line that counts the attempt.
+        // aborted` line that counts the attempt; not a disconnect.
         (
             "Dec 01 10:00:00 imap-login: Info: Login failed: Cleartext authentication disabled: user=<>, rip=198.18.0.32, lip=198.18.0.1, session=<s12>",
-            Disconnect,
+            Other,
             "198.18.0.32",
             None,
             Some(Protocol::Imap),
@@ -424,7 +424,7 @@ fn dovecot_2_4_shapes() {
         // counts the attempt.
         (
             "Dec 01 10:00:00 imap-login: Info: proxy(eve,10.0.0.2:143): Login failed: NO [AUTHENTICATIONFAILED] Authentication failed.: user=<eve>, method=PLAIN, rip=198.18.0.35, lip=198.18.0.1, session=<p3>",
-            Disconnect,
+            Other,
             "198.18.0.35",
             Some("eve"),
             Some(Protocol::Imap),

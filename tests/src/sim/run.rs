@@ -12,17 +12,21 @@ use std::net::IpAddr;
 use chrono::{DateTime, Duration, FixedOffset, Utc};
 use detector::engine::{Action, Decision, Engine};
 use detector::parse::{Format, LineParser, Outcome, Reference};
+use detector::pipeline::{DecisionRecord, Fed, FnSink, Pipeline, RawLine};
 use ipnet::IpNet;
 
 use super::{Attempt, BenignKind, BotKind, DovecotVersion, Envelope, LogFile, Role, Sim, SimLine};
 
-/// The parser(s) and the engine: one parser per file (Postfix syslog file and Dovecot's
-/// `log_path`) or one for the journal, feeding one engine in merged log time.
+/// The library's pipeline (parser, engine, sink): fed raw lines for the journal, or the
+/// events of one parser per file (Postfix syslog file and Dovecot's `log_path`, as the
+/// daemon's file sources and `detector replay` do), in merged log time.
 struct Feed {
-    parsers: BTreeMap<LogFile, LineParser>,
-    one: Option<LineParser>,
-    engine: Engine,
+    pipeline: Pipeline,
+    per_file: Option<BTreeMap<LogFile, LineParser>>,
     line_no: u64,
+    lines: u64,
+    events: u64,
+    unparsed: u64,
 }
 
 impl Feed {
@@ -31,52 +35,66 @@ impl Feed {
         let reference = Reference::Fixed(sim.cfg.start + Duration::hours(i64::from(sim.cfg.hours)));
         let utc = FixedOffset::east_opt(0).expect("UTC");
         let parser = |format| LineParser::with_reference(format, reference, utc);
-        match sim.cfg.envelope {
-            Envelope::SplitFiles => Feed {
-                parsers: BTreeMap::from([
+        let (format, per_file) = match sim.cfg.envelope {
+            Envelope::SplitFiles => (
+                Format::Syslog,
+                Some(BTreeMap::from([
                     (LogFile::Postfix, parser(Format::Syslog)),
                     (LogFile::Dovecot, parser(Format::Syslog)),
-                ]),
-                one: None,
-                engine,
-                line_no: 0,
-            },
-            Envelope::Syslog => Feed {
-                parsers: BTreeMap::new(),
-                one: Some(parser(Format::Syslog)),
-                engine,
-                line_no: 0,
-            },
-            Envelope::Journal => Feed {
-                parsers: BTreeMap::new(),
-                one: Some(parser(Format::JournalJson)),
-                engine,
-                line_no: 0,
-            },
+                ])),
+            ),
+            Envelope::Syslog => (Format::Syslog, None),
+            Envelope::Journal => (Format::JournalJson, None),
+        };
+        Feed {
+            pipeline: Pipeline::new(parser(format), engine),
+            per_file,
+            line_no: 0,
+            lines: 0,
+            events: 0,
+            unparsed: 0,
         }
     }
 
     fn line(&mut self, l: &SimLine) -> Vec<Decision> {
         self.line_no += 1;
-        let parser = match &mut self.one {
-            Some(p) => p,
-            None => self.parsers.get_mut(&l.file).expect("a parser per file"),
+        self.lines += 1;
+        let mut out = Vec::new();
+        let mut sink = FnSink(|r: &DecisionRecord| out.push(r.decision.clone()));
+        let origin = match l.file {
+            LogFile::Postfix => "postfix.log",
+            LogFile::Dovecot => "dovecot.log",
         };
-        match parser.parse_line(l.text.as_bytes(), self.line_no) {
-            Outcome::Event(ev) => self.engine.observe(&ev),
-            _ => Vec::new(),
+        let fed = match &mut self.per_file {
+            None => self
+                .pipeline
+                .feed_line(origin, self.line_no, l.text.as_bytes(), &mut sink),
+            Some(parsers) => {
+                let parser = parsers.get_mut(&l.file).expect("a parser per file");
+                match parser.parse_line(l.text.as_bytes(), self.line_no) {
+                    Outcome::Event(ev) => {
+                        let raw = RawLine {
+                            file: origin.into(),
+                            line: self.line_no,
+                            text: l.text.clone(),
+                        };
+                        self.pipeline.feed_event(ev, raw, &mut sink)
+                    }
+                    Outcome::Ignored => Fed::Ignored,
+                    Outcome::Unparsed => Fed::Unparsed,
+                }
+            }
+        };
+        match fed {
+            Fed::Event { .. } => self.events += 1,
+            Fed::Unparsed => self.unparsed += 1,
+            Fed::Ignored | Fed::AheadOfClock { .. } => {}
         }
+        out
     }
 
     fn stats(&self) -> (u64, u64, u64) {
-        let mut s = (0, 0, 0);
-        for p in self.parsers.values().chain(self.one.iter()) {
-            let x = p.stats();
-            s.0 += x.lines;
-            s.1 += x.events;
-            s.2 += x.unparsed;
-        }
-        s
+        (self.lines, self.events, self.unparsed)
     }
 }
 

@@ -3,7 +3,8 @@
 //! (bpf-linker, nightly rust-src) is installed.
 //!
 //! - [`rng`]: the one deterministic generator of simulated logs;
-//! - [`loggen`]: the Postfix and Dovecot line formats and their envelopes.
+//! - [`loggen`]: the Postfix and Dovecot line formats and their envelopes;
+//! - [`cmd`], [`apt`], [`lock`]: the command runner, the apt installer and its lock.
 pub mod apt;
 pub mod cmd;
 pub mod lock;
