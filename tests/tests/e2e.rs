@@ -253,7 +253,6 @@ fn customer_typo_then_success_is_not_banned() {
 /// which the lab's passwd-file does not know: "unknown user"), then logs in again: not banned.
 /// A user-name typo from a known client maps to the mailbox it was meant for.
 #[test]
-#[ignore = "needs engine v2 (branch engine): today one unknown-user failure of a new name bans"]
 fn customer_user_name_typo_is_not_banned() {
     require_root();
     let e = E2e::up(opts("e2n", LogMode::File)).expect("e2e up");
@@ -286,7 +285,6 @@ fn customer_user_name_typo_is_not_banned() {
 /// customer is left alone. (A single wrong password for an existing mailbox, without the probe
 /// by someone else, bans no one today: the link is by the probed address.)
 #[test]
-#[ignore = "needs engine v2 (branch engine): split-role linking by the probed address"]
 fn split_role_bot_is_banned() {
     require_root();
     let e = E2e::up(E2eOptions {
