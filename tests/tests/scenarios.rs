@@ -193,11 +193,15 @@ fn assert_scenario(name: &str, sim: &Sim, report: &ReplayReport) {
         t.sprayers.iter().all(|s| caught.contains(s)),
         "[{name}] sprayers banned"
     );
-    assert_eq!(
-        spray.len(),
-        t.sprayers.len(),
-        "[{name}] sprayer decisions name the address"
-    );
+    // Each sprayer is named by a decision, or its /64 lies in an IPv6 site the engine banned
+    // as a whole (several offending /64s inside one /48).
+    for s in &t.sprayers {
+        let named = report.attempts_before_ban.contains_key(s);
+        let site = bans
+            .iter()
+            .any(|d| d.prefix.contains(s) && d.prefix.prefix_len() < 64 && s.is_ipv6());
+        assert!(named || site, "[{name}] sprayer {s}: no decision names it");
+    }
     // The injector is banned by its own address.
     let inj = t.injector.expect("injector");
     assert!(caught.contains(&inj), "[{name}] injector not banned");
@@ -343,7 +347,7 @@ fn fail2ban_parity_alone_misses_the_slow_botnet() {
     // try once every 2–3 hours, are never banned.
     let sim = sim(1);
     let cfg = EngineConfig::from_toml_str(
-        "[engine]\ndisabled_rules = [\"probe-login\", \"slow-repeat\", \"target-campaign\"]\n",
+        "[engine]\ndisabled_rules = [\"probe-login\", \"split-role\", \"campaign-probe\", \"slow-repeat\", \"target-campaign\", \"possible-compromise\"]\n",
     )
     .unwrap();
     let inputs = vec![
@@ -446,17 +450,17 @@ fn closed_loop_drops_banned_sources_and_measures_per_class() {
         seed.banned_before_second * 100 >= seed.with_second * 95,
         "{seed:?}"
     );
-    assert!(r.hoppers_with_fourth > 0 && r.one_shot.len() == 6 && r.guessed_right == 10);
+    assert!(
+        r.hoppers_with_fourth > 0
+            && r.one_shot.len() == 6
+            && r.guessed_right + r.guessed_right_prevented == 10
+    );
     assert_eq!(r.benign.len(), 13, "every benign kind measured");
 }
 
 /// Issue 10's targets, per traffic class, in each Dovecot version and envelope (72 h).
 ///
-/// Needs the engine v2 of branch `engine` (known clients, shared addresses, split-role
-/// linking by the probed address, /48 escalation, bans at the probe of a mailbox under
-/// campaign, possible-compromise alerts): with today's engine customers are banned.
 #[test]
-#[ignore = "needs engine v2 (branch engine)"]
 fn issue10_targets_hold_in_every_variant() {
     let mut failures = Vec::new();
     for (dovecot, envelope) in VARIANTS {
