@@ -400,6 +400,46 @@ mod tests {
     }
 
     #[test]
+    fn a_guessed_password_is_an_alert_line_in_json() {
+        // Probe, then a successful login as the probed address: possible compromise.
+        let mut ok = ev(3, EventKind::AuthSuccess, Some("x@example.test"), None);
+        ok.service = Service::Dovecot;
+        let postfix = vec![
+            (
+                ev(0, EventKind::Rcpt, None, Some("x@example.test")),
+                "postfix: RCPT".to_string(),
+            ),
+            (
+                ev(1, EventKind::TransactionAborted, None, None),
+                "postfix: disconnect".to_string(),
+            ),
+            (ok, "dovecot: Logged in".to_string()),
+        ];
+        let inputs = vec![Input::from_events("mail.log".into(), postfix)];
+        let report = replay(inputs, Engine::new(EngineConfig::default()), |_| {}, |_| {}).unwrap();
+        let alert = (report.decisions.iter())
+            .find(|d| d.decision.action == Action::Alert)
+            .expect("an alert");
+        let mut out = Vec::new();
+        let mut printer = output::Printer::new(&mut out, output::Style::Json);
+        printer.decision(alert);
+        printer.finish().unwrap();
+        let line = String::from_utf8(out).unwrap();
+        assert!(
+            line.starts_with(
+                r#"{"action":"alert","kind":"possible-compromise","user":"x@example.test","ip":"198.18.0.2","time":"2026-11-18T11:06:43Z","evidence":["postfix: RCPT","postfix: disconnect","dovecot: Logged in"]"#
+            ),
+            "{line}"
+        );
+        assert!(
+            (report.decisions.iter())
+                .any(|d| d.decision.action == Action::Ban
+                    && d.decision.rule == Rule::PossibleCompromise),
+            "and a ban"
+        );
+    }
+
+    #[test]
     fn without_the_merge_the_login_would_come_first() {
         // Guard for the test above: in file order (dovecot first) probe-login cannot fire.
         let mut all: Vec<(Event, String)> = Vec::new();
