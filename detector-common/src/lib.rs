@@ -139,6 +139,10 @@ pub mod reason {
     pub const SLOW_REPEAT: u32 = 2;
     pub const TARGET_CAMPAIGN: u32 = 3;
     pub const BURST: u32 = 4;
+    /// A decision pulled from a CrowdSec Local API (origin and scenario: the state directory).
+    pub const CROWDSEC: u32 = 5;
+    /// An entry of a blocklist loaded with `detector ban --from`.
+    pub const BLOCKLIST: u32 = 6;
     pub const OTHER: u32 = 255;
 }
 

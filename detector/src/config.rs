@@ -23,6 +23,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub sources: crate::source::SourceConfig,
     pub engine: crate::engine::EngineConfig,
+    pub crowdsec: crate::crowdsec::CrowdsecConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -186,7 +187,11 @@ impl Config {
             }
         }
         self.engine.validate()?;
-        self.sources.validate()?;
+        self.crowdsec.validate()?;
+        // A CrowdSec bouncer alone (no log source) is a complete configuration.
+        if !(self.sources.is_empty() && self.crowdsec.enabled()) {
+            self.sources.validate()?;
+        }
         Ok(())
     }
 }

@@ -73,6 +73,8 @@ struct Daemon {
     /// The engine or the positions changed since the last save. The snapshot can be tens of
     /// MB on a host under attack, so an idle daemon does not rewrite it every interval.
     unsaved: bool,
+    /// CrowdSec bouncer state (`[crowdsec] lapi_url` set).
+    crowdsec: Option<crate::crowdsec::Bouncer>,
 }
 
 impl Daemon {
@@ -129,7 +131,10 @@ impl Daemon {
         engine.set_host_addrs(host_addrs);
 
         state.write_atomic(PID_FILE, format!("{}\n", std::process::id()).as_bytes())?;
+        let crowdsec = (config.crowdsec.enabled())
+            .then(|| crate::crowdsec::Bouncer::new(config.crowdsec.filter()));
         let mut daemon = Daemon {
+            crowdsec,
             config,
             engine,
             enforcer,
@@ -153,14 +158,22 @@ impl Daemon {
     async fn run(mut self) -> Result<ExitCode> {
         let (line_tx, mut lines) = mpsc::channel::<SourceLine>(LINE_CHANNEL);
         let (status_tx, mut statuses) = mpsc::unbounded_channel::<SourceStatus>();
-        let handles = source::spawn(
-            &self.config.sources,
-            &self.checkpoints,
-            line_tx,
-            status_tx,
-            self.cancel.clone(),
-        )?;
+        // A CrowdSec bouncer may run with no log source at all.
+        let handles = if self.config.sources.is_empty() && self.crowdsec.is_some() {
+            drop(line_tx); // no line will come: the shutdown drain must not wait for one
+            Vec::new()
+        } else {
+            source::spawn(
+                &self.config.sources,
+                &self.checkpoints,
+                line_tx,
+                status_tx,
+                self.cancel.clone(),
+            )?
+        };
         tracing::info!(sources = handles.len(), "following logs");
+        let mut pulls = crate::crowdsec::spawn_poller(&self.config.crowdsec, self.cancel.clone())?;
+        let mut lines_open = true;
 
         let metrics_task = self.config.metrics.listen.map(|addr| {
             tokio::spawn(crate::metrics::serve(
@@ -180,13 +193,19 @@ impl Daemon {
             tokio::select! {
                 // Lines first: under load, timers wait rather than the other way round.
                 biased;
-                line = lines.recv() => match line {
+                line = lines.recv(), if lines_open => match line {
                     Some(line) => self.handle_line(line),
+                    None if pulls.is_some() => lines_open = false,
                     None => {
                         tracing::info!("every source has ended");
                         break;
                     }
                 },
+                Some(pull) = crate::crowdsec::next_pull(&mut pulls) => {
+                    if let Some(bouncer) = &mut self.crowdsec {
+                        crate::crowdsec::status::apply_pull(bouncer, pull, &mut self.enforcer, &self.state);
+                    }
+                }
                 // Sources log their own status through tracing; the channel only has to be
                 // drained so it does not grow.
                 _ = statuses.recv() => {}

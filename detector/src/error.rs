@@ -34,6 +34,14 @@ pub enum Error {
     #[error("state: {0}")]
     Store(String),
 
+    /// Talking to a CrowdSec Local API failed (unreachable, refused key, bad answer).
+    #[error("CrowdSec Local API: {message}")]
+    CrowdSec {
+        message: String,
+        #[source]
+        source: Option<reqwest::Error>,
+    },
+
     #[error("must run as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN): {0}")]
     Permission(String),
 }

@@ -6,6 +6,7 @@
 //! `engine` (rules, state) -> decisions -> `enforce` (pinned BPF maps) and `store`.
 pub mod cli;
 pub mod config;
+pub mod crowdsec;
 pub mod daemon;
 pub mod enforce;
 pub mod engine;

@@ -58,6 +58,20 @@ impl Allowlist {
     }
 }
 
+impl Allowlist {
+    /// Every network [`Allowlist::check`] protects, for callers that cut a foreign range
+    /// around them (CrowdSec decisions) instead of refusing it whole.
+    pub fn protected_nets(&self) -> Vec<IpNet> {
+        let mut out: Vec<IpNet> = BUILT_IN
+            .iter()
+            .map(|(cidr, _)| cidr.parse().expect("built-in CIDRs are valid"))
+            .collect();
+        out.extend(self.configured.iter().copied());
+        out.extend(local_addresses().into_iter().map(IpNet::from));
+        out
+    }
+}
+
 fn refused(ban: &IpNet, why: &str) -> Error {
     Error::Usage(format!("refusing to ban {ban}: {why}"))
 }

@@ -203,6 +203,11 @@ impl Enforcer {
         }
     }
 
+    /// What bans are checked against.
+    pub fn allowlist(&self) -> &Allowlist {
+        &self.allow
+    }
+
     /// Configured allow CIDRs (on top of the built-in ranges and the host's own addresses).
     pub fn set_allowlist(&mut self, allow: Vec<IpNet>) {
         self.allow = Allowlist::new(allow);
