@@ -241,6 +241,9 @@ on_success: break
     /// reinstalled or restored while detector kept running.
     pub fn restart_with_empty_database(&mut self) -> Result<()> {
         self.stop()?;
+        // Down for longer than detector's poll interval (1 s in the tests), so that it sees
+        // the outage, as it would a real restart.
+        std::thread::sleep(Duration::from_secs(3));
         for entry in std::fs::read_dir(self.dir.join("data"))? {
             std::fs::remove_file(entry?.path())?;
         }
@@ -258,5 +261,89 @@ impl Drop for Lapi {
     fn drop(&mut self) {
         let _ = self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `detector run` (stderr and stdout in `log`); SIGTERM, then SIGKILL, on drop.
+pub struct DetectorRun {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl DetectorRun {
+    /// `detector run ARGS` in the current network namespace.
+    pub fn start(args: &[&std::ffi::OsStr], log: PathBuf) -> Result<DetectorRun> {
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(crate::bin::detector_bin())
+            .arg("run")
+            .args(args)
+            .env_remove("DETECTOR_PIN_DIR")
+            .env("DETECTOR_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .context("starting detector run")?;
+        Ok(DetectorRun {
+            child: Some(child),
+            log,
+        })
+    }
+
+    pub fn log_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// Waits (bounded) until the log has `count` lines containing `needle`.
+    pub fn wait_log(&mut self, needle: &str, count: usize, timeout: Duration) -> Result<()> {
+        wait_until(timeout, || {
+            if let Some(child) = &mut self.child
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("detector run exited ({status}):\n{}", self.log_text());
+            }
+            Ok(self.log_text().matches(needle).count() >= count)
+        })
+        .with_context(|| format!("waiting for {needle:?} in:\n{}", self.log_text()))
+    }
+
+    /// SIGTERM and wait; the exit status.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("not running")?;
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(st) = child.try_wait()? {
+                return Ok(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("detector run ignored SIGTERM:\n{}", self.log_text())
+    }
+}
+
+impl Drop for DetectorRun {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// Polls `cond` every 100 ms until it holds; an error after `timeout` (a bound on waiting,
+/// not a measured speed).
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond()? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("still not true after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -33,7 +33,7 @@ pub fn apply_pull(bouncer: &mut Bouncer, pull: Pull, table: &mut impl BanTable, 
     let new = pull.response.new.as_ref().map_or(0, Vec::len);
     let deleted = pull.response.deleted.as_ref().map_or(0, Vec::len);
     let applied = bouncer.apply(startup, pull.response, table);
-    let changed = applied.banned + applied.unbanned + applied.stale_removed > 0;
+    let changed = applied.banned + applied.unbanned + applied.stale_removed + applied.skipped > 0;
     if startup || changed {
         tracing::info!(
             startup,
