@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::enforce::{self, AttachOptions, Capacity, Enforcer, Reason};
 use crate::engine::{Action, Decision, Engine, Rule, Snapshot};
-use crate::event::Event;
 use crate::metrics::{FamilyLabel, KindLabel, Metrics, RuleLabel, SourceLabel};
-use crate::parse::{Format, LineParser, Outcome};
+use crate::parse::{Format, LineParser};
+use crate::pipeline::{ClockGuard, DecisionRecord, Fed, Pipeline, Sink};
 use crate::source::{self, Position, SourceLine, SourceStatus};
 use crate::store::{Checkpoints, Loaded, StateDir};
 use crate::{Error, Result};
@@ -57,19 +57,17 @@ pub fn run(config: Config) -> Result<ExitCode> {
 
 struct Daemon {
     config: Config,
-    engine: Engine,
-    enforcer: Enforcer,
-    parser: LineParser,
+    /// Parser and engine: the same code `detector replay` runs, with the kernel as its sink.
+    pipeline: Pipeline,
+    kernel: KernelSink,
     state: StateDir,
     checkpoints: Checkpoints,
     metrics: Arc<Metrics>,
+    /// Bound at start, so that a metrics address in use fails the start.
+    metrics_listener: Option<tokio::net::TcpListener>,
     cancel: CancellationToken,
     /// Lines processed since start: the evidence numbers of live decisions.
     line_no: u64,
-    /// Bans this daemon wrote and their wall-clock end. When one vanishes from the kernel before
-    /// its end, an administrator ran `detector unban`: the engine is told, so that address can be
-    /// banned again on its next offence instead of only after the old ban's end.
-    written: HashMap<IpNet, DateTime<Utc>>,
     /// The engine or the positions changed since the last save. The snapshot can be tens of
     /// MB on a host under attack, so an idle daemon does not rewrite it every interval.
     unsaved: bool,
@@ -129,29 +127,39 @@ impl Daemon {
         };
         let host_addrs: Vec<IpAddr> = enforce::local_addresses();
         engine.set_host_addrs(host_addrs);
+        let metrics_listener = config
+            .metrics
+            .listen
+            .map(crate::metrics::bind)
+            .transpose()?;
 
         state.write_atomic(PID_FILE, format!("{}\n", std::process::id()).as_bytes())?;
         let crowdsec = (config.crowdsec.enabled())
             .then(|| crate::crowdsec::Bouncer::new(config.crowdsec.filter()));
+        let metrics = Arc::new(Metrics::new());
+        let pipeline = Pipeline::new(LineParser::new(Format::Auto), engine)
+            .with_clock_guard(ClockGuard::wall(config.daemon.max_clock_ahead));
         let mut daemon = Daemon {
             crowdsec,
             config,
-            engine,
-            enforcer,
-            parser: LineParser::new(Format::Auto),
+            pipeline,
+            kernel: KernelSink {
+                enforcer,
+                metrics: Arc::clone(&metrics),
+                written: HashMap::new(),
+            },
             state,
             checkpoints,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            metrics_listener,
             cancel: CancellationToken::new(),
             line_no: 0,
-            written: HashMap::new(),
             unsaved: false,
         };
         // A changed allowlist may now protect addresses banned before the restart.
-        for decision in daemon.engine.reconcile() {
-            daemon.apply(&decision);
-            daemon.unsaved = true;
-        }
+        let decisions = daemon.pipeline.engine_mut().reconcile();
+        daemon.unsaved |= !decisions.is_empty();
+        daemon.pipeline.deliver(decisions, &mut daemon.kernel);
         Ok(daemon)
     }
 
@@ -175,9 +183,9 @@ impl Daemon {
         let mut pulls = crate::crowdsec::spawn_poller(&self.config.crowdsec, self.cancel.clone())?;
         let mut lines_open = true;
 
-        let metrics_task = self.config.metrics.listen.map(|addr| {
+        let metrics_task = self.metrics_listener.take().map(|listener| {
             tokio::spawn(crate::metrics::serve(
-                addr,
+                listener,
                 Arc::clone(&self.metrics),
                 self.cancel.clone(),
             ))
@@ -203,7 +211,7 @@ impl Daemon {
                 },
                 Some(pull) = crate::crowdsec::next_pull(&mut pulls) => {
                     if let Some(bouncer) = &mut self.crowdsec {
-                        crate::crowdsec::status::apply_pull(bouncer, pull, &mut self.enforcer, &self.state);
+                        crate::crowdsec::status::apply_pull(bouncer, pull, &mut self.kernel.enforcer, &self.state);
                     }
                 }
                 // Sources log their own status through tracing; the channel only has to be
@@ -242,17 +250,41 @@ impl Daemon {
             source: line.origin.to_string(),
         };
         self.metrics.lines.get_or_create(&source).inc();
-        match self.parser.parse_line(&line.bytes, self.line_no) {
-            Outcome::Event(event) => {
-                if matches!(line.position, Position::Journal { .. }) {
-                    let lag = (Utc::now() - event.time).num_milliseconds() as f64 / 1000.0;
+        let fed = self.pipeline.feed_line(
+            line.origin.as_str(),
+            self.line_no,
+            &line.bytes,
+            &mut self.kernel,
+        );
+        match fed {
+            Fed::Event { kind, time } => {
+                self.metrics
+                    .events
+                    .get_or_create(&KindLabel { kind: kind.name() })
+                    .inc();
+                if let Position::Journal { .. } = line.position {
+                    let lag = (Utc::now() - time).num_milliseconds() as f64 / 1000.0;
                     self.metrics.journal_lag_seconds.set(lag.max(0.0));
                 }
-                self.handle_event(&event);
             }
-            Outcome::Ignored => {}
-            Outcome::Unparsed => {
+            Fed::Ignored => {}
+            Fed::Unparsed => {
                 self.metrics.unparsed.get_or_create(&source).inc();
+            }
+            Fed::AheadOfClock { ahead } => {
+                self.metrics.lines_ahead_of_clock.inc();
+                let n = self.pipeline.stats().ahead_of_clock;
+                // Anyone who can write a log line can send these: log the first and then
+                // every 1000th.
+                if n == 1 || n.is_multiple_of(1000) {
+                    tracing::warn!(
+                        source = %line.origin,
+                        ahead = %humantime::format_duration(Duration::from_secs(ahead.as_secs())),
+                        dropped = n,
+                        "line stamped ahead of the wall clock; not trusted (a forged timestamp, \
+                         a wrong time zone or a log writer with a bad clock)"
+                    );
+                }
             }
         }
         // Only now is everything this line caused in the kernel map.
@@ -260,18 +292,136 @@ impl Daemon {
         self.unsaved = true;
     }
 
-    fn handle_event(&mut self, event: &Event) {
+    /// Removes expired bans and copies kernel counters into the metrics.
+    fn sweep(&mut self) {
+        match self.kernel.enforcer.sweep_expired() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "expired bans removed"),
+            Err(e) => tracing::warn!(error = %e, "sweeping expired bans failed"),
+        }
+        if let Ok(stats) = self.kernel.enforcer.stats() {
+            for (verdict, value) in [
+                ("passed", stats.passed),
+                ("dropped", stats.dropped),
+                ("observed", stats.observed),
+                ("expired_hit", stats.expired_hits),
+                ("malformed", stats.malformed),
+                ("non_ip", stats.non_ip),
+                ("dropped_bytes", stats.dropped_bytes),
+            ] {
+                self.metrics.set_kernel_counter(verdict, value);
+            }
+        }
+        let bans = self.kernel.enforcer.list();
+        if let Err(e) = &bans {
+            tracing::warn!(error = %e, "listing the bans failed");
+        }
+        if let Ok(bans) = bans {
+            self.notice_admin_unbans(&bans);
+            let v4 = bans.iter().filter(|b| b.net.addr().is_ipv4()).count();
+            self.metrics
+                .active_bans
+                .get_or_create(&FamilyLabel {
+                    family: "ipv4".into(),
+                })
+                .set(v4 as i64);
+            self.metrics
+                .active_bans
+                .get_or_create(&FamilyLabel {
+                    family: "ipv6".into(),
+                })
+                .set((bans.len() - v4) as i64);
+            self.metrics
+                .ban_hits
+                .set(bans.iter().map(|b| b.hits).sum::<u64>() as i64);
+        }
         self.metrics
-            .events
-            .get_or_create(&KindLabel {
-                kind: event.kind.name(),
-            })
-            .inc();
-        for decision in self.engine.observe(event) {
-            self.apply(&decision);
+            .tracked_ips
+            .set(self.pipeline.engine().tracked().0 as i64);
+    }
+
+    /// Tells the engine about bans that left the kernel before their end (`detector unban`).
+    fn notice_admin_unbans(&mut self, bans: &[enforce::BanEntry]) {
+        let now = Utc::now();
+        // Bans at (or within a sweep of) their end leave the kernel on their own.
+        let margin =
+            chrono::Duration::from_std(self.config.daemon.sweep_interval).unwrap_or_default();
+        self.kernel.written.retain(|_, end| *end > now + margin);
+        let in_kernel: HashSet<IpNet> = bans.iter().map(|b| enforce::canonical(b.net)).collect();
+        let gone: Vec<IpNet> = self
+            .kernel
+            .written
+            .keys()
+            .filter(|n| !in_kernel.contains(n))
+            .copied()
+            .collect();
+        let engine_now = self.pipeline.engine().now().unwrap_or(now);
+        tracing::debug!(
+            written = self.kernel.written.len(),
+            gone = gone.len(),
+            "admin unban check"
+        );
+        for prefix in gone {
+            self.kernel.written.remove(&prefix);
+            if self
+                .pipeline
+                .engine_mut()
+                .unban(prefix.network(), engine_now)
+                .is_some()
+            {
+                self.unsaved = true;
+                tracing::info!(%prefix, "unbanned by the administrator; the engine forgets the ban (offences kept)");
+            }
         }
     }
 
+    /// Saves the engine snapshot, then the source positions.
+    fn persist(&mut self) {
+        if !self.unsaved {
+            return;
+        }
+        let started = Instant::now();
+        match serde_json::to_vec(&self.pipeline.engine().snapshot()) {
+            Ok(bytes) => {
+                self.metrics.state_bytes.set(bytes.len() as i64);
+                if let Err(e) = self.state.write_atomic(ENGINE_STATE_FILE, &bytes) {
+                    tracing::error!(error = %e, "saving the engine state failed");
+                    return; // keep the old positions too, so the two stay consistent
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "encoding the engine state failed");
+                return;
+            }
+        }
+        match self.checkpoints.save(&self.state) {
+            Ok(()) => self.unsaved = false,
+            Err(e) => tracing::error!(error = %e, "saving source positions failed"),
+        }
+        let took = started.elapsed();
+        if took > Duration::from_millis(200) {
+            tracing::info!(took = ?took, "state persisted (slow)");
+        }
+    }
+}
+
+/// The daemon's sink: decisions go into the kernel maps.
+struct KernelSink {
+    enforcer: Enforcer,
+    metrics: Arc<Metrics>,
+    /// Bans this daemon wrote and their wall-clock end. When one vanishes from the kernel before
+    /// its end, an administrator ran `detector unban`: the engine is told, so that address can be
+    /// banned again on its next offence instead of only after the old ban's end.
+    written: HashMap<IpNet, DateTime<Utc>>,
+}
+
+impl Sink for KernelSink {
+    fn decision(&mut self, record: &DecisionRecord) {
+        self.apply(&record.decision);
+    }
+}
+
+impl KernelSink {
     /// Writes one decision into the kernel maps and logs it (one line per ban).
     fn apply(&mut self, decision: &Decision) {
         let rule = decision.rule.name();
@@ -333,110 +483,6 @@ impl Daemon {
                     }
                 }
             }
-        }
-    }
-
-    /// Removes expired bans and copies kernel counters into the metrics.
-    fn sweep(&mut self) {
-        match self.enforcer.sweep_expired() {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "expired bans removed"),
-            Err(e) => tracing::warn!(error = %e, "sweeping expired bans failed"),
-        }
-        if let Ok(stats) = self.enforcer.stats() {
-            for (verdict, value) in [
-                ("passed", stats.passed),
-                ("dropped", stats.dropped),
-                ("observed", stats.observed),
-                ("expired_hit", stats.expired_hits),
-                ("malformed", stats.malformed),
-                ("non_ip", stats.non_ip),
-                ("dropped_bytes", stats.dropped_bytes),
-            ] {
-                self.metrics.set_kernel_counter(verdict, value);
-            }
-        }
-        let bans = self.enforcer.list();
-        if let Err(e) = &bans {
-            tracing::warn!(error = %e, "listing the bans failed");
-        }
-        if let Ok(bans) = bans {
-            self.notice_admin_unbans(&bans);
-            let v4 = bans.iter().filter(|b| b.net.addr().is_ipv4()).count();
-            self.metrics
-                .active_bans
-                .get_or_create(&FamilyLabel {
-                    family: "ipv4".into(),
-                })
-                .set(v4 as i64);
-            self.metrics
-                .active_bans
-                .get_or_create(&FamilyLabel {
-                    family: "ipv6".into(),
-                })
-                .set((bans.len() - v4) as i64);
-            self.metrics
-                .ban_hits
-                .set(bans.iter().map(|b| b.hits).sum::<u64>() as i64);
-        }
-        self.metrics.tracked_ips.set(self.engine.tracked().0 as i64);
-    }
-
-    /// Tells the engine about bans that left the kernel before their end (`detector unban`).
-    fn notice_admin_unbans(&mut self, bans: &[enforce::BanEntry]) {
-        let now = Utc::now();
-        // Bans at (or within a sweep of) their end leave the kernel on their own.
-        let margin =
-            chrono::Duration::from_std(self.config.daemon.sweep_interval).unwrap_or_default();
-        self.written.retain(|_, end| *end > now + margin);
-        let in_kernel: HashSet<IpNet> = bans.iter().map(|b| enforce::canonical(b.net)).collect();
-        let gone: Vec<IpNet> = self
-            .written
-            .keys()
-            .filter(|n| !in_kernel.contains(n))
-            .copied()
-            .collect();
-        let engine_now = self.engine.now().unwrap_or(now);
-        tracing::debug!(
-            written = self.written.len(),
-            gone = gone.len(),
-            "admin unban check"
-        );
-        for prefix in gone {
-            self.written.remove(&prefix);
-            if self.engine.unban(prefix.network(), engine_now).is_some() {
-                self.unsaved = true;
-                tracing::info!(%prefix, "unbanned by the administrator; the engine forgets the ban (offences kept)");
-            }
-        }
-    }
-
-    /// Saves the engine snapshot, then the source positions.
-    fn persist(&mut self) {
-        if !self.unsaved {
-            return;
-        }
-        let started = Instant::now();
-        match serde_json::to_vec(&self.engine.snapshot()) {
-            Ok(bytes) => {
-                self.metrics.state_bytes.set(bytes.len() as i64);
-                if let Err(e) = self.state.write_atomic(ENGINE_STATE_FILE, &bytes) {
-                    tracing::error!(error = %e, "saving the engine state failed");
-                    return; // keep the old positions too, so the two stay consistent
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "encoding the engine state failed");
-                return;
-            }
-        }
-        match self.checkpoints.save(&self.state) {
-            Ok(()) => self.unsaved = false,
-            Err(e) => tracing::error!(error = %e, "saving source positions failed"),
-        }
-        let took = started.elapsed();
-        if took > Duration::from_millis(200) {
-            tracing::info!(took = ?took, "state persisted (slow)");
         }
     }
 }

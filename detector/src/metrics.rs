@@ -56,6 +56,8 @@ pub struct Metrics {
     pub journal_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub tracked_ips: Gauge,
     pub state_bytes: Gauge,
+    /// Lines whose time ran too far ahead of the wall clock (dropped, not trusted).
+    pub lines_ahead_of_clock: Counter,
     /// Last kernel values copied, to turn absolute kernel counters into counter increments.
     kernel_last: Mutex<std::collections::HashMap<String, u64>>,
 }
@@ -81,6 +83,7 @@ impl Metrics {
             journal_lag_seconds: Gauge::default(),
             tracked_ips: Gauge::default(),
             state_bytes: Gauge::default(),
+            lines_ahead_of_clock: Counter::default(),
             kernel_last: Mutex::default(),
             registry: Registry::default(),
         };
@@ -127,6 +130,11 @@ impl Metrics {
             "Size of the persisted engine snapshot",
             m.state_bytes.clone(),
         );
+        registry.register(
+            "lines_ahead_of_clock",
+            "Lines stamped further ahead of the wall clock than daemon.max_clock_ahead; dropped",
+            m.lines_ahead_of_clock.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -156,20 +164,28 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` until `cancel` fires. Anything else gets 404. Requests are tiny and
-/// rare (one scrape every few seconds), so one task handles them one at a time.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) -> crate::Result<()> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
+/// Binds the metrics address. Called before the daemon starts anything, so an address in
+/// use (or not ours) is one clear error and a non-zero exit instead of a task dying unseen.
+pub fn bind(addr: SocketAddr) -> crate::Result<TcpListener> {
+    let cannot = |e: std::io::Error| {
         crate::Error::config("metrics.listen", format!("cannot listen on {addr}: {e}"))
-    })?;
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(cannot)?;
+    listener.set_nonblocking(true).map_err(cannot)?;
+    TcpListener::from_std(listener).map_err(cannot)
+}
+
+/// Serves `GET /metrics` on `listener` (from [`bind`]) until `cancel` fires. Anything else
+/// gets 404. Requests are tiny and rare (one scrape every few seconds), so one task handles
+/// them one at a time.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    let addr = listener
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string());
     tracing::info!(%addr, "serving metrics on /metrics");
     loop {
         let (mut stream, _) = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
+            _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
                 Err(e) => { tracing::warn!(error = %e, "metrics accept failed"); continue; }
@@ -223,6 +239,14 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_address_in_use_is_an_error_at_bind_time() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = bind(taken.local_addr().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("metrics.listen"), "{err}");
+        assert!(err.contains("cannot listen on 127.0.0.1:"), "{err}");
+    }
+
+    #[tokio::test]
     async fn serves_metrics_over_http_on_loopback() {
         let m = Arc::new(Metrics::new());
         m.events
@@ -230,11 +254,10 @@ mod tests {
                 kind: "auth_failure",
             })
             .inc_by(3);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
-        drop(listener);
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(addr, Arc::clone(&m), cancel.clone()));
+        let server = tokio::spawn(serve(listener, Arc::clone(&m), cancel.clone()));
         let mut body = String::new();
         for _ in 0..50 {
             if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
@@ -247,7 +270,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         cancel.cancel();
-        server.await.unwrap().unwrap();
+        server.await.unwrap();
         assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
         assert!(
             body.contains("detector_events_total{kind=\"auth_failure\"} 3"),

@@ -12,6 +12,8 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use detector_testkit::apt;
+
 use crate::util::{output, run_cmd};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -27,23 +29,6 @@ pub const APT_PACKAGES: &[&str] = &[
     "ethtool",
 ];
 
-/// The mail lab's packages (Postfix, Dovecot, systemd for journald), one per line; shared with
-/// the lab harness, which installs them the same way when they are missing.
-const LAB_PACKAGES_TXT: &str = include_str!("../../tests/lab/packages.txt");
-/// debconf answers so that the postfix package writes no configuration of its own.
-const LAB_DEBCONF_TXT: &str = include_str!("../../tests/lab/debconf.txt");
-/// With this file present (`exit 101`), invoke-rc.d starts no service during the install, so
-/// Postfix and Dovecot never run in the root namespace.
-const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
-
-pub fn lab_packages() -> Vec<&'static str> {
-    LAB_PACKAGES_TXT
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect()
-}
-
 #[derive(clap::Args)]
 pub struct Options {
     /// Skip the Debian packages (only the Rust side).
@@ -58,7 +43,7 @@ pub fn run(opts: Options) -> Result<()> {
     if !opts.no_apt {
         let mut packages = APT_PACKAGES.to_vec();
         packages.extend(
-            lab_packages()
+            apt::lab_packages()
                 .into_iter()
                 .filter(|p| !APT_PACKAGES.contains(p)),
         );
@@ -220,85 +205,20 @@ fn symlink_force(target: &Path, link: &Path) -> Result<()> {
         .with_context(|| format!("linking {} -> {}", link.display(), target.display()))
 }
 
-fn dpkg_installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
-/// Installs the missing Debian packages (one `apt-get update` first, only if needed), with
-/// the lab's debconf answers and a policy-rc.d guard so that no package starts a daemon.
+/// Installs the missing Debian packages with the lab's debconf answers and the policy-rc.d
+/// guard (no package starts a daemon); a guard an interrupted run left behind goes first.
 pub fn ensure_apt_packages(packages: &[&str]) -> Result<()> {
+    apt::remove_stale_guard()?;
     let missing: Vec<&str> = packages
         .iter()
         .copied()
-        .filter(|p| !dpkg_installed(p))
+        .filter(|p| !apt::dpkg_installed(p))
         .collect();
     if missing.is_empty() {
         eprintln!("setup: Debian packages: present ({})", packages.join(" "));
         return Ok(());
     }
-    preseed_debconf(LAB_DEBCONF_TXT)?;
-    let _guard = PolicyRcGuard::install()?;
-    run_cmd(Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=300", "update", "-qq"]))?;
-    run_cmd(
-        Command::new("apt-get")
-            .args([
-                "-o",
-                "DPkg::Lock::Timeout=300",
-                "install",
-                "-y",
-                "-qq",
-                "--no-install-recommends",
-            ])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-}
-
-fn preseed_debconf(answers: &str) -> Result<()> {
-    use std::io::Write;
-    let mut child = Command::new("debconf-set-selections")
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .context("starting debconf-set-selections")?;
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(answers.as_bytes())?;
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("debconf-set-selections failed with {status}");
-    }
-    Ok(())
-}
-
-/// Creates `/usr/sbin/policy-rc.d` (`exit 101`) if it is absent and removes it on drop.
-struct PolicyRcGuard {
-    created: bool,
-}
-
-impl PolicyRcGuard {
-    fn install() -> Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
-        if Path::new(POLICY_RC_D).exists() {
-            return Ok(PolicyRcGuard { created: false });
-        }
-        let script = "#!/bin/sh\n# temporary, by cargo xtask setup: start no service\nexit 101\n";
-        std::fs::write(POLICY_RC_D, script).with_context(|| format!("writing {POLICY_RC_D}"))?;
-        std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))?;
-        Ok(PolicyRcGuard { created: true })
-    }
-}
-
-impl Drop for PolicyRcGuard {
-    fn drop(&mut self) {
-        if self.created {
-            let _ = std::fs::remove_file(POLICY_RC_D);
-        }
-    }
+    apt::install(&missing, apt::LAB_DEBCONF_TXT, apt::Echo::Shown)
 }
 
 /// Checks (without installing) what building the eBPF program needs; used by every other task.
