@@ -300,16 +300,8 @@ impl Daemon {
             Err(e) => tracing::warn!(error = %e, "sweeping expired bans failed"),
         }
         if let Ok(stats) = self.kernel.enforcer.stats() {
-            for (verdict, value) in [
-                ("passed", stats.passed),
-                ("dropped", stats.dropped),
-                ("observed", stats.observed),
-                ("expired_hit", stats.expired_hits),
-                ("malformed", stats.malformed),
-                ("non_ip", stats.non_ip),
-                ("dropped_bytes", stats.dropped_bytes),
-            ] {
-                self.metrics.set_kernel_counter(verdict, value);
+            for (counter, value) in stats.iter() {
+                self.metrics.set_kernel_counter(counter, value);
             }
         }
         let bans = self.kernel.enforcer.list();

@@ -146,8 +146,8 @@ fn map_fill(enforcer: &Enforcer) -> Result<MapFill> {
         exact_capacity: capacity.exact,
         prefix_capacity: capacity.prefix,
         hits: bans.iter().map(|b| b.hits).sum(),
-        dropped: stats.dropped,
-        passed: stats.passed,
+        dropped: stats.counters.dropped,
+        passed: stats.counters.passed,
         observe_mode: stats.observe_mode,
     })
 }

@@ -472,7 +472,7 @@ impl Filter {
     fn drops(&self, pair: &Pair) -> Result<Option<u64>> {
         match self {
             Filter::None => Ok(None),
-            Filter::Xdp { pins } => Ok(Some(Enforcer::open(&pins.path)?.stats()?.dropped)),
+            Filter::Xdp { pins } => Ok(Some(Enforcer::open(&pins.path)?.stats()?.counters.dropped)),
             Filter::Nft => {
                 let out = exec_in(
                     &pair.receiver,
