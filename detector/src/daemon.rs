@@ -134,6 +134,7 @@ impl Daemon {
             .transpose()?;
 
         state.write_atomic(PID_FILE, format!("{}\n", std::process::id()).as_bytes())?;
+        let pusher = crate::crowdsec::push::spawn(&config.crowdsec, CancellationToken::new())?;
         let crowdsec = (config.crowdsec.enabled())
             .then(|| crate::crowdsec::Bouncer::new(config.crowdsec.filter()));
         let metrics = Arc::new(Metrics::new());
@@ -147,6 +148,7 @@ impl Daemon {
                 enforcer,
                 metrics: Arc::clone(&metrics),
                 written: HashMap::new(),
+                pusher,
             },
             state,
             checkpoints,
@@ -405,6 +407,8 @@ struct KernelSink {
     /// its end, an administrator ran `detector unban`: the engine is told, so that address can be
     /// banned again on its next offence instead of only after the old ban's end.
     written: HashMap<IpNet, DateTime<Utc>>,
+    /// `[crowdsec] push = true`: our bans go to the Local API as alerts.
+    pusher: Option<crate::crowdsec::push::Pusher>,
 }
 
 impl Sink for KernelSink {
@@ -445,6 +449,11 @@ impl KernelSink {
                             .entry(enforce::canonical(decision.prefix))
                             .or_insert(end);
                         *slot = (*slot).max(end);
+                        if let Some(pusher) = &self.pusher
+                            && outcome != enforce::BanOutcome::Unchanged
+                        {
+                            pusher.push(&own_ban(decision, ttl));
+                        }
                         tracing::warn!(
                             target: "detector::ban",
                             prefix = %decision.prefix,
@@ -476,6 +485,22 @@ impl KernelSink {
                 }
             }
         }
+    }
+}
+
+/// A ban as the CrowdSec alert describes it.
+fn own_ban(d: &Decision, ttl: Duration) -> crate::crowdsec::push::OwnBan {
+    let times = d.evidence.iter().map(|e| e.time);
+    crate::crowdsec::push::OwnBan {
+        prefix: d.prefix,
+        ip: d.ip,
+        rule: d.rule,
+        ttl,
+        evidence: d.evidence.len().max(1),
+        first: times.clone().min().unwrap_or(d.time),
+        last: times.max().unwrap_or(d.time),
+        note: d.note.clone(),
+        dry_run: d.dry_run,
     }
 }
 

@@ -233,3 +233,85 @@ fn a_local_api_that_lost_its_decisions_is_resynced() -> Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+#[test]
+fn detectors_own_bans_are_pushed_as_alerts_and_not_reimported() -> Result<()> {
+    let lapi = Lapi::start("push")?;
+    let pins = PinDir::new("cspush")?;
+    let dir = work_dir("push")?;
+    let state = dir.join("state");
+    // Six failed logins within a minute, just now: one of the rules bans.
+    let bot = "198.18.19.66";
+    let now = chrono::Utc::now();
+    let mut log = String::new();
+    for i in 0..6 {
+        let t = now - chrono::Duration::seconds(60 - i * 10);
+        log.push_str(&format!(
+            "{} mx dovecot[4242]: imap-login: Disconnected: Aborted login by logging out (auth failed, 1 attempts in 1 secs): user=<u{i}@x.test>, method=PLAIN, rip={bot}, lip=198.18.19.1, session=<s{i}>\n",
+            t.format("%Y-%m-%dT%H:%M:%S%.6f+0000")
+        ));
+    }
+    let maillog = dir.join("mail.log");
+    std::fs::write(&maillog, log)?;
+    let extra = format!(
+        "push = true\ncredentials_file = \"{}\"\n[sources]\nfiles = [\"{}\"]\nfile_start = \"beginning\"\n",
+        lapi.credentials().display(),
+        maillog.display()
+    );
+    let mut daemon = start_bouncer(&lapi, &pins, &dir, &extra)?;
+    let ban = wait_listed(&pins, &state, bot)?;
+    let rule = ban["reason"].as_str().unwrap().to_string();
+    assert!(!rule.starts_with("crowdsec"), "{ban}");
+
+    // The alert: scenario, source, evidence count and time range.
+    let mut alert = Value::Null;
+    wait_until(WAIT, || {
+        let alerts = lapi.cscli_json(&["alerts", "list"])?;
+        alert = alerts
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| {
+                a["scenario"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("detector/")
+                    && a["source"]["value"] == bot
+            })
+            .cloned()
+            .unwrap_or(Value::Null);
+        Ok(!alert.is_null())
+    })
+    .with_context(|| {
+        format!(
+            "no alert in {:?}; detector log:\n{}",
+            lapi.cscli_json(&["alerts", "list"]).ok(),
+            daemon.log_text()
+        )
+    })?;
+    assert!(
+        alert["scenario"].as_str().unwrap().ends_with(&*rule),
+        "{alert} for a {rule} ban"
+    );
+    // The rule fired on the second failure: two evidence lines, ten seconds apart.
+    assert_eq!(alert["events_count"], 2, "{alert}");
+    assert!(
+        alert["start_at"].as_str().unwrap() < alert["stop_at"].as_str().unwrap(),
+        "{alert}"
+    );
+
+    // Its decision comes back in the stream and is recognised as our own.
+    wait_until(WAIT, || {
+        let status: Value =
+            serde_json::from_slice(&std::fs::read(state.join("crowdsec.json")).unwrap_or_default())
+                .unwrap_or(Value::Null);
+        Ok(status["counts"]["own"].as_u64().unwrap_or(0) >= 1)
+    })
+    .with_context(|| daemon.log_text())?;
+    let ban = find(&list(&pins, &state)?, bot).cloned().unwrap();
+    assert_eq!(ban["reason"], rule, "re-imported as a foreign ban: {ban}");
+    daemon.stop()?;
+    detector_ok(&pins, None, &["detach"])?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

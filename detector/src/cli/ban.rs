@@ -6,7 +6,7 @@ use ipnet::IpNet;
 
 use crate::enforce::{BanOutcome, Enforcer, Reason, display_target};
 
-use super::pin_dir::PinDirArg;
+use super::state_args::StateArgs;
 
 /// Ban an address or CIDR prefix. The ban is enforced by the XDP program at once and expires
 /// by itself in the kernel, daemon or not. Banning an already banned address extends its
@@ -18,8 +18,17 @@ use super::pin_dir::PinDirArg;
 )]
 pub struct Args {
     /// IPv4/IPv6 address or CIDR prefix (198.51.100.7, 2001:db8::/48).
-    #[arg(value_name = "IP|CIDR", value_parser = parse_target)]
-    pub target: IpNet,
+    #[arg(value_name = "IP|CIDR", value_parser = parse_target, required_unless_present = "from", conflicts_with = "from")]
+    pub target: Option<IpNet>,
+    /// Load a blocklist instead: one address or CIDR per line with optional duration and
+    /// reason columns (`#` comments), `ipset save` output, or CrowdSec decisions JSON; `-`
+    /// reads standard input. Bad lines are reported by number; the rest is applied.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<std::path::PathBuf>,
+    /// With --from: tag the entries as list NAME (kept in the state directory). Loading the
+    /// same list again replaces it: entries no longer in it are unbanned.
+    #[arg(long, value_name = "NAME", requires = "from")]
+    pub list: Option<String>,
     /// How long the ban lasts (humantime: 90s, 30m, 2h, 7d, "1h 30m").
     #[arg(long = "for", value_name = "DURATION", default_value = "24h", value_parser = parse_ttl,
           conflicts_with = "permanent")]
@@ -27,11 +36,12 @@ pub struct Args {
     /// Never expire (until `detector unban`).
     #[arg(long)]
     pub permanent: bool,
-    /// Why (shown by `list`): manual, probe-login, slow-repeat, target-campaign, burst, other.
-    #[arg(long, value_name = "REASON", default_value = "manual")]
-    pub reason: Reason,
+    /// Why (shown by `list`): manual, probe-login, slow-repeat, target-campaign, burst,
+    /// blocklist, other. Default: manual, or blocklist with --from.
+    #[arg(long, value_name = "REASON")]
+    pub reason: Option<Reason>,
     #[command(flatten)]
-    pub pin: PinDirArg,
+    pub state: StateArgs,
 }
 
 /// An address (host ban) or a prefix; host bits in a prefix are an error, not silently
@@ -63,22 +73,25 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: Args) -> crate::Result<ExitCode> {
-    let mut enforcer = Enforcer::open(&args.pin.pin_dir)?;
+    let Some(target) = args.target else {
+        return super::import::ban_from(&args);
+    };
+    let mut enforcer = Enforcer::open(&args.state.pin.pin_dir)?;
     let ttl = (!args.permanent).then_some(args.ttl);
-    let outcome = enforcer.ban(args.target, ttl, args.reason)?;
+    let outcome = enforcer.ban(target, ttl, args.reason.unwrap_or(Reason::Manual))?;
     let how_long = match ttl {
         Some(d) => format!("for {}", humantime::format_duration(d)),
         None => "permanently".to_string(),
     };
     match outcome {
-        BanOutcome::Added => println!("banned {} {how_long}", display_target(&args.target)),
+        BanOutcome::Added => println!("banned {} {how_long}", display_target(&target)),
         BanOutcome::Extended => println!(
             "{} was already banned; extended: {how_long}",
-            display_target(&args.target)
+            display_target(&target)
         ),
         BanOutcome::Unchanged => println!(
             "{} is already banned at least that long; unchanged",
-            display_target(&args.target)
+            display_target(&target)
         ),
     }
     if enforcer.attached_interfaces().is_empty() {

@@ -15,6 +15,9 @@ pub struct Args {
     /// One JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Only the entries of this blocklist (`ban --from FILE --list NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub list: Option<String>,
     /// The state directory names where `crowdsec` bans came from (origin and scenario).
     #[command(flatten)]
     pub state: StateArgs,
@@ -27,8 +30,18 @@ fn expires_at(e: &BanEntry) -> Option<String> {
 
 pub fn run(args: Args) -> crate::Result<ExitCode> {
     let enforcer = Enforcer::open(&args.state.pin.pin_dir)?;
-    let bans = enforcer.list()?;
+    let mut bans = enforcer.list()?;
     let labels = Labels::load(&args.state);
+    if let Some(name) = &args.list {
+        crate::blocklist::lists::check_name(name)?;
+        bans.retain(|b| {
+            b.reason == crate::enforce::Reason::Blocklist
+                && labels
+                    .lists
+                    .get(&b.net)
+                    .is_some_and(|names| names.contains(name))
+        });
+    }
     if args.json {
         let rows: Vec<_> = bans
             .iter()
@@ -72,6 +85,7 @@ pub fn run(args: Args) -> crate::Result<ExitCode> {
 /// What the state directory says about bans the kernel only knows by reason code.
 pub struct Labels {
     crowdsec: std::collections::BTreeMap<ipnet::IpNet, String>,
+    lists: std::collections::HashMap<ipnet::IpNet, Vec<String>>,
 }
 
 impl Labels {
@@ -83,6 +97,7 @@ impl Labels {
             .unwrap_or_else(|_| std::path::PathBuf::from(crate::store::DEFAULT_STATE_DIR));
         Labels {
             crowdsec: crate::crowdsec::status::read_labels(&dir),
+            lists: crate::blocklist::lists::membership(&dir),
         }
     }
 
@@ -94,6 +109,10 @@ impl Labels {
                 .get(&e.net)
                 .cloned()
                 .unwrap_or_else(|| "crowdsec".to_string()),
+            crate::enforce::Reason::Blocklist => match self.lists.get(&e.net) {
+                Some(names) => format!("blocklist/{}", names.join(",")),
+                None => "blocklist".to_string(),
+            },
             other => other.as_str().to_string(),
         }
     }

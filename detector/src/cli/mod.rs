@@ -9,6 +9,7 @@ pub mod check_config;
 pub mod detach;
 pub mod explain;
 pub mod generate;
+mod import;
 pub mod list;
 pub mod parse;
 pub mod pin_dir;

@@ -17,8 +17,8 @@ use super::model::{Decision, StreamResponse};
 use super::narrow::{Narrowed, narrow};
 use crate::enforce::{self, BanOutcome, Enforcer, Reason};
 
-/// Decisions carrying this origin or a scenario with this prefix are detector's own (pushed
-/// as alerts, see [`super::push`]): never imported back as foreign bans.
+/// Decisions with a scenario of this prefix (what [`super::push`] sends) or this origin are
+/// detector's own: never imported back as foreign bans.
 pub const OWN_ORIGIN: &str = "detector";
 pub const OWN_SCENARIO_PREFIX: &str = "detector/";
 

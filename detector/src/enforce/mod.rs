@@ -24,8 +24,8 @@ mod verify;
 
 pub use allow::{Allowlist, local_addresses};
 pub use attach::{AttachOptions, AttachOutcome, AttachReport, DetachReport, attach, detach};
-pub use maps::Enforcer;
 pub use maps::canonical;
+pub use maps::{BulkOutcome, Enforcer};
 pub use pins::PinPaths;
 pub use types::{AttachMode, BanEntry, BanOutcome, Capacity, Reason, Stats, display_target};
 
