@@ -133,7 +133,7 @@ pub fn run(opts: Options) -> Result<()> {
     let unload = timed(&mut detector_cmd(&["unban", "--from", list_arg]))?;
     let _ = std::fs::remove_file(&list);
     let n = f64::from(opts.entries);
-    println!("import benchmark (release build, one CPU share of a loaded machine included)");
+    println!("import benchmark (release build, wall-clock rates; the machine may be shared)");
     println!(
         "  detector ban ADDR, one process per ban ({reference} bans): {:>10.0} entries/s",
         per_process
