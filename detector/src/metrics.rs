@@ -48,6 +48,8 @@ pub struct Metrics {
     registry: Registry,
     pub lines: Family<SourceLabel, Counter>,
     pub unparsed: Family<SourceLabel, Counter>,
+    /// Lines a source cut at `max_line_bytes` (also in `unparsed`).
+    pub truncated: Family<SourceLabel, Counter>,
     pub events: Family<KindLabel, Counter>,
     pub decisions: Family<RuleLabel, Counter>,
     pub active_bans: Family<FamilyLabel, Gauge>,
@@ -60,6 +62,8 @@ pub struct Metrics {
     pub state_bytes: Gauge,
     /// Lines whose time ran too far ahead of the wall clock (dropped, not trusted).
     pub lines_ahead_of_clock: Counter,
+    /// Journal entries that named a mail server but came from another process.
+    pub journal_untrusted: Counter,
     /// Last kernel values copied, to turn absolute kernel counters into counter increments.
     kernel_last: Mutex<std::collections::HashMap<&'static str, u64>>,
 }
@@ -76,6 +80,7 @@ impl Metrics {
         let m = Metrics {
             lines: Family::default(),
             unparsed: Family::default(),
+            truncated: Family::default(),
             events: Family::default(),
             decisions: Family::default(),
             active_bans: Family::default(),
@@ -90,6 +95,7 @@ impl Metrics {
             tracked_ips: Gauge::default(),
             state_bytes: Gauge::default(),
             lines_ahead_of_clock: Counter::default(),
+            journal_untrusted: Counter::default(),
             kernel_last: Mutex::default(),
             registry: Registry::default(),
         };
@@ -98,6 +104,11 @@ impl Metrics {
             "lines_unparsed",
             "Lines no parser understood, per source",
             m.unparsed.clone(),
+        );
+        registry.register(
+            "lines_truncated",
+            "Lines longer than max_line_bytes, cut by the source and not parsed, per source",
+            m.truncated.clone(),
         );
         registry.register("events", "Typed events, per kind", m.events.clone());
         registry.register("decisions", "Ban decisions, per rule", m.decisions.clone());
@@ -142,6 +153,11 @@ impl Metrics {
             "lines_ahead_of_clock",
             "Lines stamped further ahead of the wall clock than daemon.max_clock_ahead; dropped",
             m.lines_ahead_of_clock.clone(),
+        );
+        registry.register(
+            "journal_untrusted_entries",
+            "Journal entries that named Postfix or Dovecot but came from another process; dropped",
+            m.journal_untrusted.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -1,5 +1,5 @@
 //! `cargo xtask bench veth`: receiver CPU per packet on a veth pair under a UDP flood, for
-//! detector's XDP program, an nftables set and no filter (method: ../shared/xdp/NOTES.md §2).
+//! detector's XDP program, an nftables set and no filter (method: docs/xdp-costs.md §2).
 //!
 //! Per configuration, fresh namespaces `dtb-s-<pid>` (sender, `dtb-s` 198.18.30.1) and
 //! `dtb-r-<pid>` (receiver, `dtb-r` 198.18.30.2). The receiver has GRO on and threaded NAPI,
