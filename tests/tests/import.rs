@@ -38,11 +38,17 @@ fn listed(pins: &PinDir, state: &Path, list: Option<&str>) -> Result<BTreeSet<St
 
 /// Pinned maps with XDP on a veth inside a namespace of its own (no traffic needed).
 fn pinned_maps(pins: &PinDir, tag: &str) -> Result<NetNs> {
+    pinned_maps_with(pins, tag, &[])
+}
+
+fn pinned_maps_with(pins: &PinDir, tag: &str, attach: &[&str]) -> Result<NetNs> {
     let ns = NetNs::new(&format!("dtk-{tag}-{}", std::process::id()))?;
     ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"])?;
     ns.ip(&["link", "set", "v0", "up"])?;
     ns.ip(&["link", "set", "v1", "up"])?;
-    detector_ok(pins, Some(&ns), &["attach", "--iface", "v0"])?;
+    let mut args = vec!["attach", "--iface", "v0"];
+    args.extend(attach);
+    detector_ok(pins, Some(&ns), &args)?;
     Ok(ns)
 }
 
@@ -265,6 +271,34 @@ fn reimporting_a_list_replaces_it_and_unban_list_removes_exactly_it() -> Result<
         "{}",
         again.stderr
     );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[test]
+fn a_full_map_leaves_nothing_half_written() -> Result<()> {
+    let pins = PinDir::new("impfull")?;
+    let _maps = pinned_maps_with(&pins, "impfull", &["--max-bans", "4"])?;
+    let dir = work_dir("full")?;
+    let state = dir.join("state");
+    detector_ok(&pins, None, &["ban", "198.18.40.1", "--for", "1h"])?;
+    // Five more addresses and a longer ban of .1: the fourth new one does not fit.
+    let path = dir.join("too-many.txt");
+    std::fs::write(
+        &path,
+        "198.18.40.1 7d\n198.18.40.2\n198.18.40.3\n198.18.40.4\n198.18.40.5\n198.18.40.6\n",
+    )?;
+    let run = detector(&pins, None, &["ban", "--from", s(&path)])?;
+    assert!(!run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("full"), "{}", run.stderr);
+    // Rolled back: only the earlier ban, with its own (1h) expiry.
+    let v: Value = serde_json::from_str(
+        &detector_ok(&pins, None, &["list", "--json", "--state-dir", s(&state)])?.stdout,
+    )?;
+    let bans = v.as_array().unwrap();
+    assert_eq!(bans.len(), 1, "{v}");
+    assert_eq!(bans[0]["address"], "198.18.40.1");
+    assert!(bans[0]["expires_in_s"].as_u64().unwrap() <= 3600, "{v}");
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
