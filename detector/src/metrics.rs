@@ -48,6 +48,8 @@ pub struct Metrics {
     registry: Registry,
     pub lines: Family<SourceLabel, Counter>,
     pub unparsed: Family<SourceLabel, Counter>,
+    /// Lines a source cut at `max_line_bytes` (also in `unparsed`).
+    pub truncated: Family<SourceLabel, Counter>,
     pub events: Family<KindLabel, Counter>,
     pub decisions: Family<RuleLabel, Counter>,
     pub active_bans: Family<FamilyLabel, Gauge>,
@@ -78,6 +80,7 @@ impl Metrics {
         let m = Metrics {
             lines: Family::default(),
             unparsed: Family::default(),
+            truncated: Family::default(),
             events: Family::default(),
             decisions: Family::default(),
             active_bans: Family::default(),
@@ -101,6 +104,11 @@ impl Metrics {
             "lines_unparsed",
             "Lines no parser understood, per source",
             m.unparsed.clone(),
+        );
+        registry.register(
+            "lines_truncated",
+            "Lines longer than max_line_bytes, cut by the source and not parsed, per source",
+            m.truncated.clone(),
         );
         registry.register("events", "Typed events, per kind", m.events.clone());
         registry.register("decisions", "Ban decisions, per rule", m.decisions.clone());

@@ -184,3 +184,55 @@ fn the_daemon_drops_a_far_future_line_and_status_reports_it() -> Result<()> {
     std::fs::remove_file(&config)?;
     Ok(())
 }
+
+/// What `detector ban` prints and `list` reports is what the kernel stores: an end beyond what
+/// the expiry field holds (u64 ns for addresses, u32 s for prefixes) is stored as permanent,
+/// not clamped to a date centuries away.
+#[test]
+fn ban_durations_beyond_the_kernel_clock_are_permanent_and_reported_so() -> Result<()> {
+    let t = Topology::new("huge", 19)?;
+    let pins = PinDir::new("huge")?;
+    detector_ok(&pins, Some(&t.server), &["attach", "--iface", SERVER_IFACE])?;
+    let listed = |target: &str| -> Result<serde_json::Value> {
+        let all = json(&detector_ok(&pins, None, &["list", "--json"])?.stdout)?;
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["address"] == target)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{target} not in {all}"))
+    };
+
+    let far = t.v4(9).to_string();
+    let out = detector_ok(&pins, None, &["ban", &far, "--for", "99999999999d"])?;
+    assert_eq!(
+        out.stdout.trim(),
+        format!("banned {far} permanently"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("stored as permanent"), "{out:?}");
+    assert!(listed(&far)?["expires_in_s"].is_null());
+
+    // 200 years fit in an address ban's nanoseconds, so it is stored and shown as such...
+    let long = t.v4(10).to_string();
+    let out = detector_ok(&pins, None, &["ban", &long, "--for", "200years"])?;
+    assert!(
+        out.stdout
+            .starts_with(&format!("banned {long} for 200years")),
+        "{out:?}"
+    );
+    let left = listed(&long)?["expires_in_s"].as_u64().unwrap();
+    let asked = 200 * 31_557_600; // humantime's year is 365.25 days
+    assert!(left <= asked && left > asked - 60, "{left}");
+    // ...but not in a prefix ban's u32 seconds.
+    let out = detector_ok(&pins, None, &["ban", "198.19.1.0/24", "--for", "200years"])?;
+    assert_eq!(
+        out.stdout.trim(),
+        "banned 198.19.1.0/24 permanently",
+        "{out:?}"
+    );
+    assert!(listed("198.19.1.0/24")?["expires_in_s"].is_null());
+
+    detector_ok(&pins, None, &["detach"])?;
+    Ok(())
+}

@@ -222,6 +222,13 @@ impl Pipeline {
         }
     }
 
+    /// Counts a line its source had to cut, without parsing it (see
+    /// [`crate::parse::ParseStats::truncated`]).
+    pub fn skip_truncated(&mut self) -> Fed {
+        self.parser.skip_truncated();
+        Fed::Unparsed
+    }
+
     /// Feeds an event parsed elsewhere, with the raw line it came from.
     pub fn feed_event(&mut self, event: Event, raw: RawLine, sink: &mut dyn Sink) -> Fed {
         self.feed(event, || raw, sink)

@@ -20,8 +20,10 @@
 //!
 //! - **Lines.** [`SourceLine::bytes`] is one line without its newline, raw bytes (not
 //!   necessarily UTF-8). For the journal it is the whole `journalctl -o json` object; the
-//!   parser's envelope decodes it. Lines longer than the configured cap are cut to the cap and
-//!   flagged [`SourceLine::truncated`] (and counted), so one huge line cannot exhaust memory.
+//!   parser's envelope decodes it. Lines longer than the configured cap (at most, and by
+//!   default, [`MAX_LINE_BYTES`]) are cut to the cap and flagged [`SourceLine::truncated`] (and
+//!   counted), so one huge line cannot exhaust memory. The parser never reads a cut line: the
+//!   part that is left could name another address than the whole line did.
 //! - **Backpressure, no silent loss.** Sources `send().await` into the bounded channel: when
 //!   the daemon falls behind, sources wait (and journalctl/the kernel buffer behind them).
 //!   Nothing is dropped. A line that was in flight at cancellation has no committed position,
@@ -47,7 +49,7 @@
 //! files = ["/var/log/mail.log"]   # plain files to follow (default: none)
 //! stdin = false                   # read standard input until EOF (default: false)
 //! file_start = "end"              # where to start a file without a checkpoint: "end" | "beginning"
-//! max_line_bytes = 65536          # longer lines are cut (files and stdin)
+//! max_line_bytes = 1048576        # longer lines are cut (files and stdin); at most 1 MiB
 //! poll_interval = "250ms"         # safety-net re-check of files; changes are seen at once via inotify
 //! rotate_grace = "10s"            # keep reading a renamed (rotated) file until idle this long
 //!
@@ -60,7 +62,7 @@
 //! start = "end"                   # first start without a cursor: "end" | "beginning"
 //! restart_delay = "100ms"         # first delay before restarting an exited journalctl ...
 //! restart_delay_max = "30s"       # ... doubling up to this
-//! max_line_bytes = 1048576
+//! max_line_bytes = 1048576        # the same cap for journal JSON objects
 //!
 //! [sources.journal.trust]         # only entries from the mail server processes count
 //! enabled = true
@@ -93,7 +95,14 @@ mod stdin;
 mod trust;
 
 pub use journal::DEFAULT_MATCHES;
+pub use lines::read_capped_line;
 pub use trust::{Sender, Trust, TrustConfig};
+
+/// The one line-length limit: what sources deliver by default and at most, and the longest
+/// line the parser reads. Real Postfix/Dovecot lines stay well under 8 KiB; a journal JSON
+/// object with a long binary `MESSAGE` (written as an array of numbers) can take a few
+/// hundred KiB.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // What flows to the daemon
@@ -335,7 +344,8 @@ pub struct SourceConfig {
     /// Where to start a file that has no checkpoint (default: its end).
     #[serde(default)]
     pub file_start: StartAt,
-    /// Cap on one line from a file or stdin; longer lines are cut (default 64 KiB).
+    /// Cap on one line from a file or stdin; longer lines are cut (default and maximum
+    /// [`MAX_LINE_BYTES`]).
     #[serde(default = "default_max_line")]
     pub max_line_bytes: usize,
     /// How often files are re-checked even without an inotify event (default 250 ms).
@@ -373,8 +383,8 @@ pub struct JournalConfig {
     /// Cap on the restart delay.
     #[serde(default = "default_restart_delay_max", with = "humantime_duration")]
     pub restart_delay_max: Duration,
-    /// Cap on one JSON line (default 1 MiB). A cut line is no longer valid JSON; the parser
-    /// counts it as unparsed.
+    /// Cap on one JSON line (default and maximum [`MAX_LINE_BYTES`]). A cut line is counted
+    /// and not parsed.
     #[serde(default = "default_journal_max_line")]
     pub max_line_bytes: usize,
     /// Which senders count (`[sources.journal.trust]`): by default only the Postfix and
@@ -384,7 +394,7 @@ pub struct JournalConfig {
 }
 
 fn default_max_line() -> usize {
-    64 * 1024
+    MAX_LINE_BYTES
 }
 fn default_poll_interval() -> Duration {
     Duration::from_millis(250)
@@ -405,7 +415,7 @@ fn default_restart_delay_max() -> Duration {
     Duration::from_secs(30)
 }
 fn default_journal_max_line() -> usize {
-    1024 * 1024
+    MAX_LINE_BYTES
 }
 
 /// Durations are written the humantime way: "250ms", "10s", "1m 30s".
@@ -526,10 +536,13 @@ impl JournalConfig {
 }
 
 fn check_max_line(key: &str, value: usize) -> Result<()> {
-    if !(256..=64 * 1024 * 1024).contains(&value) {
+    if !(256..=MAX_LINE_BYTES).contains(&value) {
         return Err(Error::config(
             key,
-            format!("{value} is out of range (256 bytes to 64 MiB)"),
+            format!(
+                "{value} is out of range (256 bytes to {MAX_LINE_BYTES}, the longest line the \
+                 parser reads)"
+            ),
         ));
     }
     Ok(())
@@ -737,7 +750,7 @@ mod tests {
         let s = top.sources;
         assert_eq!(s.files, vec![PathBuf::from("/var/log/mail.log")]);
         assert_eq!(s.poll_interval, Duration::from_millis(100));
-        assert_eq!(s.max_line_bytes, 65536);
+        assert_eq!(s.max_line_bytes, MAX_LINE_BYTES);
         assert_eq!(s.file_start, StartAt::End);
         assert!(!s.stdin);
         let j = s.journal.unwrap();
@@ -800,6 +813,13 @@ mod tests {
         c.files.pop();
         c.validate().unwrap();
         c.max_line_bytes = 10;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sources.max_line_bytes")
+        );
+        c.max_line_bytes = MAX_LINE_BYTES + 1;
         assert!(
             c.validate()
                 .unwrap_err()
