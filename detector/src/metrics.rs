@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 
+use detector_common::{COUNTERS, CounterInfo, CounterKind};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -53,15 +54,18 @@ pub struct Metrics {
     pub decisions: Family<RuleLabel, Counter>,
     pub active_bans: Family<FamilyLabel, Gauge>,
     pub xdp_packets: Family<VerdictLabel, Counter>,
-    pub xdp_dropped_bytes: Counter,
+    /// One counter per byte-counting XDP counter (`xdp_dropped_bytes`), in COUNTERS order.
+    xdp_bytes: Vec<(&'static str, Counter)>,
     pub ban_hits: Gauge,
     pub journal_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub tracked_ips: Gauge,
     pub state_bytes: Gauge,
     /// Lines whose time ran too far ahead of the wall clock (dropped, not trusted).
     pub lines_ahead_of_clock: Counter,
+    /// Journal entries that named a mail server but came from another process.
+    pub journal_untrusted: Counter,
     /// Last kernel values copied, to turn absolute kernel counters into counter increments.
-    kernel_last: Mutex<std::collections::HashMap<String, u64>>,
+    kernel_last: Mutex<std::collections::HashMap<&'static str, u64>>,
 }
 
 impl Default for Metrics {
@@ -81,12 +85,17 @@ impl Metrics {
             decisions: Family::default(),
             active_bans: Family::default(),
             xdp_packets: Family::default(),
-            xdp_dropped_bytes: Counter::default(),
+            xdp_bytes: COUNTERS
+                .iter()
+                .filter(|c| c.kind == CounterKind::Bytes)
+                .map(|c| (c.name, Counter::default()))
+                .collect(),
             ban_hits: Gauge::default(),
             journal_lag_seconds: Gauge::default(),
             tracked_ips: Gauge::default(),
             state_bytes: Gauge::default(),
             lines_ahead_of_clock: Counter::default(),
+            journal_untrusted: Counter::default(),
             kernel_last: Mutex::default(),
             registry: Registry::default(),
         };
@@ -110,14 +119,16 @@ impl Metrics {
         );
         registry.register(
             "xdp_packets",
-            "Packets seen by the XDP program, per verdict",
+            "Packets seen by the XDP program, per verdict (a counter of the XDP program's STATS)",
             m.xdp_packets.clone(),
         );
-        registry.register(
-            "xdp_dropped_bytes",
-            "Bytes dropped by the XDP program",
-            m.xdp_dropped_bytes.clone(),
-        );
+        for (name, counter) in &m.xdp_bytes {
+            let help = COUNTERS
+                .iter()
+                .find(|c| c.name == *name)
+                .map_or("", |c| c.help);
+            registry.register(format!("xdp_{name}"), help, counter.clone());
+        }
         registry.register(
             "ban_hits",
             "Sum of the per-ban drop counters of active bans",
@@ -143,23 +154,33 @@ impl Metrics {
             "Lines stamped further ahead of the wall clock than daemon.max_clock_ahead; dropped",
             m.lines_ahead_of_clock.clone(),
         );
+        registry.register(
+            "journal_untrusted_entries",
+            "Journal entries that named Postfix or Dovecot but came from another process; dropped",
+            m.journal_untrusted.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     /// Copies an absolute kernel counter (which only grows while the program stays loaded) into a
     /// Prometheus counter. A smaller value means the program was reloaded: count from zero again.
-    pub fn set_kernel_counter(&self, verdict: &str, value: u64) {
+    pub fn set_kernel_counter(&self, counter: &CounterInfo, value: u64) {
         let mut last = self.kernel_last.lock().unwrap_or_else(|e| e.into_inner());
-        let prev = last.insert(verdict.to_string(), value).unwrap_or(0);
+        let prev = last.insert(counter.name, value).unwrap_or(0);
         let delta = if value >= prev { value - prev } else { value };
-        if verdict == "dropped_bytes" {
-            self.xdp_dropped_bytes.inc_by(delta);
-        } else {
-            self.xdp_packets
-                .get_or_create(&VerdictLabel {
-                    verdict: verdict.to_string(),
-                })
-                .inc_by(delta);
+        match counter.kind {
+            CounterKind::Bytes => {
+                if let Some((_, c)) = self.xdp_bytes.iter().find(|(n, _)| *n == counter.name) {
+                    c.inc_by(delta);
+                }
+            }
+            CounterKind::Packets => {
+                self.xdp_packets
+                    .get_or_create(&VerdictLabel {
+                        verdict: counter.name.to_string(),
+                    })
+                    .inc_by(delta);
+            }
         }
     }
 
@@ -236,14 +257,43 @@ mod tests {
     #[test]
     fn kernel_counters_become_increments_and_survive_reloads() {
         let m = Metrics::new();
-        m.set_kernel_counter("dropped", 10);
-        m.set_kernel_counter("dropped", 25);
-        m.set_kernel_counter("dropped", 5); // program reloaded: counters restarted at 0
+        let counter = |name: &str| COUNTERS.iter().find(|c| c.name == name).unwrap();
+        m.set_kernel_counter(counter("dropped"), 10);
+        m.set_kernel_counter(counter("dropped"), 25);
+        m.set_kernel_counter(counter("dropped"), 5); // program reloaded: counters restarted at 0
+        m.set_kernel_counter(counter("dropped_bytes"), 640);
         let text = m.render();
         assert!(
             text.contains("detector_xdp_packets_total{verdict=\"dropped\"} 30"),
             "{text}"
         );
+        assert!(
+            text.contains("detector_xdp_dropped_bytes_total 640"),
+            "{text}"
+        );
+        assert!(!text.contains("verdict=\"dropped_bytes\""), "{text}");
+    }
+
+    #[test]
+    fn every_xdp_counter_is_exported() {
+        let m = Metrics::new();
+        for (i, c) in COUNTERS.iter().enumerate() {
+            m.set_kernel_counter(c, i as u64 + 1);
+        }
+        let text = m.render();
+        for (i, c) in COUNTERS.iter().enumerate() {
+            let line = match c.kind {
+                CounterKind::Packets => {
+                    format!(
+                        "detector_xdp_packets_total{{verdict=\"{}\"}} {}",
+                        c.name,
+                        i + 1
+                    )
+                }
+                CounterKind::Bytes => format!("detector_xdp_{}_total {}", c.name, i + 1),
+            };
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
     }
 
     #[tokio::test]

@@ -244,7 +244,10 @@ mod tests {
     /// and for escaped names and sub-second times.
     #[test]
     fn fast_json_matches_serde() {
-        let log = include_str!("../../../../shared/lab/samples/journal-mode.json");
+        let log = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/fixtures/lab/journal-mode.json"
+        ));
         let mut p = LineParser::new(Format::Auto);
         let mut events: Vec<Event> = log
             .lines()

@@ -17,16 +17,20 @@ mod clock;
 mod maps;
 mod pins;
 mod sys;
+mod table;
 pub mod testrun;
 mod types;
 mod verify;
 
 pub use allow::{Allowlist, local_addresses};
 pub use attach::{AttachOptions, AttachOutcome, AttachReport, DetachReport, attach, detach};
-pub use maps::Enforcer;
 pub use maps::canonical;
+pub use maps::{Enforcer, FULL_WALK_EVERY, SweepReport};
 pub use pins::PinPaths;
-pub use types::{AttachMode, BanEntry, BanOutcome, Capacity, Reason, Stats, display_target};
+pub use types::{
+    ActiveBan, AttachMode, BanEntry, BanOutcome, Capacity, Reason, Reconciled, Stats,
+    display_target,
+};
 
 use std::path::PathBuf;
 
@@ -36,27 +40,4 @@ pub fn default_pin_dir() -> PathBuf {
     std::env::var_os("DETECTOR_PIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(detector_common::PIN_DIR))
-}
-
-/// Formats an error with its chain of causes on one line (aya errors keep the errno there).
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let msg = e.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = e.source();
-    }
-    s
-}
-
-/// `Error::Bpf` with a context and the cause chain.
-pub(crate) fn bpf_error(
-    context: impl std::fmt::Display,
-    err: &dyn std::error::Error,
-) -> crate::Error {
-    crate::Error::Bpf(format!("{context}: {}", chain(err)))
 }

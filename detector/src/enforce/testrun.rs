@@ -1,12 +1,10 @@
 //! BPF_PROG_TEST_RUN harness: runs the real XDP program (and the bench reference programs) on
 //! hand-made frames, with private unpinned maps. Used by the frame-level kernel tests and by
 //! `cargo xtask bench xdp`; nothing is attached anywhere.
-use std::os::fd::{AsFd, AsRawFd};
-
-use aya::{Ebpf, EbpfLoader, programs::Xdp};
+use aya::{Ebpf, EbpfLoader, TestRun as _, TestRunOptions, programs::Xdp};
 use detector_common::{ExactBan, XDP_PROGRAM, bench_programs, map_names};
 
-use super::{Capacity, Enforcer, bpf_error, sys};
+use super::{Capacity, Enforcer, sys};
 use crate::Error;
 
 /// XDP return codes.
@@ -39,30 +37,6 @@ pub struct TestObject {
     enforcer: Enforcer,
 }
 
-/// `union bpf_attr` as used by BPF_PROG_TEST_RUN (the `test` member).
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-
 impl TestObject {
     pub fn load(capacity: Capacity) -> crate::Result<Self> {
         sys::require_privileges()?;
@@ -72,15 +46,15 @@ impl TestObject {
             .map_max_entries(map_names::PREFIX_V4, capacity.prefix)
             .map_max_entries(map_names::PREFIX_V6, capacity.prefix)
             .load(super::attach::OBJECT)
-            .map_err(|e| bpf_error("loading the XDP object", &e))?;
+            .map_err(|e| Error::bpf("loading the XDP object", e))?;
         for name in PROGRAMS {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| Error::Bpf(format!("no program {name} in the object")))?
                 .try_into()
-                .map_err(|e| bpf_error(name, &e))?;
+                .map_err(|e| Error::bpf(name, e))?;
             p.load()
-                .map_err(|e| bpf_error(format!("loading {name}"), &e))?;
+                .map_err(|e| Error::bpf(format!("loading {name}"), e))?;
         }
         let enforcer = Enforcer::from_loaded(&mut ebpf, capacity)?;
         Ok(TestObject { ebpf, enforcer })
@@ -116,6 +90,27 @@ impl TestObject {
         )
     }
 
+    /// Runs `program` on `frame` `repeat` times on another thread while `meanwhile` works on
+    /// the maps here: races between user-space map updates and the XDP program.
+    pub fn run_while<R>(
+        &mut self,
+        program: &str,
+        frame: &[u8],
+        repeat: u32,
+        meanwhile: impl FnOnce(&mut Enforcer) -> R,
+    ) -> crate::Result<(TestRun, R)> {
+        let TestObject { ebpf, enforcer } = self;
+        let ebpf = &*ebpf;
+        std::thread::scope(|s| {
+            let runner = s.spawn(move || run_program(ebpf, program, frame, repeat));
+            let result = meanwhile(enforcer);
+            let run = runner
+                .join()
+                .map_err(|_| Error::Bpf("the BPF_PROG_TEST_RUN thread panicked".into()))??;
+            Ok((run, result))
+        })
+    }
+
     /// Pins one of the object's programs (tests use it to fake a pin left by another build).
     pub fn pin_program(&mut self, program: &str, path: &std::path::Path) -> crate::Result<()> {
         let p: &mut Xdp = self
@@ -123,47 +118,38 @@ impl TestObject {
             .program_mut(program)
             .ok_or_else(|| Error::Bpf(format!("no program {program}")))?
             .try_into()
-            .map_err(|e| bpf_error(program, &e))?;
+            .map_err(|e| Error::bpf(program, e))?;
         p.pin(path)
-            .map_err(|e| bpf_error(format!("pinning {program}"), &e))
+            .map_err(|e| Error::bpf(format!("pinning {program}"), e))
     }
 
-    /// Runs `program` on `frame` `repeat` times (BPF_PROG_TEST_RUN).
+    /// Runs `program` on `frame` `repeat` times (BPF_PROG_TEST_RUN, through aya's wrapper).
     pub fn run(&self, program: &str, frame: &[u8], repeat: u32) -> crate::Result<TestRun> {
-        let p: &Xdp = self
-            .ebpf
-            .program(program)
-            .ok_or_else(|| Error::Bpf(format!("no program {program}")))?
-            .try_into()
-            .map_err(|e| bpf_error(program, &e))?;
-        let fd = p.fd().map_err(|e| bpf_error(program, &e))?;
-        let mut attr = TestRunAttr {
-            prog_fd: fd.as_fd().as_raw_fd() as u32,
-            data_size_in: frame.len() as u32,
-            data_in: frame.as_ptr() as u64,
-            repeat,
-            ..Default::default()
-        };
-        // SAFETY: attr is a valid, initialised bpf_attr prefix; data_in points at `frame`,
-        // which outlives the call; no output buffers are given.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &mut attr as *mut TestRunAttr,
-                std::mem::size_of::<TestRunAttr>(),
-            )
-        };
-        if rc < 0 {
-            let err = std::io::Error::last_os_error();
-            return Err(Error::Bpf(format!(
-                "BPF_PROG_TEST_RUN of {program} ({} bytes): {err}",
-                frame.len()
-            )));
-        }
-        Ok(TestRun {
-            retval: attr.retval,
-            duration_ns: attr.duration,
-        })
+        run_program(&self.ebpf, program, frame, repeat)
     }
+}
+
+fn run_program(ebpf: &Ebpf, program: &str, frame: &[u8], repeat: u32) -> crate::Result<TestRun> {
+    let p: &Xdp = ebpf
+        .program(program)
+        .ok_or_else(|| Error::Bpf(format!("no program {program}")))?
+        .try_into()
+        .map_err(|e| Error::bpf(program, e))?;
+    let result = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .map_err(|e| {
+            Error::bpf(
+                format!("BPF_PROG_TEST_RUN of {program} ({} bytes)", frame.len()),
+                e,
+            )
+        })?;
+    Ok(TestRun {
+        retval: result.return_value,
+        // The kernel reports whole nanoseconds in 32 bits; aya widens them to a Duration.
+        duration_ns: u32::try_from(result.duration.as_nanos()).unwrap_or(u32::MAX),
+    })
 }

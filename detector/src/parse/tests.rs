@@ -326,10 +326,13 @@ fn injected_login_user_is_kept_whole() {
     assert_eq!(e.user.as_deref(), Some("x>, rip=203.0.113.9, lip="));
 }
 
-/// The lab's real lines (../shared/lab/samples/file-mode.log, LAB_FAST=1): one attack round.
+/// The lab's real lines (tests/fixtures/lab/file-mode.log, Dovecot auth delays off): one attack round.
 #[test]
 fn lab_file_mode_sequence_and_dedup() {
-    let log = include_str!("../../../../shared/lab/samples/file-mode.log");
+    let log = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/lab/file-mode.log"
+    ));
     let mut p = parser();
     let mut got = Vec::new();
     for (i, line) in log.lines().enumerate() {
@@ -380,7 +383,10 @@ fn lab_file_mode_sequence_and_dedup() {
 /// Journal export of the same round: same failures, Dovecot without `Info: `.
 #[test]
 fn lab_journal_mode() {
-    let log = include_str!("../../../../shared/lab/samples/journal-mode.json");
+    let log = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/lab/journal-mode.json"
+    ));
     let mut p = parser();
     let mut failures = 0;
     let mut kinds = Vec::new();
@@ -411,7 +417,10 @@ fn lab_journal_mode() {
         3
     );
     // The short-iso-precise rendering of the same journal gives the same failure count.
-    let text = include_str!("../../../../shared/lab/samples/journal-mode.short-iso-precise.log");
+    let text = include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/lab/journal-mode.short-iso-precise.log"
+    ));
     let mut p = parser();
     let f: u32 = text
         .lines()

@@ -9,8 +9,8 @@
 //!  let (tx, mut rx) = tokio::sync::mpsc::channel(4096);        // bounded: backpressure
 //!  let (status_tx, mut status_rx) = tokio::sync::mpsc::unbounded_channel();
 //!  let cancel = CancellationToken::new();
-//!  let checkpoints = Checkpoints::load(&state_dir)?;
-//!  let handles = source::spawn(&config.sources, &checkpoints, tx, status_tx, cancel.clone())?;
+//!  let checkpoints = Checkpoints::load(&state_dir)?;        // or any resume function
+//!  let handles = source::spawn(&config.sources, checkpoints.resume(), tx, status_tx, cancel.clone())?;
 //!  while let Some(line) = rx.recv().await {
 //!      engine.handle(parser.parse_line(&line.bytes, ..));
 //!      checkpoints.commit(&line.origin, &line.position);   // only after the engine is done
@@ -63,6 +63,13 @@
 //! restart_delay = "100ms"         # first delay before restarting an exited journalctl ...
 //! restart_delay_max = "30s"       # ... doubling up to this
 //! max_line_bytes = 1048576        # the same cap for journal JSON objects
+//!
+//! [sources.journal.trust]         # only entries from the mail server processes count
+//! enabled = true
+//! users = ["root", "postfix", "dovecot", "dovenull"]
+//! executables = ["/usr/lib/postfix/sbin/", "/usr/libexec/postfix/", "/usr/lib/dovecot/",
+//!                "/usr/libexec/dovecot/", "/usr/sbin/dovecot"]
+//! units = ["postfix.service", "postfix@*.service", "dovecot.service"]
 //! ```
 //!
 //! Without a `[sources]` table the daemon uses [`SourceConfig::default`]: the journal with the
@@ -79,16 +86,17 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Checkpoints;
 use crate::{Error, Result};
 
 mod file;
 mod journal;
 mod lines;
 mod stdin;
+mod trust;
 
 pub use journal::DEFAULT_MATCHES;
 pub use lines::read_capped_line;
+pub use trust::{Sender, Trust, TrustConfig};
 
 /// The one line-length limit: what sources deliver by default and at most, and the longest
 /// line the parser reads. Real Postfix/Dovecot lines stay well under 8 KiB; a journal JSON
@@ -250,6 +258,13 @@ pub struct SourceCounters {
     pub rotations: AtomicU64,
     /// File truncations (copytruncate).
     pub truncations: AtomicU64,
+    /// Journal entries that claim to be Postfix or Dovecot but whose trusted fields show
+    /// another process (dropped).
+    pub untrusted: AtomicU64,
+    /// Other journal entries from processes that are not mail servers (dropped).
+    pub foreign: AtomicU64,
+    /// The last untrusted entry's trusted fields ([`Sender::describe`]).
+    pub last_untrusted: std::sync::Mutex<Option<String>>,
 }
 
 /// A point-in-time copy of [`SourceCounters`].
@@ -261,6 +276,8 @@ pub struct CounterSnapshot {
     pub restarts: u64,
     pub rotations: u64,
     pub truncations: u64,
+    pub untrusted: u64,
+    pub foreign: u64,
 }
 
 impl SourceCounters {
@@ -273,7 +290,16 @@ impl SourceCounters {
             restarts: get(&self.restarts),
             rotations: get(&self.rotations),
             truncations: get(&self.truncations),
+            untrusted: get(&self.untrusted),
+            foreign: get(&self.foreign),
         }
+    }
+
+    /// The last untrusted entry, described.
+    pub fn last_untrusted(&self) -> Option<String> {
+        self.last_untrusted
+            .lock()
+            .map_or_else(|e| e.into_inner().clone(), |l| l.clone())
     }
 }
 
@@ -361,6 +387,10 @@ pub struct JournalConfig {
     /// and not parsed.
     #[serde(default = "default_journal_max_line")]
     pub max_line_bytes: usize,
+    /// Which senders count (`[sources.journal.trust]`): by default only the Postfix and
+    /// Dovecot processes, told by the fields journald sets itself.
+    #[serde(default)]
+    pub trust: TrustConfig,
 }
 
 fn default_max_line() -> usize {
@@ -415,6 +445,7 @@ impl Default for JournalConfig {
             restart_delay: default_restart_delay(),
             restart_delay_max: default_restart_delay_max(),
             max_line_bytes: default_journal_max_line(),
+            trust: TrustConfig::default(),
         }
     }
 }
@@ -493,6 +524,7 @@ impl JournalConfig {
     pub fn validate(&self) -> Result<()> {
         check_max_line("sources.journal.max_line_bytes", self.max_line_bytes)?;
         journal::check_matches(&self.matches)?;
+        self.trust.validate()?;
         if self.restart_delay.is_zero() || self.restart_delay > self.restart_delay_max {
             return Err(Error::config(
                 "sources.journal.restart_delay",
@@ -520,13 +552,13 @@ fn check_max_line(key: &str, value: usize) -> Result<()> {
 // Starting the sources
 // ---------------------------------------------------------------------------------------------
 
-/// Validates `config` and starts one task per source, each resuming from its checkpoint in
-/// `checkpoints`. Must be called inside a tokio runtime. Errors (bad settings, journalctl not
+/// Validates `config` and starts one task per source, each resuming just after the position
+/// `resume` gives for its id (`None`: the configured start; `|_| None` for no checkpoints). Must be called inside a tokio runtime. Errors (bad settings, journalctl not
 /// found) are returned before any task is started. Relative file paths are made absolute
 /// (without resolving symlinks: the name is what is followed).
 pub fn spawn(
     config: &SourceConfig,
-    checkpoints: &Checkpoints,
+    resume: impl Fn(&SourceId) -> Option<Position>,
     lines: mpsc::Sender<SourceLine>,
     status: mpsc::UnboundedSender<SourceStatus>,
     cancel: CancellationToken,
@@ -558,11 +590,18 @@ pub fn spawn(
 
     if let (Some(journal), Some(program)) = (&config.journal, journal_program) {
         let ctx = ctx(SourceId::journal(journal.directory.as_deref()));
-        let resume = match checkpoints.get(&ctx.id) {
-            Some(Position::Journal { cursor }) => Some(cursor.clone()),
+        let cursor = match resume(&ctx.id) {
+            Some(Position::Journal { cursor }) => Some(cursor),
             _ => None,
         };
-        let task = tokio::spawn(journal::run(journal.clone(), program, resume, ctx.clone()));
+        let trust = Trust::from_system(&journal.trust);
+        let task = tokio::spawn(journal::run(
+            journal.clone(),
+            program,
+            cursor,
+            trust,
+            ctx.clone(),
+        ));
         handles.push(finish(&ctx, task));
     }
     for path in files {
@@ -574,8 +613,7 @@ pub fn spawn(
             poll_interval: config.poll_interval,
             rotate_grace: config.rotate_grace,
         };
-        let resume = checkpoints.get(&ctx.id).cloned();
-        let task = tokio::spawn(file::run(opts, resume, ctx.clone()));
+        let task = tokio::spawn(file::run(opts, resume(&ctx.id), ctx.clone()));
         handles.push(finish(&ctx, task));
     }
     if config.stdin {
@@ -634,6 +672,28 @@ impl SourceCtx {
             biased;
             _ = self.cancel.cancelled() => Flow::Stop,
             sent = self.lines.send(msg) => if sent.is_ok() { Flow::Continue } else { Flow::Stop },
+        }
+    }
+
+    /// Counts a journal entry that did not come from a mail server process. One claiming to be
+    /// Postfix or Dovecot is a forgery or a misconfigured trust list: the first and every
+    /// 1000th are reported, with the fields that gave it away.
+    fn untrusted(&self, sender: &trust::Sender<'_>) {
+        if !sender.claims_mail_server() {
+            self.counters.foreign.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let n = self.counters.untrusted.fetch_add(1, Ordering::Relaxed) + 1;
+        let described = sender.describe();
+        if n == 1 || n.is_multiple_of(1000) {
+            self.report(StatusEvent::Warning(format!(
+                "{n} journal entries named a mail server but came from another process, not \
+                 counted (last: {described}); if this is your mail server, add it to \
+                 [sources.journal.trust]"
+            )));
+        }
+        if let Ok(mut last) = self.counters.last_untrusted.lock() {
+            *last = Some(described);
         }
     }
 
