@@ -18,6 +18,7 @@ mod maps;
 mod pins;
 mod sys;
 pub mod testrun;
+pub mod trace;
 mod types;
 mod verify;
 

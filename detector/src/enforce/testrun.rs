@@ -1,7 +1,8 @@
-//! BPF_PROG_TEST_RUN harness: runs the real XDP program (and the bench reference programs) on
-//! hand-made frames, with private unpinned maps. Used by the frame-level kernel tests and by
-//! `cargo xtask bench xdp`; nothing is attached anywhere.
+//! BPF_PROG_TEST_RUN harness: runs the real XDP program (and, from the bench object, the
+//! reference programs) on hand-made frames, with private unpinned maps. Used by the
+//! frame-level kernel tests and by `cargo xtask bench xdp`; nothing is attached anywhere.
 use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
 
 use aya::{Ebpf, EbpfLoader, programs::Xdp};
 use detector_common::{ExactBan, XDP_PROGRAM, bench_programs, map_names};
@@ -16,13 +17,22 @@ pub mod action {
     pub const PASS: u32 = 2;
 }
 
-/// Every program in the object: detector's and the bench references.
-pub const PROGRAMS: [&str; 4] = [
+/// Every program in the production object.
+pub const PROGRAMS: [&str; 1] = [XDP_PROGRAM];
+
+/// Every program in the bench object: the production program, its no-trace build and the
+/// reference programs.
+pub const BENCH_PROGRAMS: [&str; 5] = [
     XDP_PROGRAM,
+    bench_programs::NO_TRACE,
     bench_programs::EMPTY,
     bench_programs::BARE_V4,
     bench_programs::BARE_V6,
 ];
+
+/// Where build.rs left the bench object. It is read at run time, never embedded, so that the
+/// shipped binary carries only the production object.
+const BENCH_OBJECT: &str = env!("DETECTOR_BENCH_OBJECT");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TestRun {
@@ -64,16 +74,35 @@ struct TestRunAttr {
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
 impl TestObject {
+    /// The production object (what `detector attach` loads).
     pub fn load(capacity: Capacity) -> crate::Result<Self> {
+        Self::load_object(super::attach::OBJECT, &PROGRAMS, capacity)
+    }
+
+    /// The bench object from the build directory (see [`BENCH_PROGRAMS`]).
+    pub fn load_bench(capacity: Capacity) -> crate::Result<Self> {
+        let bytes =
+            std::fs::read(BENCH_OBJECT).map_err(|e| Error::io(Path::new(BENCH_OBJECT), e))?;
+        // ELF parsing wants the image 8-byte aligned; a Vec<u8> need not be.
+        let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+        // SAFETY: `aligned` owns at least bytes.len() bytes; u64 has no invalid bit patterns.
+        let image = unsafe {
+            std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), bytes.len())
+        };
+        image.copy_from_slice(&bytes);
+        Self::load_object(image, &BENCH_PROGRAMS, capacity)
+    }
+
+    fn load_object(object: &[u8], programs: &[&str], capacity: Capacity) -> crate::Result<Self> {
         sys::require_privileges()?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::BANS_V4, capacity.exact)
             .map_max_entries(map_names::BANS_V6, capacity.exact)
             .map_max_entries(map_names::PREFIX_V4, capacity.prefix)
             .map_max_entries(map_names::PREFIX_V6, capacity.prefix)
-            .load(super::attach::OBJECT)
+            .load(object)
             .map_err(|e| bpf_error("loading the XDP object", &e))?;
-        for name in PROGRAMS {
+        for &name in programs {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| Error::Bpf(format!("no program {name} in the object")))?
