@@ -1,7 +1,7 @@
 //! `detector trace`: while TRACE[0] is set and its deadline has not passed, every frame from
 //! the traced source gets one aya-log line with its verdict and the ban that decided it.
 //!
-//! Off (`until_ns == 0`), this costs one inlined array lookup and one compare per IP frame.
+//! Off (`until_ns == 0`), this costs one array lookup and one compare per frame (see xdp::run).
 //! The line is `key=value` numbers (codes from detector_common::trace), which `detector trace`
 //! renders; IPv4 sources are logged as IPv4-mapped IPv6 so there is one log call site.
 use aya_ebpf::programs::XdpContext;
@@ -13,9 +13,15 @@ use crate::xdp::{Found, coarse_now};
 
 const NS_PER_S: u64 = 1_000_000_000;
 
+/// Logs the frame if its IPv4 source is inside the trace target `t` (from [`active`]).
 #[inline(always)]
-pub fn v4(ctx: &XdpContext, addr: [u8; 4], found: &Found, now: &mut Option<u64>) {
-    let Some(t) = active(now) else { return };
+pub fn v4(
+    ctx: &XdpContext,
+    t: *mut TraceTarget,
+    addr: [u8; 4],
+    found: Found,
+    now: &mut Option<u64>,
+) {
     // SAFETY: `t` is TRACE[0] (see `active`); the fields are plain integers.
     let (family, net, mask) = unsafe { ((*t).family, (*t).addr, (*t).mask) };
     let src = u32::from_ne_bytes(addr);
@@ -31,9 +37,15 @@ pub fn v4(ctx: &XdpContext, addr: [u8; 4], found: &Found, now: &mut Option<u64>)
     log(ctx, mapped, found, now);
 }
 
+/// Logs the frame if its IPv6 source is inside the trace target `t` (from [`active`]).
 #[inline(always)]
-pub fn v6(ctx: &XdpContext, addr: [u8; 16], found: &Found, now: &mut Option<u64>) {
-    let Some(t) = active(now) else { return };
+pub fn v6(
+    ctx: &XdpContext,
+    t: *mut TraceTarget,
+    addr: [u8; 16],
+    found: Found,
+    now: &mut Option<u64>,
+) {
     // SAFETY: `t` is TRACE[0] (see `active`); the fields are plain integers.
     let (family, net, mask) = unsafe { ((*t).family, (*t).addr, (*t).mask) };
     if family != 6 {
@@ -62,7 +74,7 @@ pub fn v6(ctx: &XdpContext, addr: [u8; 16], found: &Found, now: &mut Option<u64>
 /// TRACE[0] when a trace is on. Past its deadline the entry is switched off here, so a trace
 /// whose `detector trace` process died stops by itself (and the off-cost returns).
 #[inline(always)]
-fn active(now: &mut Option<u64>) -> Option<*mut TraceTarget> {
+pub fn active(now: &mut Option<u64>) -> Option<*mut TraceTarget> {
     let t = trace_target()?;
     // SAFETY: `t` is the array's own pointer to its single element, valid for the program's
     // run; user space replaces the element whole, and an aligned u64 read cannot tear.
@@ -80,7 +92,7 @@ fn active(now: &mut Option<u64>) -> Option<*mut TraceTarget> {
 }
 
 #[inline(always)]
-fn log(ctx: &XdpContext, src: [u8; 16], found: &Found, now: &mut Option<u64>) {
+fn log(ctx: &XdpContext, src: [u8; 16], found: Found, now: &mut Option<u64>) {
     // -1: permanent; otherwise whole seconds left (0 once expired).
     let left_s: i64 = if found.expires_ns == 0 {
         -1

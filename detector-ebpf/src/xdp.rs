@@ -2,9 +2,13 @@
 //! everything else.
 //!
 //! Per frame on the common path (source not banned): one exact-hash lookup, one SETTINGS array
-//! read, one per-CPU counter and, with `TRACE`, one TRACE array read. The clock is read only
-//! when an entry matched (or while a trace is on), and the (slow) LPM trie is consulted only
-//! while SETTINGS says it holds something.
+//! read, one per-CPU counter and, with `TRACE`, one TRACE array read first. The clock is read
+//! only when an entry matched (or while a trace is on), and the (slow) LPM trie is consulted
+//! only while SETTINGS says it holds something.
+//!
+//! The trace switch is checked once, up front, and selects one of two copies of the logic: the
+//! one without tracing is exactly the program built without trace support, so tracing off
+//! costs that one check and nothing in the rest of the frame's path.
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     helpers::generated::bpf_ktime_get_coarse_ns,
@@ -13,7 +17,7 @@ use aya_ebpf::{
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use detector_common::{
     Counters, ExactBan, Ipv4Key, Ipv6Key, PrefixBan, settings_flags as sf,
-    trace::{ban_kind, verdict},
+    trace::{TraceTarget, ban_kind, verdict},
 };
 
 use crate::maps::{BANS_V4, BANS_V6, counters, prefix_v4, prefix_v6, settings_flags};
@@ -24,6 +28,7 @@ const NS_PER_S: u64 = 1_000_000_000;
 
 /// What the ban maps said about a source: the verdict, and for a trace line which entry
 /// decided it. Without tracing only `drop` is used, and the compiler drops the rest.
+#[derive(Clone, Copy)]
 pub struct Found {
     pub drop: bool,
     /// One of detector_common::trace::verdict.
@@ -60,8 +65,23 @@ macro_rules! bump {
 /// bench object has that variant, to measure what tracing costs while it is off).
 #[inline(always)]
 pub fn run<const TRACE: bool>(ctx: &XdpContext) -> u32 {
+    if TRACE {
+        let mut now = None;
+        if let Some(target) = trace::active(&mut now) {
+            return decide::<true>(ctx, Some(target), now);
+        }
+    }
+    decide::<false>(ctx, None, None)
+}
+
+/// One frame's verdict; with `TRACING`, frames from `target` are logged.
+#[inline(always)]
+fn decide<const TRACING: bool>(
+    ctx: &XdpContext,
+    target: Option<*mut TraceTarget>,
+    mut now: Option<u64>,
+) -> u32 {
     let c = counters();
-    let mut now: Option<u64> = None;
     let drop = match source(ctx) {
         Source::V4(addr) => {
             let flags = settings_flags();
@@ -74,8 +94,8 @@ pub fn run<const TRACE: bool>(ctx: &XdpContext) -> u32 {
                 &mut now,
                 || prefix_v4(addr),
             );
-            if TRACE {
-                trace::v4(ctx, addr, &found, &mut now);
+            if TRACING && let Some(t) = target {
+                trace::v4(ctx, t, addr, found, &mut now);
             }
             found.drop
         }
@@ -90,8 +110,8 @@ pub fn run<const TRACE: bool>(ctx: &XdpContext) -> u32 {
                 &mut now,
                 || prefix_v6(addr),
             );
-            if TRACE {
-                trace::v6(ctx, addr, &found, &mut now);
+            if TRACING && let Some(t) = target {
+                trace::v6(ctx, t, addr, found, &mut now);
             }
             found.drop
         }
