@@ -14,6 +14,7 @@
 mod allow;
 mod attach;
 mod clock;
+pub mod infra;
 mod maps;
 mod pins;
 mod sys;
@@ -22,7 +23,7 @@ pub mod trace;
 mod types;
 mod verify;
 
-pub use allow::{Allowlist, local_addresses};
+pub use allow::{Allowlist, host_infrastructure, local_addresses};
 pub use attach::{AttachOptions, AttachOutcome, AttachReport, DetachReport, attach, detach};
 pub use maps::Enforcer;
 pub use maps::canonical;
