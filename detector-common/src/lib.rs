@@ -118,22 +118,78 @@ pub mod settings_flags {
     pub const HAVE_PREFIX_V6: u32 = 1 << 2;
 }
 
-/// The XDP program's counters: STATS is a per-CPU array with one `Counters` (index 0), so a
-/// frame costs one map lookup whatever it bumps. Seen = passed + dropped.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub passed: u64,
-    pub dropped: u64,
-    pub dropped_bytes: u64,
-    /// Matched a live ban while in observe mode (passed, counted in `passed` too).
-    pub observed: u64,
-    /// Matched an expired ban (passed).
-    pub expired_hits: u64,
+/// What a counter counts (how user space exports it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterKind {
+    /// Frames, by verdict (`detector_xdp_packets_total{verdict=NAME}`).
+    Packets,
+    /// Bytes (`detector_xdp_NAME_total`).
+    Bytes,
+}
+
+/// One counter of [`Counters`]: its field name, a one-line description, what it counts and
+/// how to read it. [`COUNTERS`] lists them all, so `stats`, the JSON output and the metrics
+/// follow the struct without a second list.
+#[derive(Clone, Copy)]
+pub struct CounterInfo {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: CounterKind,
+    pub get: fn(&Counters) -> u64,
+}
+
+/// Declares [`Counters`] and [`COUNTERS`] from one list.
+macro_rules! counters {
+    ($( #[doc = $help:literal] $field:ident: $kind:ident, )+) => {
+        /// The XDP program's counters: STATS is a per-CPU array with one `Counters` (index 0),
+        /// so a frame costs one map lookup whatever it bumps. Seen = passed + dropped.
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $( #[doc = $help] pub $field: u64, )+
+        }
+
+        /// Every field of [`Counters`], in declaration order.
+        pub const COUNTERS: &[CounterInfo] = &[
+            $( CounterInfo {
+                name: stringify!($field),
+                help: $help.trim_ascii(),
+                kind: CounterKind::$kind,
+                get: |c| c.$field,
+            }, )+
+        ];
+
+        impl Counters {
+            /// Adds `other` field by field (summing per-CPU slots); wraps like the kernel's.
+            pub fn add(&mut self, other: &Counters) {
+                $( self.$field = self.$field.wrapping_add(other.$field); )+
+            }
+        }
+    };
+}
+
+counters! {
+    /// Frames passed (not banned, or banned in observe mode).
+    passed: Packets,
+    /// Frames dropped because their source is banned.
+    dropped: Packets,
+    /// Bytes of the dropped frames.
+    dropped_bytes: Bytes,
+    /// Frames that matched a live ban in observe mode (passed, counted in `passed` too).
+    observed: Packets,
+    /// Frames that matched an expired ban (passed).
+    expired_hits: Packets,
     /// Truncated or malformed frames (passed).
-    pub malformed: u64,
+    malformed: Packets,
     /// Non-IP frames such as ARP (passed).
-    pub non_ip: u64,
+    non_ip: Packets,
+}
+
+impl Counters {
+    /// Frames seen: passed + dropped.
+    pub fn seen(&self) -> u64 {
+        self.passed.wrapping_add(self.dropped)
+    }
 }
 
 /// Why an entry is in the ban maps. Rule codes mirror the engine's rule names.

@@ -7,7 +7,6 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use detector::source::{self, SourceConfig, StartAt};
-use detector::store::Checkpoints;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -28,7 +27,7 @@ async fn main() {
     let (tx, mut rx) = mpsc::channel(4096);
     let (stx, _srx) = mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
-    let handles = source::spawn(&config, &Checkpoints::default(), tx, stx, cancel.clone()).unwrap();
+    let handles = source::spawn(&config, |_| None, tx, stx, cancel.clone()).unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let mut writer = OpenOptions::new().append(true).open(&path).unwrap();

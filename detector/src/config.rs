@@ -38,6 +38,10 @@ pub struct DaemonConfig {
     pub persist_interval: Duration,
     /// `text` or `json` log lines on stderr.
     pub log_format: LogFormat,
+    /// How far a live line's time may run ahead of the wall clock. Lines further ahead are
+    /// counted and dropped (never given to the engine, whose clock would otherwise jump).
+    #[serde(with = "humantime_serde")]
+    pub max_clock_ahead: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -47,6 +51,7 @@ impl Default for DaemonConfig {
             sweep_interval: Duration::from_secs(10),
             persist_interval: Duration::from_secs(30),
             log_format: LogFormat::Text,
+            max_clock_ahead: crate::pipeline::DEFAULT_MAX_AHEAD,
         }
     }
 }
@@ -175,6 +180,12 @@ impl Config {
             return Err(Error::config(
                 "daemon.persist_interval",
                 "must be greater than 0",
+            ));
+        }
+        if self.daemon.max_clock_ahead > Duration::from_secs(24 * 3600) {
+            return Err(Error::config(
+                "daemon.max_clock_ahead",
+                "must be at most 24h (a wider tolerance lets one line stop the engine's clock)",
             ));
         }
         if self.xdp.max_exact_bans == 0 {

@@ -1,19 +1,25 @@
-//! `detector run`: sources -> parser -> engine -> enforcer, with persistence and metrics.
+//! `detector run`: sources -> pipeline (parser + engine) -> enforcer, with persistence and
+//! metrics.
 //!
 //! Task structure (as in tokio's examples): one task per source feeds a bounded channel of
-//! lines; one task — this module's `Daemon::run` — owns the parser, the engine, the enforcer
-//! and the checkpoints, so no state is shared and nothing needs a lock. Decisions are applied
-//! to the kernel maps inline, right after the line that caused them (a map update is one
-//! syscall), which keeps "failure logged -> entry in the map" short. Timers in the same
-//! `select!` sweep expired bans, copy kernel counters into the metrics and persist state.
+//! lines; one task — this module's `Daemon::run` — owns the [`Pipeline`] (the same parser and
+//! engine `detector replay` runs), the enforcer and the checkpoints, so no state is shared and
+//! nothing needs a lock. Decisions are applied to the kernel maps inline, right after the line
+//! that caused them (a map update is one syscall), which keeps "failure logged -> entry in the
+//! map" short. Timers in the same `select!` sweep expired bans, copy kernel counters into the
+//! metrics and persist state.
 //!
 //! Crash safety: source positions are committed only after their line went through the engine
-//! and any ban it caused is in the kernel map; positions and the engine snapshot are saved
-//! together, so after a restart no entry is processed twice and none is lost.
+//! and any ban it caused is in the kernel map. A save takes a copy of the engine snapshot and
+//! of the positions at one instant and writes them on a blocking thread (encoding and fsyncing
+//! a large snapshot must not hold up bans): the snapshot first, then the positions, so after a
+//! crash no entry is lost (at worst a few are read again). SIGTERM/SIGINT finish the lines
+//! already read, wait for a running save, save once more and exit 0.
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -23,17 +29,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::enforce::{self, AttachOptions, Capacity, Enforcer, Reason};
-use crate::engine::{Action, Decision, Engine, Rule, Snapshot};
-use crate::event::Event;
+use crate::engine::Snapshot;
+use crate::engine::{Action, Decision, Rule};
 use crate::metrics::{FamilyLabel, KindLabel, Metrics, RuleLabel, SourceLabel};
-use crate::parse::{Format, LineParser, Outcome};
-use crate::source::{self, Position, SourceLine, SourceStatus};
-use crate::store::{Checkpoints, Loaded, StateDir};
+use crate::parse::{Format, LineParser};
+use crate::pipeline::{ClockGuard, DecisionRecord, Fed, Pipeline, Sink};
+use crate::source::{self, Position, SourceCounters, SourceLine, SourceStatus};
+use crate::store::{
+    self, Checkpoints, DaemonCounters, ENGINE_STATE_FILE, EngineLoad, PID_FILE, StateDir,
+};
 use crate::{Error, Result};
-
-/// File names in the state directory.
-pub const ENGINE_STATE_FILE: &str = "engine.json";
-pub const PID_FILE: &str = "detector.pid";
 
 /// Capacity of the line channel between the sources and the engine task.
 const LINE_CHANNEL: usize = 4096;
@@ -57,27 +62,39 @@ pub fn run(config: Config) -> Result<ExitCode> {
 
 struct Daemon {
     config: Config,
-    engine: Engine,
-    enforcer: Enforcer,
-    parser: LineParser,
+    /// Parser and engine: the same code `detector replay` runs, with the kernel as its sink.
+    pipeline: Pipeline,
+    kernel: KernelSink,
     state: StateDir,
     checkpoints: Checkpoints,
     metrics: Arc<Metrics>,
+    /// Bound at start, so that a metrics address in use fails the start.
+    metrics_listener: Option<tokio::net::TcpListener>,
     cancel: CancellationToken,
     /// Lines processed since start: the evidence numbers of live decisions.
     line_no: u64,
-    /// Bans this daemon wrote and their wall-clock end. When one vanishes from the kernel before
-    /// its end, an administrator ran `detector unban`: the engine is told, so that address can be
-    /// banned again on its next offence instead of only after the old ban's end.
-    written: HashMap<IpNet, DateTime<Utc>>,
     /// The engine or the positions changed since the last save. The snapshot can be tens of
     /// MB on a host under attack, so an idle daemon does not rewrite it every interval.
     unsaved: bool,
+    /// A save runs on a blocking thread (its result comes on `saved`): at most one at a time.
+    saving: bool,
+    saved_tx: mpsc::UnboundedSender<SaveOutcome>,
+    saved: mpsc::UnboundedReceiver<SaveOutcome>,
+    counters: DaemonCounters,
+    /// The running sources' counters (untrusted journal entries).
+    sources: Vec<Arc<SourceCounters>>,
 }
 
 impl Daemon {
     /// Attaches (or adopts) the XDP program, restores state. Fails early and clearly.
     fn start(config: Config) -> Result<Daemon> {
+        // First, before anything is attached or written: a metrics address in use is a
+        // configuration error that must stop the start.
+        let metrics_listener = config
+            .metrics
+            .listen
+            .map(crate::metrics::bind)
+            .transpose()?;
         let xdp = &config.xdp;
         // With no interface configured this adopts what `detector attach` pinned, or loads
         // and pins the maps so bans are recorded until an interface is attached.
@@ -117,17 +134,32 @@ impl Daemon {
 
         let state = StateDir::open(&config.daemon.state_dir)?;
         let checkpoints = Checkpoints::load(&state)?;
-        let mut engine = match state.read_json::<Snapshot>(ENGINE_STATE_FILE)? {
-            Loaded::Found(snapshot) => {
-                let engine = Engine::restore(engine_cfg.clone(), snapshot)?;
+        let max_ahead = config.daemon.max_clock_ahead;
+        let mut engine = match store::load_engine(Some(&state), engine_cfg, Utc::now(), max_ahead)?
+        {
+            EngineLoad::Restored {
+                engine,
+                clock_reset_by,
+            } => {
                 let (ips, users, prefixes) = engine.tracked();
                 tracing::info!(ips, users, prefixes, "engine state restored");
+                if let Some(ahead) = clock_reset_by {
+                    tracing::warn!(
+                        ahead = %humantime::format_duration(Duration::from_secs(ahead.as_secs())),
+                        "the saved engine clock was ahead of the wall clock; set back to now"
+                    );
+                }
                 engine
             }
-            Loaded::Missing => Engine::new(engine_cfg.clone()),
-            Loaded::Quarantined { bad_copy, reason } => {
-                tracing::warn!(bad_copy = %bad_copy.display(), %reason, "engine state unreadable; starting fresh");
-                Engine::new(engine_cfg.clone())
+            EngineLoad::Fresh(engine) => engine,
+            EngineLoad::Damaged {
+                engine,
+                reason,
+                bad_copy,
+            } => {
+                let bad_copy = bad_copy.map(|p| p.display().to_string());
+                tracing::warn!(?bad_copy, %reason, "engine state unreadable; starting fresh");
+                engine
             }
         };
         let mut host_addrs: Vec<IpAddr> = enforce::local_addresses();
@@ -135,24 +167,38 @@ impl Daemon {
         engine.set_host_addrs(host_addrs);
 
         state.write_atomic(PID_FILE, format!("{}\n", std::process::id()).as_bytes())?;
+        let metrics = Arc::new(Metrics::new());
+        let pipeline = Pipeline::new(LineParser::new(Format::Auto), engine)
+            .with_clock_guard(ClockGuard::wall(config.daemon.max_clock_ahead));
+        let (saved_tx, saved) = mpsc::unbounded_channel();
         let mut daemon = Daemon {
             config,
-            engine,
-            enforcer,
-            parser: LineParser::new(Format::Auto),
+            pipeline,
+            kernel: KernelSink {
+                enforcer,
+                metrics: Arc::clone(&metrics),
+                written: HashMap::new(),
+            },
             state,
             checkpoints,
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            metrics_listener,
             cancel: CancellationToken::new(),
             line_no: 0,
-            written: HashMap::new(),
             unsaved: false,
+            saving: false,
+            saved_tx,
+            saved,
+            counters: DaemonCounters {
+                started_at: Some(Utc::now()),
+                ..DaemonCounters::default()
+            },
+            sources: Vec::new(),
         };
         // A changed allowlist may now protect addresses banned before the restart.
-        for decision in daemon.engine.reconcile() {
-            daemon.apply(&decision);
-            daemon.unsaved = true;
-        }
+        let decisions = daemon.pipeline.engine_mut().reconcile();
+        daemon.unsaved |= !decisions.is_empty();
+        daemon.pipeline.deliver(decisions, &mut daemon.kernel);
         Ok(daemon)
     }
 
@@ -161,16 +207,17 @@ impl Daemon {
         let (status_tx, mut statuses) = mpsc::unbounded_channel::<SourceStatus>();
         let handles = source::spawn(
             &self.config.sources,
-            &self.checkpoints,
+            self.checkpoints.resume(),
             line_tx,
             status_tx,
             self.cancel.clone(),
         )?;
         tracing::info!(sources = handles.len(), "following logs");
+        self.sources = handles.iter().map(|h| Arc::clone(&h.counters)).collect();
 
-        let metrics_task = self.config.metrics.listen.map(|addr| {
+        let metrics_task = self.metrics_listener.take().map(|listener| {
             tokio::spawn(crate::metrics::serve(
-                addr,
+                listener,
                 Arc::clone(&self.metrics),
                 self.cancel.clone(),
             ))
@@ -206,6 +253,7 @@ impl Daemon {
                     }
                     break;
                 }
+                Some(outcome) = self.saved.recv() => self.saved(outcome),
                 _ = sweep.tick() => self.sweep(),
                 _ = persist.tick() => self.persist(),
             }
@@ -217,7 +265,16 @@ impl Daemon {
         if let Some(task) = metrics_task {
             let _ = task.await;
         }
-        self.persist();
+        // The last save: after any save still running, and with everything handled above.
+        if self.saving
+            && let Some(outcome) = self.saved.recv().await
+        {
+            self.saved(outcome);
+        }
+        if let Some(job) = self.take_save_job() {
+            let outcome = job.write();
+            self.saved(outcome);
+        }
         let _ = std::fs::remove_file(self.state.file(PID_FILE));
         tracing::info!("stopped; state saved");
         Ok(ExitCode::SUCCESS)
@@ -229,17 +286,47 @@ impl Daemon {
             source: line.origin.to_string(),
         };
         self.metrics.lines.get_or_create(&source).inc();
-        match self.parser.parse_line(&line.bytes, self.line_no) {
-            Outcome::Event(event) => {
-                if matches!(line.position, Position::Journal { .. }) {
-                    let lag = (Utc::now() - event.time).num_milliseconds() as f64 / 1000.0;
+        let fed = if line.truncated {
+            // What is left of a cut line could name another address: count it, do not parse.
+            self.metrics.truncated.get_or_create(&source).inc();
+            self.pipeline.skip_truncated()
+        } else {
+            self.pipeline.feed_line(
+                line.origin.as_str(),
+                self.line_no,
+                &line.bytes,
+                &mut self.kernel,
+            )
+        };
+        match fed {
+            Fed::Event { kind, time } => {
+                self.metrics
+                    .events
+                    .get_or_create(&KindLabel { kind: kind.name() })
+                    .inc();
+                if let Position::Journal { .. } = line.position {
+                    let lag = (Utc::now() - time).num_milliseconds() as f64 / 1000.0;
                     self.metrics.journal_lag_seconds.set(lag.max(0.0));
                 }
-                self.handle_event(&event);
             }
-            Outcome::Ignored => {}
-            Outcome::Unparsed => {
+            Fed::Ignored => {}
+            Fed::Unparsed => {
                 self.metrics.unparsed.get_or_create(&source).inc();
+            }
+            Fed::AheadOfClock { ahead } => {
+                self.metrics.lines_ahead_of_clock.inc();
+                let n = self.pipeline.stats().ahead_of_clock;
+                // Anyone who can write a log line can send these: log the first and then
+                // every 1000th.
+                if n == 1 || n.is_multiple_of(1000) {
+                    tracing::warn!(
+                        source = %line.origin,
+                        ahead = %humantime::format_duration(Duration::from_secs(ahead.as_secs())),
+                        dropped = n,
+                        "line stamped ahead of the wall clock; not trusted (a forged timestamp, \
+                         a wrong time zone or a log writer with a bad clock)"
+                    );
+                }
             }
         }
         // Only now is everything this line caused in the kernel map.
@@ -247,18 +334,204 @@ impl Daemon {
         self.unsaved = true;
     }
 
-    fn handle_event(&mut self, event: &Event) {
+    /// Removes expired bans and copies kernel counters into the metrics.
+    fn sweep(&mut self) {
+        self.count_untrusted();
+        match self.kernel.enforcer.sweep_expired() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "expired bans removed"),
+            Err(e) => tracing::warn!(error = %e, "sweeping expired bans failed"),
+        }
+        if let Ok(stats) = self.kernel.enforcer.stats() {
+            for (counter, value) in stats.iter() {
+                self.metrics.set_kernel_counter(counter, value);
+            }
+        }
+        let bans = self.kernel.enforcer.list();
+        if let Err(e) = &bans {
+            tracing::warn!(error = %e, "listing the bans failed");
+        }
+        if let Ok(bans) = bans {
+            self.notice_admin_unbans(&bans);
+            let v4 = bans.iter().filter(|b| b.net.addr().is_ipv4()).count();
+            self.metrics
+                .active_bans
+                .get_or_create(&FamilyLabel {
+                    family: "ipv4".into(),
+                })
+                .set(v4 as i64);
+            self.metrics
+                .active_bans
+                .get_or_create(&FamilyLabel {
+                    family: "ipv6".into(),
+                })
+                .set((bans.len() - v4) as i64);
+            self.metrics
+                .ban_hits
+                .set(bans.iter().map(|b| b.hits).sum::<u64>() as i64);
+        }
         self.metrics
-            .events
-            .get_or_create(&KindLabel {
-                kind: event.kind.name(),
-            })
-            .inc();
-        for decision in self.engine.observe(event) {
-            self.apply(&decision);
+            .tracked_ips
+            .set(self.pipeline.engine().tracked().0 as i64);
+    }
+
+    /// Tells the engine about bans that left the kernel before their end (`detector unban`).
+    fn notice_admin_unbans(&mut self, bans: &[enforce::BanEntry]) {
+        let now = Utc::now();
+        // Bans at (or within a sweep of) their end leave the kernel on their own.
+        let margin =
+            chrono::Duration::from_std(self.config.daemon.sweep_interval).unwrap_or_default();
+        self.kernel.written.retain(|_, end| *end > now + margin);
+        let in_kernel: HashSet<IpNet> = bans.iter().map(|b| enforce::canonical(b.net)).collect();
+        let gone: Vec<IpNet> = self
+            .kernel
+            .written
+            .keys()
+            .filter(|n| !in_kernel.contains(n))
+            .copied()
+            .collect();
+        let engine_now = self.pipeline.engine().now().unwrap_or(now);
+        tracing::debug!(
+            written = self.kernel.written.len(),
+            gone = gone.len(),
+            "admin unban check"
+        );
+        for prefix in gone {
+            self.kernel.written.remove(&prefix);
+            if self
+                .pipeline
+                .engine_mut()
+                .unban(prefix.network(), engine_now)
+                .is_some()
+            {
+                self.unsaved = true;
+                tracing::info!(%prefix, "unbanned by the administrator; the engine forgets the ban (offences kept)");
+            }
         }
     }
 
+    /// Starts saving the engine snapshot and the source positions on a blocking thread.
+    /// Serialising and fsyncing a snapshot of tens of MB takes long; the engine task only takes
+    /// a copy, so bans do not wait behind the disk.
+    fn persist(&mut self) {
+        if self.saving {
+            return; // the running save finishes first; the next tick saves what came since
+        }
+        let Some(job) = self.take_save_job() else {
+            return;
+        };
+        self.saving = true;
+        let done = self.saved_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = done.send(job.write());
+        });
+    }
+
+    /// A copy of what is to be saved, taken at one instant: the engine snapshot and the
+    /// positions of exactly the lines it has seen. `None` when nothing changed.
+    fn take_save_job(&mut self) -> Option<SaveJob> {
+        self.count_untrusted();
+        if !self.unsaved {
+            return None;
+        }
+        self.unsaved = false;
+        let stats = self.pipeline.stats();
+        self.counters.lines_ahead_of_clock = stats.ahead_of_clock;
+        self.counters.max_ahead_s = stats.max_ahead_s;
+        self.counters.saved_at = Some(Utc::now());
+        Some(SaveJob {
+            state: self.state.clone(),
+            snapshot: self.pipeline.engine().snapshot(),
+            checkpoints: self.checkpoints.clone(),
+            counters: self.counters.clone(),
+        })
+    }
+
+    /// Copies the sources' untrusted-entry counts into the metric and the counters file.
+    fn count_untrusted(&mut self) {
+        let total: u64 = (self.sources.iter())
+            .map(|c| c.untrusted.load(Ordering::Relaxed))
+            .sum();
+        let new = total.saturating_sub(self.counters.journal_untrusted);
+        if new > 0 {
+            self.metrics.journal_untrusted.inc_by(new);
+            self.counters.journal_untrusted = total;
+            self.counters.journal_untrusted_last =
+                self.sources.iter().find_map(|c| c.last_untrusted());
+            // The counters file should show it even when no line was accepted since.
+            self.unsaved = true;
+        }
+    }
+
+    fn saved(&mut self, outcome: SaveOutcome) {
+        self.saving = false;
+        match outcome.result {
+            Ok(bytes) => {
+                self.metrics.state_bytes.set(bytes as i64);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "saving the state failed; retrying at the next interval");
+                self.unsaved = true;
+            }
+        }
+        if outcome.took > Duration::from_millis(200) {
+            tracing::info!(took = ?outcome.took, "state persisted (slow)");
+        }
+    }
+}
+
+/// Everything one save writes, owned, so it can run away from the engine task.
+struct SaveJob {
+    state: StateDir,
+    snapshot: Snapshot,
+    checkpoints: Checkpoints,
+    counters: DaemonCounters,
+}
+
+struct SaveOutcome {
+    /// The snapshot's size in bytes.
+    result: Result<usize>,
+    took: Duration,
+}
+
+impl SaveJob {
+    /// Writes the engine snapshot, then the positions (blocking: encodes and fsyncs). The
+    /// positions are written only once the snapshot is: after a crash between the two, the
+    /// old positions replay a few lines into the new snapshot (at least once), never skip any.
+    fn write(mut self) -> SaveOutcome {
+        let started = Instant::now();
+        let result = (|| {
+            let bytes = serde_json::to_vec(&self.snapshot)
+                .map_err(|e| Error::Store(format!("encoding the engine state: {e}")))?;
+            self.state.write_atomic(ENGINE_STATE_FILE, &bytes)?;
+            self.checkpoints.save(&self.state)?;
+            self.counters.save(&self.state)?;
+            Ok(bytes.len())
+        })();
+        SaveOutcome {
+            result,
+            took: started.elapsed(),
+        }
+    }
+}
+
+/// The daemon's sink: decisions go into the kernel maps.
+struct KernelSink {
+    enforcer: Enforcer,
+    metrics: Arc<Metrics>,
+    /// Bans this daemon wrote and their wall-clock end. When one vanishes from the kernel before
+    /// its end, an administrator ran `detector unban`: the engine is told, so that address can be
+    /// banned again on its next offence instead of only after the old ban's end.
+    written: HashMap<IpNet, DateTime<Utc>>,
+}
+
+impl Sink for KernelSink {
+    fn decision(&mut self, record: &DecisionRecord) {
+        self.apply(&record.decision);
+    }
+}
+
+impl KernelSink {
     /// Writes one decision into the kernel maps and logs it (one line per ban).
     fn apply(&mut self, decision: &Decision) {
         let rule = decision.rule.name();
@@ -322,110 +595,6 @@ impl Daemon {
             }
         }
     }
-
-    /// Removes expired bans and copies kernel counters into the metrics.
-    fn sweep(&mut self) {
-        match self.enforcer.sweep_expired() {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "expired bans removed"),
-            Err(e) => tracing::warn!(error = %e, "sweeping expired bans failed"),
-        }
-        if let Ok(stats) = self.enforcer.stats() {
-            for (verdict, value) in [
-                ("passed", stats.passed),
-                ("dropped", stats.dropped),
-                ("observed", stats.observed),
-                ("expired_hit", stats.expired_hits),
-                ("malformed", stats.malformed),
-                ("non_ip", stats.non_ip),
-                ("dropped_bytes", stats.dropped_bytes),
-            ] {
-                self.metrics.set_kernel_counter(verdict, value);
-            }
-        }
-        let bans = self.enforcer.list();
-        if let Err(e) = &bans {
-            tracing::warn!(error = %e, "listing the bans failed");
-        }
-        if let Ok(bans) = bans {
-            self.notice_admin_unbans(&bans);
-            let v4 = bans.iter().filter(|b| b.net.addr().is_ipv4()).count();
-            self.metrics
-                .active_bans
-                .get_or_create(&FamilyLabel {
-                    family: "ipv4".into(),
-                })
-                .set(v4 as i64);
-            self.metrics
-                .active_bans
-                .get_or_create(&FamilyLabel {
-                    family: "ipv6".into(),
-                })
-                .set((bans.len() - v4) as i64);
-            self.metrics
-                .ban_hits
-                .set(bans.iter().map(|b| b.hits).sum::<u64>() as i64);
-        }
-        self.metrics.tracked_ips.set(self.engine.tracked().0 as i64);
-    }
-
-    /// Tells the engine about bans that left the kernel before their end (`detector unban`).
-    fn notice_admin_unbans(&mut self, bans: &[enforce::BanEntry]) {
-        let now = Utc::now();
-        // Bans at (or within a sweep of) their end leave the kernel on their own.
-        let margin =
-            chrono::Duration::from_std(self.config.daemon.sweep_interval).unwrap_or_default();
-        self.written.retain(|_, end| *end > now + margin);
-        let in_kernel: HashSet<IpNet> = bans.iter().map(|b| enforce::canonical(b.net)).collect();
-        let gone: Vec<IpNet> = self
-            .written
-            .keys()
-            .filter(|n| !in_kernel.contains(n))
-            .copied()
-            .collect();
-        let engine_now = self.engine.now().unwrap_or(now);
-        tracing::debug!(
-            written = self.written.len(),
-            gone = gone.len(),
-            "admin unban check"
-        );
-        for prefix in gone {
-            self.written.remove(&prefix);
-            if self.engine.unban(prefix.network(), engine_now).is_some() {
-                self.unsaved = true;
-                tracing::info!(%prefix, "unbanned by the administrator; the engine forgets the ban (offences kept)");
-            }
-        }
-    }
-
-    /// Saves the engine snapshot, then the source positions.
-    fn persist(&mut self) {
-        if !self.unsaved {
-            return;
-        }
-        let started = Instant::now();
-        match serde_json::to_vec(&self.engine.snapshot()) {
-            Ok(bytes) => {
-                self.metrics.state_bytes.set(bytes.len() as i64);
-                if let Err(e) = self.state.write_atomic(ENGINE_STATE_FILE, &bytes) {
-                    tracing::error!(error = %e, "saving the engine state failed");
-                    return; // keep the old positions too, so the two stay consistent
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "encoding the engine state failed");
-                return;
-            }
-        }
-        match self.checkpoints.save(&self.state) {
-            Ok(()) => self.unsaved = false,
-            Err(e) => tracing::error!(error = %e, "saving source positions failed"),
-        }
-        let took = started.elapsed();
-        if took > Duration::from_millis(200) {
-            tracing::info!(took = ?took, "state persisted (slow)");
-        }
-    }
 }
 
 fn reason_of(rule: Rule) -> Reason {
@@ -453,13 +622,4 @@ async fn shutdown_signal() {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
     }
-}
-
-/// Reads the pid file; `Some(pid)` when that process is alive.
-pub fn running_pid(state: &StateDir) -> Option<u32> {
-    let text = std::fs::read_to_string(state.file(PID_FILE)).ok()?;
-    let pid: u32 = text.trim().parse().ok()?;
-    std::path::Path::new(&format!("/proc/{pid}"))
-        .exists()
-        .then_some(pid)
 }

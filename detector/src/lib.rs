@@ -4,6 +4,8 @@
 //! Data flows one way:
 //! `source` (journal, files, stdin) -> `parse` (postfix, dovecot) -> [`event::Event`] ->
 //! `engine` (rules, state) -> decisions -> `enforce` (pinned BPF maps) and `store`.
+//! [`pipeline::Pipeline`] is the parser-plus-engine step both `replay` (decisions to stdout)
+//! and the daemon (decisions to the kernel maps) run.
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -13,7 +15,11 @@ pub mod error;
 pub mod event;
 pub mod metrics;
 pub mod parse;
+pub mod pipeline;
+pub mod replay;
 pub mod source;
 pub mod store;
 
 pub use error::{Error, Result};
+pub use pipeline::{DecisionRecord, Fed, Pipeline, Sink};
+pub use replay::{Input, ReplayReport, replay};

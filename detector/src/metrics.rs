@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 
+use detector_common::{COUNTERS, CounterInfo, CounterKind};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -47,17 +48,24 @@ pub struct Metrics {
     registry: Registry,
     pub lines: Family<SourceLabel, Counter>,
     pub unparsed: Family<SourceLabel, Counter>,
+    /// Lines a source cut at `max_line_bytes` (also in `unparsed`).
+    pub truncated: Family<SourceLabel, Counter>,
     pub events: Family<KindLabel, Counter>,
     pub decisions: Family<RuleLabel, Counter>,
     pub active_bans: Family<FamilyLabel, Gauge>,
     pub xdp_packets: Family<VerdictLabel, Counter>,
-    pub xdp_dropped_bytes: Counter,
+    /// One counter per byte-counting XDP counter (`xdp_dropped_bytes`), in COUNTERS order.
+    xdp_bytes: Vec<(&'static str, Counter)>,
     pub ban_hits: Gauge,
     pub journal_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub tracked_ips: Gauge,
     pub state_bytes: Gauge,
+    /// Lines whose time ran too far ahead of the wall clock (dropped, not trusted).
+    pub lines_ahead_of_clock: Counter,
+    /// Journal entries that named a mail server but came from another process.
+    pub journal_untrusted: Counter,
     /// Last kernel values copied, to turn absolute kernel counters into counter increments.
-    kernel_last: Mutex<std::collections::HashMap<String, u64>>,
+    kernel_last: Mutex<std::collections::HashMap<&'static str, u64>>,
 }
 
 impl Default for Metrics {
@@ -72,15 +80,22 @@ impl Metrics {
         let m = Metrics {
             lines: Family::default(),
             unparsed: Family::default(),
+            truncated: Family::default(),
             events: Family::default(),
             decisions: Family::default(),
             active_bans: Family::default(),
             xdp_packets: Family::default(),
-            xdp_dropped_bytes: Counter::default(),
+            xdp_bytes: COUNTERS
+                .iter()
+                .filter(|c| c.kind == CounterKind::Bytes)
+                .map(|c| (c.name, Counter::default()))
+                .collect(),
             ban_hits: Gauge::default(),
             journal_lag_seconds: Gauge::default(),
             tracked_ips: Gauge::default(),
             state_bytes: Gauge::default(),
+            lines_ahead_of_clock: Counter::default(),
+            journal_untrusted: Counter::default(),
             kernel_last: Mutex::default(),
             registry: Registry::default(),
         };
@@ -89,6 +104,11 @@ impl Metrics {
             "lines_unparsed",
             "Lines no parser understood, per source",
             m.unparsed.clone(),
+        );
+        registry.register(
+            "lines_truncated",
+            "Lines longer than max_line_bytes, cut by the source and not parsed, per source",
+            m.truncated.clone(),
         );
         registry.register("events", "Typed events, per kind", m.events.clone());
         registry.register("decisions", "Ban decisions, per rule", m.decisions.clone());
@@ -99,14 +119,16 @@ impl Metrics {
         );
         registry.register(
             "xdp_packets",
-            "Packets seen by the XDP program, per verdict",
+            "Packets seen by the XDP program, per verdict (a counter of the XDP program's STATS)",
             m.xdp_packets.clone(),
         );
-        registry.register(
-            "xdp_dropped_bytes",
-            "Bytes dropped by the XDP program",
-            m.xdp_dropped_bytes.clone(),
-        );
+        for (name, counter) in &m.xdp_bytes {
+            let help = COUNTERS
+                .iter()
+                .find(|c| c.name == *name)
+                .map_or("", |c| c.help);
+            registry.register(format!("xdp_{name}"), help, counter.clone());
+        }
         registry.register(
             "ban_hits",
             "Sum of the per-ban drop counters of active bans",
@@ -127,23 +149,38 @@ impl Metrics {
             "Size of the persisted engine snapshot",
             m.state_bytes.clone(),
         );
+        registry.register(
+            "lines_ahead_of_clock",
+            "Lines stamped further ahead of the wall clock than daemon.max_clock_ahead; dropped",
+            m.lines_ahead_of_clock.clone(),
+        );
+        registry.register(
+            "journal_untrusted_entries",
+            "Journal entries that named Postfix or Dovecot but came from another process; dropped",
+            m.journal_untrusted.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     /// Copies an absolute kernel counter (which only grows while the program stays loaded) into a
     /// Prometheus counter. A smaller value means the program was reloaded: count from zero again.
-    pub fn set_kernel_counter(&self, verdict: &str, value: u64) {
+    pub fn set_kernel_counter(&self, counter: &CounterInfo, value: u64) {
         let mut last = self.kernel_last.lock().unwrap_or_else(|e| e.into_inner());
-        let prev = last.insert(verdict.to_string(), value).unwrap_or(0);
+        let prev = last.insert(counter.name, value).unwrap_or(0);
         let delta = if value >= prev { value - prev } else { value };
-        if verdict == "dropped_bytes" {
-            self.xdp_dropped_bytes.inc_by(delta);
-        } else {
-            self.xdp_packets
-                .get_or_create(&VerdictLabel {
-                    verdict: verdict.to_string(),
-                })
-                .inc_by(delta);
+        match counter.kind {
+            CounterKind::Bytes => {
+                if let Some((_, c)) = self.xdp_bytes.iter().find(|(n, _)| *n == counter.name) {
+                    c.inc_by(delta);
+                }
+            }
+            CounterKind::Packets => {
+                self.xdp_packets
+                    .get_or_create(&VerdictLabel {
+                        verdict: counter.name.to_string(),
+                    })
+                    .inc_by(delta);
+            }
         }
     }
 
@@ -156,20 +193,28 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` until `cancel` fires. Anything else gets 404. Requests are tiny and
-/// rare (one scrape every few seconds), so one task handles them one at a time.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    cancel: CancellationToken,
-) -> crate::Result<()> {
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
+/// Binds the metrics address. Called before the daemon starts anything, so an address in
+/// use (or not ours) is one clear error and a non-zero exit instead of a task dying unseen.
+pub fn bind(addr: SocketAddr) -> crate::Result<TcpListener> {
+    let cannot = |e: std::io::Error| {
         crate::Error::config("metrics.listen", format!("cannot listen on {addr}: {e}"))
-    })?;
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(cannot)?;
+    listener.set_nonblocking(true).map_err(cannot)?;
+    TcpListener::from_std(listener).map_err(cannot)
+}
+
+/// Serves `GET /metrics` on `listener` (from [`bind`]) until `cancel` fires. Anything else
+/// gets 404. Requests are tiny and rare (one scrape every few seconds), so one task handles
+/// them one at a time.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, cancel: CancellationToken) {
+    let addr = listener
+        .local_addr()
+        .map_or_else(|e| e.to_string(), |a| a.to_string());
     tracing::info!(%addr, "serving metrics on /metrics");
     loop {
         let (mut stream, _) = tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
+            _ = cancel.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok(s) => s,
                 Err(e) => { tracing::warn!(error = %e, "metrics accept failed"); continue; }
@@ -212,14 +257,51 @@ mod tests {
     #[test]
     fn kernel_counters_become_increments_and_survive_reloads() {
         let m = Metrics::new();
-        m.set_kernel_counter("dropped", 10);
-        m.set_kernel_counter("dropped", 25);
-        m.set_kernel_counter("dropped", 5); // program reloaded: counters restarted at 0
+        let counter = |name: &str| COUNTERS.iter().find(|c| c.name == name).unwrap();
+        m.set_kernel_counter(counter("dropped"), 10);
+        m.set_kernel_counter(counter("dropped"), 25);
+        m.set_kernel_counter(counter("dropped"), 5); // program reloaded: counters restarted at 0
+        m.set_kernel_counter(counter("dropped_bytes"), 640);
         let text = m.render();
         assert!(
             text.contains("detector_xdp_packets_total{verdict=\"dropped\"} 30"),
             "{text}"
         );
+        assert!(
+            text.contains("detector_xdp_dropped_bytes_total 640"),
+            "{text}"
+        );
+        assert!(!text.contains("verdict=\"dropped_bytes\""), "{text}");
+    }
+
+    #[test]
+    fn every_xdp_counter_is_exported() {
+        let m = Metrics::new();
+        for (i, c) in COUNTERS.iter().enumerate() {
+            m.set_kernel_counter(c, i as u64 + 1);
+        }
+        let text = m.render();
+        for (i, c) in COUNTERS.iter().enumerate() {
+            let line = match c.kind {
+                CounterKind::Packets => {
+                    format!(
+                        "detector_xdp_packets_total{{verdict=\"{}\"}} {}",
+                        c.name,
+                        i + 1
+                    )
+                }
+                CounterKind::Bytes => format!("detector_xdp_{}_total {}", c.name, i + 1),
+            };
+            assert!(text.contains(&line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_address_in_use_is_an_error_at_bind_time() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = bind(taken.local_addr().unwrap()).unwrap_err().to_string();
+        assert!(err.contains("metrics.listen"), "{err}");
+        assert!(err.contains("cannot listen on 127.0.0.1:"), "{err}");
     }
 
     #[tokio::test]
@@ -230,11 +312,10 @@ mod tests {
                 kind: "auth_failure",
             })
             .inc_by(3);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
-        drop(listener);
         let cancel = CancellationToken::new();
-        let server = tokio::spawn(serve(addr, Arc::clone(&m), cancel.clone()));
+        let server = tokio::spawn(serve(listener, Arc::clone(&m), cancel.clone()));
         let mut body = String::new();
         for _ in 0..50 {
             if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
@@ -247,7 +328,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         cancel.cancel();
-        server.await.unwrap().unwrap();
+        server.await.unwrap();
         assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
         assert!(
             body.contains("detector_events_total{kind=\"auth_failure\"} 3"),

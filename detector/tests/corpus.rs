@@ -1,6 +1,7 @@
-//! Conformance against the shared corpus of real Postfix/Dovecot log lines
-//! (`<workspace>/../shared/corpus`, or `$DETECTOR_CORPUS`). See its README for the annotation
-//! semantics: `attack: false` means "that filter must not count it", not "benign".
+//! Conformance against a corpus of real Postfix/Dovecot log lines taken from public projects'
+//! test suites (`tests/fixtures/corpus`, or `$DETECTOR_CORPUS`). See `tests/fixtures/README.md`
+//! for provenance and the annotation semantics: `attack: false` means "that filter must not
+//! count it", not "benign".
 //!
 //! Rule checked per row of `expectations.jsonl` (each line parsed on its own, fresh parser):
 //! - `attack: true` rows must yield a failure/probe-type event with exactly the annotated IP;
@@ -88,10 +89,12 @@ const FAILURE_KINDS: &[EventKind] = &[
 fn corpus_dir() -> PathBuf {
     let dir = std::env::var_os("DETECTOR_CORPUS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/corpus")
+        });
     assert!(
         dir.join("expectations.jsonl").is_file(),
-        "corpus not found at {} (expected expectations.jsonl there); set DETECTOR_CORPUS to the shared corpus directory",
+        "corpus not found at {} (expected expectations.jsonl there)",
         dir.display()
     );
     dir

@@ -1,4 +1,4 @@
-//! The journal source against a real, private systemd-journald (as in ../shared/lab NOTES §6):
+//! The journal source against a real, private systemd-journald (as in docs/lab.md, "Journal mode"):
 //! journald runs in its own mount namespace with its sockets and journal files bind-mounted
 //! from a temporary directory, so the test writes with `logger -u <dev-log>` and reads with
 //! `journalctl --directory`. Skipped (with a message) where that is impossible: not root, no
@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use detector::source::{self, JournalConfig, Position, SourceConfig, SourceLine, SourceStatus};
+use detector::source::{
+    self, JournalConfig, Position, SourceConfig, SourceLine, SourceStatus, TrustConfig,
+};
 use detector::store::Checkpoints;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -47,6 +49,11 @@ fn start_journald(root: &Path) -> Result<Journald, String> {
     }
     let (sock, journal) = (root.join("sock"), root.join("journal"));
     fs::create_dir_all(&sock).unwrap();
+    // Unprivileged loggers must reach the socket (journald makes it 0666 itself).
+    for dir in [root, sock.as_path()] {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    }
     fs::create_dir_all(&journal).unwrap();
     let conf = root.join("journald.conf");
     fs::write(
@@ -107,6 +114,38 @@ impl Journald {
         assert!(ok.success(), "logger failed");
     }
 
+    /// Logs `message` with a `logger` that stays alive until journald has stored the entry,
+    /// so journald can read its `_EXE` and `_COMM` from /proc (of a sender that has already
+    /// exited it records neither). `as_nobody`: run as the unprivileged user `nobody`, as a
+    /// webmail's PHP or a shell user would.
+    fn log_held(&self, as_nobody: bool, priority: &str, tag: &str, message: &str) {
+        use std::io::Write;
+        let socket = self.socket.to_str().unwrap();
+        let mut cmd = if as_nobody {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "logger",
+            ]);
+            c
+        } else {
+            Command::new("logger")
+        };
+        let mut logger = cmd
+            .args(["-u", socket, "-p", priority, "-t", tag])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = logger.stdin.take().unwrap();
+        writeln!(stdin, "{message}").unwrap();
+        stdin.flush().unwrap();
+        self.wait_stored(message);
+        drop(stdin);
+        assert!(logger.wait().unwrap().success(), "logger failed");
+    }
+
     /// Waits until journald has stored an entry with `message`.
     fn wait_stored(&self, message: &str) {
         let deadline = Instant::now() + WAIT;
@@ -145,7 +184,7 @@ fn start(config: &SourceConfig, checkpoints: &Checkpoints) -> Run {
     let (tx, lines) = mpsc::channel(64);
     let (stx, status) = mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
-    let handles = source::spawn(config, checkpoints, tx, stx, cancel.clone()).unwrap();
+    let handles = source::spawn(config, checkpoints.resume(), tx, stx, cancel.clone()).unwrap();
     Run {
         lines,
         _status: status,
@@ -187,9 +226,15 @@ async fn real_journald_first_start_follow_and_resume() {
     );
     journald.wait_stored("old line from before the first start");
 
+    // This test is about following and resuming; it writes with root's short-lived `logger`,
+    // which no trust list could tell from a mail server (see the test below).
     let config = SourceConfig {
         journal: Some(JournalConfig {
             directory: Some(journald.journal.clone()),
+            trust: TrustConfig {
+                enabled: false,
+                ..TrustConfig::default()
+            },
             ..JournalConfig::default()
         }),
         ..SourceConfig::none()
@@ -261,4 +306,102 @@ async fn real_journald_first_start_follow_and_resume() {
         samples[0], samples[5], samples[9]
     );
     run.stop().await;
+}
+
+/// Trust root's `logger` as if it were a mail server: the harness can run no real Postfix or
+/// Dovecot against this private journald, so this stands in for "the right process".
+fn root_logger_trusted() -> TrustConfig {
+    TrustConfig {
+        users: vec!["root".into()],
+        executables: vec![logger_exe()],
+        ..TrustConfig::default()
+    }
+}
+
+/// Where `logger` is, as journald records it in `_EXE` (symlinks resolved).
+fn logger_exe() -> String {
+    let path = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join("logger"))
+        .find(|p| p.exists())
+        .expect("logger in PATH");
+    fs::canonicalize(path).unwrap().display().to_string()
+}
+
+/// `logger -t dovecot '... unknown user'` by an unprivileged user is exactly the line that
+/// banned 9.9.9.9 before: it is not delivered (and counted), while the same line from the
+/// trusted process is.
+#[tokio::test]
+async fn real_journald_forged_mail_lines_are_not_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let journald = match start_journald(tmp.path()) {
+        Ok(j) => j,
+        Err(why) => {
+            eprintln!("skipping the real journald test: {why}");
+            return;
+        }
+    };
+    let forged = "auth: Info: passwd-file(x@example.test,198.18.0.99): unknown user";
+    let mut config = SourceConfig {
+        journal: Some(JournalConfig {
+            directory: Some(journald.journal.clone()),
+            start: source::StartAt::Beginning,
+            ..JournalConfig::default()
+        }),
+        ..SourceConfig::none()
+    };
+
+    // Default trust: neither nobody's nor root's `logger` is Dovecot.
+    journald.log_held(true, "mail.info", "dovecot", &format!("{forged} #1"));
+    journald.log_held(false, "mail.info", "dovecot", &format!("{forged} #2"));
+    journald.log_held(false, "mail.info", "postfix/smtpd", "marker");
+    let entries = stored(&journald);
+    let nobody = entries
+        .iter()
+        .find(|e| e["MESSAGE"].as_str().is_some_and(|m| m.ends_with("#1")))
+        .expect("the forged entry is in the journal");
+    // What journald itself recorded about the sender: the fields the check relies on.
+    assert_eq!(nobody["_UID"], "65534", "{nobody}");
+    assert_eq!(nobody["_EXE"], logger_exe().as_str(), "{nobody}");
+    assert_eq!(nobody["SYSLOG_IDENTIFIER"], "dovecot");
+
+    let mut run = start(&config, &Checkpoints::default());
+    assert!(
+        run.next(Duration::from_secs(3)).await.is_none(),
+        "an entry from logger was delivered"
+    );
+    let counters = &run.handles[0].counters;
+    let deadline = Instant::now() + WAIT;
+    while counters.snapshot().untrusted < 3 {
+        assert!(Instant::now() < deadline, "{:?}", counters.snapshot());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(counters.snapshot().untrusted, 3);
+    let last = counters.last_untrusted().unwrap();
+    assert!(last.contains(&format!("_EXE={}", logger_exe())), "{last}");
+    run.stop().await;
+
+    // Trusting root's logger (standing in for the mail server's process): root's line comes
+    // through with the same journal, nobody's still does not.
+    config.journal.as_mut().unwrap().trust = root_logger_trusted();
+    let mut run = start(&config, &Checkpoints::default());
+    let mut got = Vec::new();
+    while let Some(line) = run.next(Duration::from_secs(3)).await {
+        got.push(message(&line));
+    }
+    assert_eq!(got, [format!("{forged} #2"), "marker".to_string()]);
+    assert_eq!(run.handles[0].counters.snapshot().untrusted, 1);
+    run.stop().await;
+}
+
+/// Every entry journald stored, as JSON.
+fn stored(journald: &Journald) -> Vec<serde_json::Value> {
+    let out = Command::new("journalctl")
+        .arg(format!("--directory={}", journald.journal.display()))
+        .args(["--output=json", "--no-pager", "--all"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }

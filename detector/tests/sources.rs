@@ -32,7 +32,8 @@ fn start(config: &SourceConfig, checkpoints: &Checkpoints) -> Running {
     let (tx, lines) = mpsc::channel(4);
     let (status_tx, status) = mpsc::unbounded_channel();
     let cancel = CancellationToken::new();
-    let handles = source::spawn(config, checkpoints, tx, status_tx, cancel.clone()).expect("spawn");
+    let handles =
+        source::spawn(config, checkpoints.resume(), tx, status_tx, cancel.clone()).expect("spawn");
     Running {
         lines,
         status,
@@ -407,8 +408,56 @@ fn journal_config(program: PathBuf) -> SourceConfig {
     }
 }
 
+/// An entry from Dovecot's log process, with the trusted fields journald gives it on Debian.
 fn entry(i: u32, msg: &str) -> String {
-    format!(r#"{{"__CURSOR":"s=abc;i={i:x};b=def;m=1;t=2;x=3","MESSAGE":"{msg}","_PID":"7"}}"#)
+    format!(
+        r#"{{"__CURSOR":"s=abc;i={i:x};b=def;m=1;t=2;x=3","MESSAGE":"{msg}","_PID":"7","_UID":"0","_EXE":"/usr/lib/dovecot/log","_COMM":"log","_SYSTEMD_UNIT":"dovecot.service","SYSLOG_IDENTIFIER":"dovecot"}}"#
+    )
+}
+
+/// The same entry as `logger -t dovecot` by an unprivileged user would make it.
+fn forged_entry(i: u32, msg: &str) -> String {
+    format!(
+        r#"{{"__CURSOR":"s=abc;i={i:x};b=def;m=1;t=2;x=3","MESSAGE":"{msg}","_PID":"9","_UID":"65534","_EXE":"/usr/bin/logger","_COMM":"logger","SYSLOG_IDENTIFIER":"dovecot"}}"#
+    )
+}
+
+#[tokio::test]
+async fn journal_entries_from_other_processes_are_counted_and_not_delivered() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An opendkim line on the mail facility is foreign, not a forgery: counted apart.
+    let foreign = r#"{"__CURSOR":"s=abc;i=3;b=def;m=1;t=2;x=3","MESSAGE":"x","_UID":"110","_EXE":"/usr/sbin/opendkim","SYSLOG_IDENTIFIER":"opendkim"}"#;
+    let program = fake_journalctl(
+        tmp.path(),
+        &format!(
+            "1) printf '%s\\n%s\\n%s\\n%s\\n' '{f}' '{g}' '{o}' '{f2}'; exec sleep 60 ;;",
+            f = forged_entry(1, "forged"),
+            g = entry(2, "genuine"),
+            o = foreign,
+            f2 = forged_entry(4, "forged again"),
+        ),
+    );
+    let mut run = start(&journal_config(program), &Checkpoints::default());
+    let line = run.line().await;
+    let json: serde_json::Value = serde_json::from_slice(&line.bytes).unwrap();
+    assert_eq!(json["MESSAGE"], "genuine");
+    assert_eq!(line.position, Position::Journal { cursor: cursor(2) });
+    run.quiet().await;
+    let warning = run
+        .status_where(
+            "untrusted warning",
+            |e| matches!(e, StatusEvent::Warning(m) if m.contains("came from another process")),
+        )
+        .await;
+    let StatusEvent::Warning(text) = warning else {
+        unreachable!()
+    };
+    assert!(text.contains("_UID=65534 _EXE=/usr/bin/logger"), "{text}");
+    let counters = run.handles[0].counters.snapshot();
+    assert_eq!((counters.untrusted, counters.foreign), (2, 1));
+    let last = run.handles[0].counters.last_untrusted().unwrap();
+    assert!(last.contains("_COMM=logger"), "{last}");
+    run.stop().await;
 }
 
 fn cursor(i: u32) -> String {
@@ -556,14 +605,7 @@ async fn journal_missing_journalctl_is_a_clear_error_before_anything_starts() {
     let (stx, _srx) = mpsc::unbounded_channel();
     let mut config = journal_config("detector-test-no-such-journalctl".into());
     config.files.push("/tmp/never-opened.log".into());
-    let err = source::spawn(
-        &config,
-        &Checkpoints::default(),
-        tx,
-        stx,
-        CancellationToken::new(),
-    )
-    .unwrap_err();
+    let err = source::spawn(&config, |_| None, tx, stx, CancellationToken::new()).unwrap_err();
     let msg = err.to_string();
     assert!(
         msg.contains("detector-test-no-such-journalctl not found in PATH"),

@@ -1,7 +1,7 @@
 //! Mail-host traffic simulator with ground truth.
 //!
 //! Produces Postfix (`maillog_file`) and Dovecot (`log_path`) log TEXT in the formats measured
-//! in `shared/lab/NOTES.md` §7, together with the event the parser is expected to produce for
+//! in `docs/lab.md` ("What one round logs"), together with the event the parser is expected to produce for
 //! each line and the truth about every actor:
 //!
 //! - a botnet (v4 from 198.18.0.0/15, v6 from 2001:db8::/32): SMTP probe (RCPT then QUIT or a

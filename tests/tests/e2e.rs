@@ -1,8 +1,8 @@
 //! Proof on real servers: `detector run` follows the lab's Postfix and Dovecot (log files or a
 //! real journal), is attached to the mail host's interfaces, bans the bots that do the
 //! botnet's round, drops their next SYN at XDP, and leaves real users, remote MTAs and
-//! customers with a typo alone. Needs root (`cargo xtask test`); skipped with a message
-//! otherwise. Each test has its own lab (tag), pin directory and state directory.
+//! customers with a typo alone. Needs root (`cargo xtask test`) and fails
+//! without it. Each test has its own lab (tag), pin directory and state directory.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -17,11 +17,12 @@ use serde_json::Value;
 /// a loaded 2-CPU machine running several labs).
 const BAN_WAIT: Duration = Duration::from_secs(20);
 
-fn root_or_skip() -> bool {
-    if !lab::is_root() {
-        eprintln!("skipped: the end-to-end tests need root (run `cargo xtask test`)");
-    }
-    lab::is_root()
+/// Fails (never skips) without root, so that a green run means these tests ran.
+fn require_root() {
+    assert!(
+        lab::is_root(),
+        "the end-to-end tests need root (XDP, network namespaces): run them as root, e.g. `cargo xtask test`"
+    );
 }
 
 fn opts(tag: &str, mode: LogMode) -> E2eOptions {
@@ -179,25 +180,21 @@ fn bot_banned_and_dropped_client_fine(tag: &str, mode: LogMode) {
 
 #[test]
 fn file_bot_banned_dropped_client_fine() {
-    if root_or_skip() {
-        bot_banned_and_dropped_client_fine("e2f", LogMode::File);
-    }
+    require_root();
+    bot_banned_and_dropped_client_fine("e2f", LogMode::File);
 }
 
 #[test]
 fn journal_bot_banned_dropped_client_fine() {
-    if root_or_skip() {
-        bot_banned_and_dropped_client_fine("e2j", LogMode::Journal);
-    }
+    require_root();
+    bot_banned_and_dropped_client_fine("e2j", LogMode::Journal);
 }
 
 /// Test 2: a remote MTA verifying sender addresses (RCPT then QUIT, never a login, several
 /// times) is not banned. A bot round afterwards proves that the daemon read past the probes.
 #[test]
 fn sender_verification_probes_are_not_banned() {
-    if !root_or_skip() {
-        return;
-    }
+    require_root();
     let e = E2e::up(E2eOptions {
         bots: 2,
         ..opts("e2m", LogMode::File)
@@ -234,9 +231,7 @@ fn sender_verification_probes_are_not_banned() {
 /// successful login).
 #[test]
 fn customer_typo_then_success_is_not_banned() {
-    if !root_or_skip() {
-        return;
-    }
+    require_root();
     let e = E2e::up(opts("e2c", LogMode::File)).expect("e2e up");
     let client = e.lab.client().clone();
     let alice = "alice@example.test";
@@ -259,9 +254,7 @@ fn customer_typo_then_success_is_not_banned() {
 /// repeat offence: 24 h) instead of only after the first ban's hour has passed.
 #[test]
 fn admin_unban_lets_the_next_offence_ban_again() {
-    if !root_or_skip() {
-        return;
-    }
+    require_root();
     let e = E2e::up(opts("e2u", LogMode::File)).expect("e2e up");
     let bot = e.lab.bots()[0].clone();
     bot_round(&e, &bot);
@@ -306,9 +299,7 @@ fn admin_unban_lets_the_next_offence_ban_again() {
 /// 2001:db8:1::/64) and dropped; the mail host stays reachable for others.
 #[test]
 fn ipv6_bot_is_banned() {
-    if !root_or_skip() {
-        return;
-    }
+    require_root();
     let e = E2e::up(E2eOptions {
         ipv6: true,
         ..opts("e26", LogMode::File)
@@ -568,14 +559,12 @@ fn sigkill_and_restart(tag: &str, mode: LogMode) {
 
 #[test]
 fn file_sigkill_and_restart_lose_nothing_and_repeat_nothing() {
-    if root_or_skip() {
-        sigkill_and_restart("e2k", LogMode::File);
-    }
+    require_root();
+    sigkill_and_restart("e2k", LogMode::File);
 }
 
 #[test]
 fn journal_sigkill_and_restart_lose_nothing_and_repeat_nothing() {
-    if root_or_skip() {
-        sigkill_and_restart("e2l", LogMode::Journal);
-    }
+    require_root();
+    sigkill_and_restart("e2l", LogMode::Journal);
 }

@@ -1,6 +1,6 @@
 //! The mail lab itself: real Postfix + Dovecot in namespaces, a bot round and a legitimate
 //! client, and the exact log lines they produce in files and in the journal. Needs root
-//! (`cargo xtask test`); skipped with a message otherwise.
+//! (`cargo xtask test`) and fails without it.
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -20,11 +20,12 @@ fn options(log_mode: LogMode, ipv6: bool) -> LabOptions {
     }
 }
 
-fn root_or_skip() -> bool {
-    if !lab::is_root() {
-        eprintln!("skipped: the mail lab needs root (run `cargo xtask test`)");
-    }
-    lab::is_root()
+/// Fails (never skips) without root, so that a green run means these tests ran.
+fn require_root() {
+    assert!(
+        lab::is_root(),
+        "the mail lab needs root (network namespaces, mounts): run them as root, e.g. `cargo xtask test`"
+    );
 }
 
 fn outcomes(reports: &[Report]) -> Vec<(String, Outcome)> {
@@ -380,9 +381,7 @@ fn down_and_assert_clean(lab: Lab) {
 
 #[test]
 fn file_mode_bot_round_client_and_ipv6_bot() {
-    if !root_or_skip() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(options(LogMode::File, true)).expect("lab up");
     assert!(lab.postfix_log().unwrap().exists() || lab.dovecot_log().unwrap().exists());
     assert_eq!(lab.mail_ifaces(), vec!["mh-client", "mh-bot0", "mh-bot6"]);
@@ -405,9 +404,7 @@ fn file_mode_bot_round_client_and_ipv6_bot() {
 
 #[test]
 fn journal_mode_bot_round_and_client() {
-    if !root_or_skip() {
-        return;
-    }
+    require_root();
     let lab = Lab::up(options(LogMode::Journal, false)).expect("lab up");
     let journal = lab.journal_dir().unwrap();
     assert!(journal.is_dir());
@@ -476,9 +473,7 @@ fn journal_mode_bot_round_and_client() {
 
 #[test]
 fn drop_on_panic_tears_the_lab_down() {
-    if !root_or_skip() {
-        return;
-    }
+    require_root();
     let tag = format!("p{}", std::process::id());
     let opts = LabOptions {
         bots: 0,

@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use detector::cli::replay::{Input, ReplayReport, inputs_from_texts, replay};
 use detector::engine::{Action, Decision, Engine, EngineConfig, Snapshot};
 use detector::parse::{Format, LineParser, Outcome};
+use detector::replay::{Input, ReplayReport, inputs_from_texts, replay};
 use detector_tests::sim::{HOST_V4, HOST_V6, Sim, SimConfig, Truth};
 
 fn engine() -> Engine {

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use detector::enforce::testrun::{TestObject, action};
-use detector::enforce::{Capacity, Reason, Stats};
-use detector_common::XDP_PROGRAM;
+use detector::enforce::{Capacity, Reason};
+use detector_common::{Counters, XDP_PROGRAM};
 use detector_tests::frames::*;
 
 const BANNED4: [u8; 4] = [198, 18, 10, 66];
@@ -45,8 +45,8 @@ fn verdict(obj: &TestObject, frame: &[u8]) -> u32 {
         .retval
 }
 
-fn stats(obj: &mut TestObject) -> Stats {
-    obj.enforcer().stats().unwrap()
+fn stats(obj: &mut TestObject) -> Counters {
+    obj.enforcer().stats().unwrap().counters
 }
 
 #[test]
@@ -60,7 +60,7 @@ fn ipv4_banned_source_is_dropped_others_pass() {
     assert_eq!(verdict(&obj, &other), action::PASS);
     assert_eq!(verdict(&obj, &to_banned), action::PASS);
     let s = stats(&mut obj);
-    assert_eq!((s.seen, s.dropped, s.passed), (3, 1, 2));
+    assert_eq!((s.seen(), s.dropped, s.passed), (3, 1, 2));
     assert_eq!(s.dropped_bytes, banned.len() as u64);
     let entry = obj
         .enforcer()
@@ -207,7 +207,7 @@ fn observe_mode_counts_but_passes() {
     assert_eq!(verdict(&obj, &banned), action::PASS);
     let s = stats(&mut obj);
     assert_eq!((s.observed, s.dropped, s.passed), (1, 0, 1));
-    assert!(s.observe_mode);
+    assert!(obj.enforcer().stats().unwrap().observe_mode);
     obj.enforcer().set_observe(false).unwrap();
     assert_eq!(verdict(&obj, &banned), action::DROP);
 }
@@ -305,7 +305,43 @@ fn map_full_is_a_clear_error() {
         .unwrap();
     let err = e
         .ban("198.18.14.3/32".parse().unwrap(), None, Reason::Manual)
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("BANS_V4 is full (2 entries)"), "{err}");
+        .unwrap_err();
+    // Classified by the kernel's errno (a full hash says E2BIG), the cause kept as source.
+    assert!(
+        matches!(
+            err,
+            detector::Error::MapFull {
+                map: "BANS_V4",
+                capacity: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.errno(), Some(libc::E2BIG));
+    assert!(std::error::Error::source(&err).is_some());
+    assert!(
+        err.to_string().contains("BANS_V4 is full (2 entries)"),
+        "{err}"
+    );
+
+    // A full LPM trie says ENOSPC.
+    e.ban("198.18.15.0/24".parse().unwrap(), None, Reason::Manual)
+        .unwrap();
+    e.ban("198.18.16.0/24".parse().unwrap(), None, Reason::Manual)
+        .unwrap();
+    let err = e
+        .ban("198.18.17.0/24".parse().unwrap(), None, Reason::Manual)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            detector::Error::MapFull {
+                map: "PREFIX_V4",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.errno(), Some(libc::ENOSPC));
 }

@@ -4,6 +4,8 @@ mod build;
 mod demo;
 mod dist;
 mod lab;
+#[path = "../../detector/build/nightly.rs"]
+mod nightly;
 mod run;
 mod setup;
 mod sim;
@@ -22,8 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing need (idempotent; fast when already done): nightly
-    /// rust-src, bpf-linker built against rustc's own libLLVM, and Debian packages.
+    /// Install what building and testing need (idempotent; fast when already done): the pinned
+    /// nightly with rust-src, bpf-linker built against rustc's own libLLVM, and Debian packages.
     Setup(setup::Options),
     /// Build the XDP program and the detector binary.
     Build(build::Options),

@@ -1,18 +1,23 @@
 //! `cargo xtask setup`: installs the build and test prerequisites, idempotently.
 //!
-//! - the nightly toolchain's `rust-src` (aya-build compiles the eBPF crate with
-//!   `-Z build-std=core`);
-//! - `bpf-linker`, built against the nightly rustc's own libLLVM (Debian 12 has no LLVM of the
+//! - the pinned nightly (`[workspace.metadata.detector]` in the workspace Cargo.toml, resolved
+//!   as detector/build.rs resolves it: an installed nightly with the pinned commit date counts,
+//!   otherwise rustup installs the dated release) with its `rust-src` (aya-build compiles the
+//!   eBPF crate with `-Z build-std=core`);
+//! - `bpf-linker`, built against that nightly rustc's own libLLVM (Debian 12 has no LLVM of the
 //!   version nightly uses). bpf-linker finds LLVM through `LLVM_PREFIX/lib/libLLVM.so`, so we
 //!   make a prefix of symlinks into the toolchain; the linker's rpath points at that prefix, so
-//!   it lives under CARGO_HOME, keyed by the nightly release, and must persist;
+//!   it lives under CARGO_HOME, keyed by the nightly's rustc release, and must persist;
 //! - the Debian packages the tests use.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::util::{output, run_cmd};
+use detector_testkit::apt;
+
+use crate::nightly::{self, Pin, SystemRustup};
+use crate::util::{output, run_cmd, workspace_root};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -27,23 +32,6 @@ pub const APT_PACKAGES: &[&str] = &[
     "ethtool",
 ];
 
-/// The mail lab's packages (Postfix, Dovecot, systemd for journald), one per line; shared with
-/// the lab harness, which installs them the same way when they are missing.
-const LAB_PACKAGES_TXT: &str = include_str!("../../tests/lab/packages.txt");
-/// debconf answers so that the postfix package writes no configuration of its own.
-const LAB_DEBCONF_TXT: &str = include_str!("../../tests/lab/debconf.txt");
-/// With this file present (`exit 101`), invoke-rc.d starts no service during the install, so
-/// Postfix and Dovecot never run in the root namespace.
-const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
-
-pub fn lab_packages() -> Vec<&'static str> {
-    LAB_PACKAGES_TXT
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect()
-}
-
 #[derive(clap::Args)]
 pub struct Options {
     /// Skip the Debian packages (only the Rust side).
@@ -52,13 +40,19 @@ pub struct Options {
 }
 
 pub fn run(opts: Options) -> Result<()> {
-    let nightly = Nightly::detect()?;
+    let pin = Pin::from_workspace(&workspace_root())?;
+    let resolved = nightly::resolve_or_install(&pin, &SystemRustup)?;
+    eprintln!(
+        "setup: pinned nightly {} (commit-date {}): toolchain {}",
+        pin.release, pin.commit_date, resolved.toolchain
+    );
+    let nightly = Nightly::from_resolved(resolved)?;
     ensure_rust_src(&nightly)?;
     ensure_bpf_linker(&nightly)?;
     if !opts.no_apt {
         let mut packages = APT_PACKAGES.to_vec();
         packages.extend(
-            lab_packages()
+            apt::lab_packages()
                 .into_iter()
                 .filter(|p| !APT_PACKAGES.contains(p)),
         );
@@ -68,8 +62,10 @@ pub fn run(opts: Options) -> Result<()> {
     Ok(())
 }
 
-/// What `rustc +nightly -vV` says about the installed nightly.
+/// What the resolved pinned nightly's `rustc -vV` says about it.
 pub struct Nightly {
+    /// The rustup toolchain name, e.g. `nightly-2026-05-20-x86_64-unknown-linux-gnu`.
+    pub toolchain: String,
     /// e.g. `1.97.0-nightly`
     pub release: String,
     /// e.g. `22` from `LLVM version: 22.1.4`
@@ -78,22 +74,32 @@ pub struct Nightly {
 }
 
 impl Nightly {
-    pub fn detect() -> Result<Self> {
-        let vv = output(Command::new("rustc").args(["+nightly", "-vV"])).context(
-            "the nightly toolchain is needed to build the eBPF program; it is not installed \
-             (rustup toolchain install nightly)",
-        )?;
+    /// The pinned nightly, which must be installed (no download).
+    pub fn installed() -> Result<Self> {
+        let pin = Pin::from_workspace(&workspace_root())?;
+        match nightly::find_installed(&pin, &SystemRustup)? {
+            Some(resolved) => Self::from_resolved(resolved),
+            None => bail!("{}", pin.install_hint()),
+        }
+    }
+
+    fn from_resolved(resolved: nightly::Resolved) -> Result<Self> {
+        let nightly::Resolved { toolchain, vv } = resolved;
         let field = |name: &str| {
-            vv.lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(|v| v.trim().to_string())
-                .with_context(|| format!("`rustc +nightly -vV` printed no `{name}` line"))
+            nightly::vv_field(&vv, name)
+                .map(str::to_string)
+                .with_context(|| format!("`rustc -vV` of {toolchain} printed no `{name}:` line"))
         };
-        let release = field("release:")?;
-        let llvm = field("LLVM version:")?;
+        let release = field("release")?;
+        let llvm = field("LLVM version")?;
         let llvm_major = llvm.split('.').next().unwrap_or_default().to_string();
-        let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+        let sysroot = output(
+            Command::new("rustup")
+                .args(["run", &toolchain, "rustc", "--print", "sysroot"])
+                .env_remove("RUSTC"),
+        )?;
         Ok(Nightly {
+            toolchain,
             release,
             llvm_major,
             sysroot: PathBuf::from(sysroot.trim()),
@@ -136,10 +142,16 @@ fn cargo_home() -> PathBuf {
 
 fn ensure_rust_src(n: &Nightly) -> Result<()> {
     if n.has_rust_src() {
-        eprintln!("setup: nightly rust-src: present");
+        eprintln!("setup: rust-src of {}: present", n.toolchain);
         return Ok(());
     }
-    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    run_cmd(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        &n.toolchain,
+    ]))
 }
 
 /// The stamp records which nightly the installed bpf-linker was built against.
@@ -166,6 +178,16 @@ fn bpf_linker_ok(n: &Nightly) -> bool {
 }
 
 fn ensure_bpf_linker(n: &Nightly) -> Result<()> {
+    // The prefix always points at the resolved pinned toolchain's libLLVM, also when an earlier
+    // setup made it for another toolchain of the same rustc release.
+    let libllvm = n.libllvm()?;
+    let prefix = n.llvm_prefix();
+    let lib = prefix.join("lib");
+    std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    let file_name = libllvm.file_name().expect("libLLVM path has a file name");
+    for link in [lib.join("libLLVM.so"), lib.join(file_name)] {
+        symlink_replace(&libllvm, &link)?;
+    }
     if bpf_linker_ok(n) {
         eprintln!(
             "setup: bpf-linker {BPF_LINKER_VERSION} (llvm-{}): present",
@@ -173,18 +195,10 @@ fn ensure_bpf_linker(n: &Nightly) -> Result<()> {
         );
         return Ok(());
     }
-    let libllvm = n.libllvm()?;
-    let prefix = n.llvm_prefix();
-    let lib = prefix.join("lib");
-    std::fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
-    let file_name = libllvm.file_name().expect("libLLVM path has a file name");
-    for link in [lib.join("libLLVM.so"), lib.join(file_name)] {
-        symlink_force(&libllvm, &link)?;
-    }
     run_cmd(
         Command::new("cargo")
+            .arg(format!("+{}", n.toolchain))
             .args([
-                "+nightly",
                 "install",
                 "bpf-linker",
                 "--force",
@@ -199,103 +213,45 @@ fn ensure_bpf_linker(n: &Nightly) -> Result<()> {
     Ok(())
 }
 
-fn symlink_force(target: &Path, link: &Path) -> Result<()> {
-    match std::fs::remove_file(link) {
+/// Points `link` at `target` unless it already does; the new link is renamed into place, so a
+/// bpf-linker starting meanwhile never finds the library missing.
+fn symlink_replace(target: &Path, link: &Path) -> Result<()> {
+    if std::fs::read_link(link).ok().as_deref() == Some(target) {
+        return Ok(());
+    }
+    let tmp = link.with_extension("detector-tmp");
+    match std::fs::remove_file(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("removing {}", link.display())),
+        Err(e) => return Err(e).with_context(|| format!("removing {}", tmp.display())),
     }
-    std::os::unix::fs::symlink(target, link)
-        .with_context(|| format!("linking {} -> {}", link.display(), target.display()))
+    std::os::unix::fs::symlink(target, &tmp)
+        .with_context(|| format!("linking {} -> {}", tmp.display(), target.display()))?;
+    std::fs::rename(&tmp, link).with_context(|| format!("replacing {}", link.display()))
 }
 
-fn dpkg_installed(pkg: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", pkg])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-}
-
-/// Installs the missing Debian packages (one `apt-get update` first, only if needed), with
-/// the lab's debconf answers and a policy-rc.d guard so that no package starts a daemon.
+/// Installs the missing Debian packages with the lab's debconf answers and the policy-rc.d
+/// guard (no package starts a daemon); a guard an interrupted run left behind goes first.
 pub fn ensure_apt_packages(packages: &[&str]) -> Result<()> {
+    apt::remove_stale_guard()?;
     let missing: Vec<&str> = packages
         .iter()
         .copied()
-        .filter(|p| !dpkg_installed(p))
+        .filter(|p| !apt::dpkg_installed(p))
         .collect();
     if missing.is_empty() {
         eprintln!("setup: Debian packages: present ({})", packages.join(" "));
         return Ok(());
     }
-    preseed_debconf(LAB_DEBCONF_TXT)?;
-    let _guard = PolicyRcGuard::install()?;
-    run_cmd(Command::new("apt-get").args(["-o", "DPkg::Lock::Timeout=300", "update", "-qq"]))?;
-    run_cmd(
-        Command::new("apt-get")
-            .args([
-                "-o",
-                "DPkg::Lock::Timeout=300",
-                "install",
-                "-y",
-                "-qq",
-                "--no-install-recommends",
-            ])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-}
-
-fn preseed_debconf(answers: &str) -> Result<()> {
-    use std::io::Write;
-    let mut child = Command::new("debconf-set-selections")
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .context("starting debconf-set-selections")?;
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(answers.as_bytes())?;
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("debconf-set-selections failed with {status}");
-    }
-    Ok(())
-}
-
-/// Creates `/usr/sbin/policy-rc.d` (`exit 101`) if it is absent and removes it on drop.
-struct PolicyRcGuard {
-    created: bool,
-}
-
-impl PolicyRcGuard {
-    fn install() -> Result<Self> {
-        use std::os::unix::fs::PermissionsExt;
-        if Path::new(POLICY_RC_D).exists() {
-            return Ok(PolicyRcGuard { created: false });
-        }
-        let script = "#!/bin/sh\n# temporary, by cargo xtask setup: start no service\nexit 101\n";
-        std::fs::write(POLICY_RC_D, script).with_context(|| format!("writing {POLICY_RC_D}"))?;
-        std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))?;
-        Ok(PolicyRcGuard { created: true })
-    }
-}
-
-impl Drop for PolicyRcGuard {
-    fn drop(&mut self) {
-        if self.created {
-            let _ = std::fs::remove_file(POLICY_RC_D);
-        }
-    }
+    apt::install(&missing, apt::LAB_DEBCONF_TXT, apt::Echo::Shown)
 }
 
 /// Checks (without installing) what building the eBPF program needs; used by every other task.
 pub fn check_build_prereqs() -> Result<()> {
-    let n = Nightly::detect()?;
+    let n = Nightly::installed()?;
     let mut missing = Vec::new();
     if !n.has_rust_src() {
-        missing.push("the nightly rust-src component".to_string());
+        missing.push(format!("the rust-src component of {}", n.toolchain));
     }
     if !bpf_linker_ok(&n) {
         missing.push(format!(

@@ -11,50 +11,8 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Runs a command, echoing it first, and fails with its exit status.
-pub fn run_cmd(cmd: &mut Command) -> Result<()> {
-    eprintln!("+ {}", display(cmd));
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot start {}", display(cmd)))?;
-    if !status.success() {
-        bail!("{} failed with {status}", display(cmd));
-    }
-    Ok(())
-}
-
-/// Runs a command and returns its stdout; fails on a non-zero exit.
-pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start {}", display(cmd)))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed with {}: {}",
-            display(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-pub fn display(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions. Avoids a libc dependency for one call.
-    unsafe extern "C" {
-        fn geteuid() -> u32;
-    }
-    unsafe { geteuid() == 0 }
-}
+// The runner shared with the test harness.
+pub use detector_testkit::cmd::{is_root, output, run_shown as run_cmd};
 
 /// Mounts bpffs at /sys/fs/bpf when it is missing (pins live there).
 pub fn ensure_bpffs() -> Result<()> {

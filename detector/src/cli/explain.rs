@@ -4,10 +4,9 @@ use std::process::ExitCode;
 
 use crate::cli::state_args::StateArgs;
 use crate::config::Config;
-use crate::daemon::ENGINE_STATE_FILE;
 use crate::enforce::Enforcer;
-use crate::engine::{Engine, Snapshot};
-use crate::store::{Loaded, StateDir};
+use crate::engine::Engine;
+use crate::store::{self, EngineLoad, StateDir};
 use crate::{Error, Result};
 
 /// Explain why an address is or is not banned.
@@ -80,16 +79,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The daemon's loader, on a read-only view of its state: nothing is created or moved.
 fn load_engine(config: &Config, state_dir: &std::path::Path) -> Result<Engine> {
-    if !state_dir.exists() {
-        return Ok(Engine::new(config.engine.clone()));
-    }
-    let state = StateDir::open(state_dir)?;
-    match state.read_json::<Snapshot>(ENGINE_STATE_FILE)? {
-        Loaded::Found(snapshot) => Engine::restore(config.engine.clone(), snapshot),
-        Loaded::Missing => Ok(Engine::new(config.engine.clone())),
-        Loaded::Quarantined { reason, .. } => {
-            Err(Error::Store(format!("engine state unreadable: {reason}")))
-        }
+    let state = StateDir::open_read_only(state_dir)?;
+    let now = chrono::Utc::now();
+    let max_ahead = config.daemon.max_clock_ahead;
+    match store::load_engine(state.as_ref(), &config.engine, now, max_ahead)? {
+        EngineLoad::Damaged { reason, .. } => Err(Error::Store(format!(
+            "engine state in {} unreadable: {reason}",
+            state_dir.display()
+        ))),
+        load => Ok(load.engine()),
     }
 }

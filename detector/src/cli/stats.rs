@@ -19,7 +19,7 @@ pub fn run(args: Args) -> crate::Result<ExitCode> {
     let enforcer = Enforcer::open(&args.pin.pin_dir)?;
     let s = enforcer.stats()?;
     if args.json {
-        let v = serde_json::to_value(s).map_err(|e| crate::Error::Bpf(format!("stats: {e}")))?;
+        let v = serde_json::to_value(s).map_err(|e| crate::Error::bpf("stats", e))?;
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
@@ -40,12 +40,9 @@ pub fn run(args: Args) -> crate::Result<ExitCode> {
             "enforce"
         }
     );
-    println!("seen:           {}", s.seen);
-    println!("passed:         {}", s.passed);
-    println!("dropped:        {} ({} bytes)", s.dropped, s.dropped_bytes);
-    println!("observed:       {}", s.observed);
-    println!("expired hits:   {}", s.expired_hits);
-    println!("malformed:      {}", s.malformed);
-    println!("non-IP:         {}", s.non_ip);
+    println!("{:<16}{}", "seen:", s.seen());
+    for (c, value) in s.iter() {
+        println!("{:<16}{value}", format!("{}:", c.name.replace('_', " ")));
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -6,13 +6,15 @@ use serde::Serialize;
 
 use crate::Result;
 use crate::cli::state_args::StateArgs;
-use crate::daemon::{ENGINE_STATE_FILE, running_pid};
 use crate::enforce::{Enforcer, PinPaths};
 use crate::source::Position;
-use crate::store::{Checkpoints, StateDir};
+use crate::store::{Checkpoints, DaemonCounters, ENGINE_STATE_FILE, Loaded, StateDir};
 
 /// Show whether the XDP program is attached (where, native or generic), how full the ban maps
-/// are, the active bans, whether the daemon runs, and how far behind each log source is.
+/// are, the active bans, whether the daemon runs, how far behind each log source is, and the
+/// input the daemon did not trust.
+///
+/// Changes nothing: the state directory is only read (not created, no file moved).
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
@@ -30,6 +32,8 @@ struct Status {
     daemon_pid: Option<u32>,
     sources: Vec<SourceState>,
     engine_state_age_s: Option<u64>,
+    /// What the daemon counted and did not trust, as of its last save.
+    untrusted: Option<DaemonCounters>,
     problems: Vec<String>,
 }
 
@@ -88,24 +92,46 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
     };
 
-    let (daemon_pid, sources, engine_state_age_s) = match StateDir::open(&state_dir) {
-        Ok(state) => {
-            let pid = running_pid(&state);
-            let sources = Checkpoints::load(&state)
-                .map(|c| c.iter().map(|(id, pos)| source_state(id, pos)).collect())
-                .unwrap_or_default();
-            let age = std::fs::metadata(state.file(ENGINE_STATE_FILE))
+    let mut daemon_pid = None;
+    let mut sources = Vec::new();
+    let mut engine_state_age_s = None;
+    let mut untrusted = None;
+    match StateDir::open_read_only(&state_dir) {
+        Ok(Some(state)) => {
+            daemon_pid = state.running_pid();
+            match Checkpoints::read(&state) {
+                Ok(Loaded::Found(c)) => {
+                    sources = c.iter().map(|(id, pos)| source_state(id, pos)).collect();
+                }
+                Ok(Loaded::Missing) => {}
+                Ok(Loaded::Unreadable { reason } | Loaded::Quarantined { reason, .. }) => {
+                    problems.push(format!("{} is damaged: {reason}", Checkpoints::FILE_NAME));
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
+            engine_state_age_s = std::fs::metadata(state.file(ENGINE_STATE_FILE))
                 .and_then(|m| m.modified())
                 .ok()
                 .and_then(|t| SystemTime::now().duration_since(t).ok())
                 .map(|d| d.as_secs());
-            (pid, sources, age)
+            match DaemonCounters::read(&state) {
+                Ok(Loaded::Found(c)) => untrusted = Some(c),
+                Ok(Loaded::Missing) => {}
+                Ok(Loaded::Unreadable { reason } | Loaded::Quarantined { reason, .. }) => {
+                    problems.push(format!(
+                        "{} is damaged: {reason}",
+                        DaemonCounters::FILE_NAME
+                    ));
+                }
+                Err(e) => problems.push(e.to_string()),
+            }
         }
-        Err(e) => {
-            problems.push(e.to_string());
-            (None, Vec::new(), None)
-        }
-    };
+        Ok(None) => problems.push(format!(
+            "no state directory {} (the daemon has not run with it)",
+            state_dir.display()
+        )),
+        Err(e) => problems.push(e.to_string()),
+    }
     if daemon_pid.is_none() {
         problems
             .push("the daemon is not running (bans in the kernel still drop and expire)".into());
@@ -118,6 +144,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         daemon_pid,
         sources,
         engine_state_age_s,
+        untrusted,
         problems,
     };
     if args.json {
@@ -146,8 +173,8 @@ fn map_fill(enforcer: &Enforcer) -> Result<MapFill> {
         exact_capacity: capacity.exact,
         prefix_capacity: capacity.prefix,
         hits: bans.iter().map(|b| b.hits).sum(),
-        dropped: stats.dropped,
-        passed: stats.passed,
+        dropped: stats.counters.dropped,
+        passed: stats.counters.passed,
         observe_mode: stats.observe_mode,
     })
 }
@@ -246,6 +273,24 @@ fn print_human(s: &Status) {
     }
     if let Some(age) = s.engine_state_age_s {
         println!("engine state saved {age} s ago");
+    }
+    if let Some(c) = &s.untrusted {
+        println!(
+            "untrusted    {} journal entries not from the mail servers{}",
+            c.journal_untrusted,
+            c.journal_untrusted_last
+                .as_ref()
+                .map_or(String::new(), |l| format!(" (last: {l})"))
+        );
+        println!(
+            "untrusted    {} lines stamped ahead of the wall clock{}",
+            c.lines_ahead_of_clock,
+            if c.lines_ahead_of_clock > 0 {
+                format!(" (by up to {} s)", c.max_ahead_s)
+            } else {
+                String::new()
+            }
+        );
     }
     for p in &s.problems {
         println!("problem      {p}");

@@ -20,8 +20,9 @@ use tracing::{info, warn};
 
 use super::pins::{MAP_NAMES, PinPaths};
 use super::types::{AttachMode, Capacity};
-use super::{bpf_error, chain, sys, verify};
+use super::{sys, verify};
 use crate::Error;
+use crate::error::{causes, errno_in};
 
 /// The XDP object built by build.rs from detector-ebpf.
 pub(crate) static OBJECT: &[u8] =
@@ -112,18 +113,18 @@ fn load_and_attach(
         .map_max_entries(map_names::PREFIX_V6, capacity.prefix);
     let mut ebpf = loader
         .load(OBJECT)
-        .map_err(|e| map_load_error(&e, capacity))?;
+        .map_err(|e| map_load_error(e, capacity))?;
 
     {
         let map = ebpf
             .map_mut(map_names::SETTINGS)
             .ok_or_else(|| missing(map_names::SETTINGS))?;
         let mut settings: Array<_, Settings> =
-            Array::try_from(map).map_err(|e| bpf_error("SETTINGS", &e))?;
+            Array::try_from(map).map_err(|e| Error::bpf("SETTINGS", e))?;
         if adopting {
             let current = settings
                 .get(&0, 0)
-                .map_err(|e| bpf_error("reading SETTINGS", &e))?;
+                .map_err(|e| Error::bpf("reading SETTINGS", e))?;
             verify::check_layout_version(pins, current.layout_version)?;
         } else {
             let fresh = Settings {
@@ -132,7 +133,7 @@ fn load_and_attach(
             };
             settings
                 .set(0, fresh, 0)
-                .map_err(|e| bpf_error("writing SETTINGS", &e))?;
+                .map_err(|e| Error::bpf("writing SETTINGS", e))?;
         }
     }
 
@@ -140,13 +141,13 @@ fn load_and_attach(
         .program_mut(XDP_PROGRAM)
         .ok_or_else(|| missing(XDP_PROGRAM))?
         .try_into()
-        .map_err(|e| bpf_error(XDP_PROGRAM, &e))?;
+        .map_err(|e| Error::bpf(XDP_PROGRAM, e))?;
     program
         .load()
-        .map_err(|e| bpf_error("loading the XDP program (verifier)", &e))?;
+        .map_err(|e| Error::bpf("loading the XDP program (verifier)", e))?;
     let new_tag = program
         .info()
-        .map_err(|e| bpf_error("program info", &e))?
+        .map_err(|e| Error::bpf("program info", e))?
         .tag();
 
     let mut report = AttachReport {
@@ -159,8 +160,8 @@ fn load_and_attach(
     let program_pin = pins.program();
     if program_pin.exists() {
         let old = Xdp::from_pin(&program_pin, XdpAttachType::Interface)
-            .map_err(|e| bpf_error(format!("opening {}", program_pin.display()), &e))?;
-        let old_tag = old.info().map_err(|e| bpf_error("program info", &e))?.tag();
+            .map_err(|e| Error::bpf(format!("opening {}", program_pin.display()), e))?;
+        let old_tag = old.info().map_err(|e| Error::bpf("program info", e))?.tag();
         if old_tag == new_tag {
             pinned_program = Some(old);
         } else {
@@ -184,7 +185,7 @@ fn load_and_attach(
         None => {
             program
                 .pin(&program_pin)
-                .map_err(|e| bpf_error(format!("pinning {}", program_pin.display()), &e))?;
+                .map_err(|e| Error::bpf(format!("pinning {}", program_pin.display()), e))?;
             program
         }
     };
@@ -208,28 +209,30 @@ fn missing(what: &str) -> Error {
     ))
 }
 
-fn map_load_error(err: &aya::EbpfError, capacity: Capacity) -> Error {
-    let msg = chain(err);
-    if msg.contains("Cannot allocate memory") || msg.contains("ENOMEM") {
-        Error::Bpf(format!(
-            "creating the ban maps failed for lack of memory ({} exact bans per family need ~{} MiB \
-             each); lower the capacity: {msg}",
-            capacity.exact,
-            u64::from(capacity.exact) * 100 / (1024 * 1024)
-        ))
+fn map_load_error(err: aya::EbpfError, capacity: Capacity) -> Error {
+    if errno_in(&err) == Some(libc::ENOMEM) {
+        Error::bpf(
+            format!(
+                "creating the ban maps failed for lack of memory ({} exact bans per family need \
+                 ~{} MiB each); lower the capacity",
+                capacity.exact,
+                u64::from(capacity.exact) * 100 / (1024 * 1024)
+            ),
+            err,
+        )
     } else {
-        Error::Bpf(format!("loading the XDP object: {msg}"))
+        Error::bpf("loading the XDP object", err)
     }
 }
 
 fn upgrade_link(program: &mut Xdp, link_pin: &Path) -> crate::Result<()> {
     let pinned = PinnedLink::from_pin(link_pin)
-        .map_err(|e| bpf_error(format!("opening {}", link_pin.display()), &e))?;
+        .map_err(|e| Error::bpf(format!("opening {}", link_pin.display()), e))?;
     let link =
-        XdpLink::try_from(FdLink::from(pinned)).map_err(|e| bpf_error("not an XDP link", &e))?;
+        XdpLink::try_from(FdLink::from(pinned)).map_err(|e| Error::bpf("not an XDP link", e))?;
     program
         .attach_to_link(link)
-        .map_err(|e| bpf_error(format!("updating {}", link_pin.display()), &e))?;
+        .map_err(|e| Error::bpf(format!("updating {}", link_pin.display()), e))?;
     Ok(())
 }
 
@@ -258,7 +261,7 @@ fn attach_iface(
             Ok(id) => Ok((id, "native")),
             Err(e) if is_busy(&e) => Err(e),
             Err(e) => {
-                warn!(iface, error = %chain(&e), "native XDP not available; falling back to generic mode");
+                warn!(iface, error = %causes(&e), "native XDP not available; falling back to generic mode");
                 program
                     .attach(iface, XdpMode::Skb)
                     .map(|id| (id, "generic"))
@@ -274,15 +277,15 @@ fn attach_iface(
             )));
         }
         Err(e) => {
-            return Err(bpf_error(
+            return Err(Error::bpf(
                 format!("attaching XDP to {iface} ({mode} mode)"),
-                &e,
+                e,
             ));
         }
     };
     let link = program
         .take_link(id)
-        .map_err(|e| bpf_error("taking the XDP link", &e))?;
+        .map_err(|e| Error::bpf("taking the XDP link", e))?;
     let link = FdLink::try_from(link).map_err(|_| {
         Error::Bpf(format!(
             "the kernel attached XDP to {iface} through netlink instead of a BPF link (kernel < 5.9?); \
@@ -295,7 +298,7 @@ fn attach_iface(
         std::fs::remove_file(&link_pin).map_err(|e| Error::io(&link_pin, e))?;
     }
     link.pin(&link_pin)
-        .map_err(|e| bpf_error(format!("pinning {}", link_pin.display()), &e))?;
+        .map_err(|e| Error::bpf(format!("pinning {}", link_pin.display()), e))?;
     Ok(AttachOutcome::Attached(used))
 }
 

@@ -18,6 +18,7 @@ pub mod infra;
 mod maps;
 mod pins;
 mod sys;
+mod table;
 pub mod testrun;
 pub mod trace;
 mod types;
@@ -38,27 +39,4 @@ pub fn default_pin_dir() -> PathBuf {
     std::env::var_os("DETECTOR_PIN_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(detector_common::PIN_DIR))
-}
-
-/// Formats an error with its chain of causes on one line (aya errors keep the errno there).
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut s = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let msg = e.to_string();
-        if !s.contains(&msg) {
-            s.push_str(": ");
-            s.push_str(&msg);
-        }
-        cur = e.source();
-    }
-    s
-}
-
-/// `Error::Bpf` with a context and the cause chain.
-pub(crate) fn bpf_error(
-    context: impl std::fmt::Display,
-    err: &dyn std::error::Error,
-) -> crate::Error {
-    crate::Error::Bpf(format!("{context}: {}", chain(err)))
 }

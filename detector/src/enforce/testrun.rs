@@ -1,13 +1,12 @@
 //! BPF_PROG_TEST_RUN harness: runs the real XDP program (and, from the bench object, the
 //! reference programs) on hand-made frames, with private unpinned maps. Used by the
 //! frame-level kernel tests and by `cargo xtask bench xdp`; nothing is attached anywhere.
-use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 
-use aya::{Ebpf, EbpfLoader, programs::Xdp};
+use aya::{Ebpf, EbpfLoader, TestRun as _, TestRunOptions, programs::Xdp};
 use detector_common::{ExactBan, XDP_PROGRAM, bench_programs, map_names};
 
-use super::{Capacity, Enforcer, bpf_error, sys};
+use super::{Capacity, Enforcer, sys};
 use crate::Error;
 
 /// XDP return codes.
@@ -49,30 +48,6 @@ pub struct TestObject {
     enforcer: Enforcer,
 }
 
-/// `union bpf_attr` as used by BPF_PROG_TEST_RUN (the `test` member).
-#[repr(C)]
-#[derive(Default)]
-struct TestRunAttr {
-    prog_fd: u32,
-    retval: u32,
-    data_size_in: u32,
-    data_size_out: u32,
-    data_in: u64,
-    data_out: u64,
-    repeat: u32,
-    duration: u32,
-    ctx_size_in: u32,
-    ctx_size_out: u32,
-    ctx_in: u64,
-    ctx_out: u64,
-    flags: u32,
-    cpu: u32,
-    batch_size: u32,
-    _pad: u32,
-}
-
-const BPF_PROG_TEST_RUN: libc::c_long = 10;
-
 impl TestObject {
     /// The production object (what `detector attach` loads).
     pub fn load(capacity: Capacity) -> crate::Result<Self> {
@@ -101,15 +76,15 @@ impl TestObject {
             .map_max_entries(map_names::PREFIX_V4, capacity.prefix)
             .map_max_entries(map_names::PREFIX_V6, capacity.prefix)
             .load(object)
-            .map_err(|e| bpf_error("loading the XDP object", &e))?;
+            .map_err(|e| Error::bpf("loading the XDP object", e))?;
         for &name in programs {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| Error::Bpf(format!("no program {name} in the object")))?
                 .try_into()
-                .map_err(|e| bpf_error(name, &e))?;
+                .map_err(|e| Error::bpf(name, e))?;
             p.load()
-                .map_err(|e| bpf_error(format!("loading {name}"), &e))?;
+                .map_err(|e| Error::bpf(format!("loading {name}"), e))?;
         }
         let enforcer = Enforcer::from_loaded(&mut ebpf, capacity)?;
         Ok(TestObject { ebpf, enforcer })
@@ -152,47 +127,35 @@ impl TestObject {
             .program_mut(program)
             .ok_or_else(|| Error::Bpf(format!("no program {program}")))?
             .try_into()
-            .map_err(|e| bpf_error(program, &e))?;
+            .map_err(|e| Error::bpf(program, e))?;
         p.pin(path)
-            .map_err(|e| bpf_error(format!("pinning {program}"), &e))
+            .map_err(|e| Error::bpf(format!("pinning {program}"), e))
     }
 
-    /// Runs `program` on `frame` `repeat` times (BPF_PROG_TEST_RUN).
+    /// Runs `program` on `frame` `repeat` times (BPF_PROG_TEST_RUN, through aya's wrapper).
     pub fn run(&self, program: &str, frame: &[u8], repeat: u32) -> crate::Result<TestRun> {
         let p: &Xdp = self
             .ebpf
             .program(program)
             .ok_or_else(|| Error::Bpf(format!("no program {program}")))?
             .try_into()
-            .map_err(|e| bpf_error(program, &e))?;
-        let fd = p.fd().map_err(|e| bpf_error(program, &e))?;
-        let mut attr = TestRunAttr {
-            prog_fd: fd.as_fd().as_raw_fd() as u32,
-            data_size_in: frame.len() as u32,
-            data_in: frame.as_ptr() as u64,
-            repeat,
-            ..Default::default()
-        };
-        // SAFETY: attr is a valid, initialised bpf_attr prefix; data_in points at `frame`,
-        // which outlives the call; no output buffers are given.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                &mut attr as *mut TestRunAttr,
-                std::mem::size_of::<TestRunAttr>(),
-            )
-        };
-        if rc < 0 {
-            let err = std::io::Error::last_os_error();
-            return Err(Error::Bpf(format!(
-                "BPF_PROG_TEST_RUN of {program} ({} bytes): {err}",
-                frame.len()
-            )));
-        }
+            .map_err(|e| Error::bpf(program, e))?;
+        let result = p
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .map_err(|e| {
+                Error::bpf(
+                    format!("BPF_PROG_TEST_RUN of {program} ({} bytes)", frame.len()),
+                    e,
+                )
+            })?;
         Ok(TestRun {
-            retval: attr.retval,
-            duration_ns: attr.duration,
+            retval: result.return_value,
+            // The kernel reports whole nanoseconds in 32 bits; aya widens them to a Duration.
+            duration_ns: u32::try_from(result.duration.as_nanos()).unwrap_or(u32::MAX),
         })
     }
 }

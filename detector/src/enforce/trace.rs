@@ -21,7 +21,7 @@ use ipnet::IpNet;
 
 use super::pins::PinPaths;
 use super::types::{Reason, display_target};
-use super::{bpf_error, canonical, clock, sys, verify};
+use super::{canonical, clock, sys, verify};
 use crate::Error;
 
 /// What the trace switch says now.
@@ -75,13 +75,13 @@ impl TraceSwitch {
             return Err(verify::not_attached(&pins));
         }
         let program = Xdp::from_pin(&pin, XdpAttachType::Interface)
-            .map_err(|e| bpf_error(format!("opening {}", pin.display()), &e))?;
+            .map_err(|e| Error::bpf(format!("opening {}", pin.display()), e))?;
         let info = program
             .info()
-            .map_err(|e| bpf_error("reading the program's info", &e))?;
+            .map_err(|e| Error::bpf("reading the program's info", e))?;
         let map_ids = info
             .map_ids()
-            .map_err(|e| bpf_error("reading the program's map ids", &e))?
+            .map_err(|e| Error::bpf("reading the program's map ids", e))?
             .unwrap_or_default();
         let trace = map_ids
             .iter()
@@ -94,8 +94,8 @@ impl TraceSwitch {
                     pin.display()
                 ))
             })?;
-        let data = MapData::from_id(trace.id()).map_err(|e| bpf_error("opening TRACE", &e))?;
-        let map = Array::try_from(Map::Array(data)).map_err(|e| bpf_error("TRACE", &e))?;
+        let data = MapData::from_id(trace.id()).map_err(|e| Error::bpf("opening TRACE", e))?;
+        let map = Array::try_from(Map::Array(data)).map_err(|e| Error::bpf("TRACE", e))?;
         Ok(TraceSwitch {
             program_id: info.id(),
             map,
@@ -110,13 +110,13 @@ impl TraceSwitch {
     fn read(&self) -> crate::Result<TraceTarget> {
         self.map
             .get(&0, 0)
-            .map_err(|e| bpf_error("reading TRACE", &e))
+            .map_err(|e| Error::bpf("reading TRACE", e))
     }
 
     fn write(&mut self, entry: TraceTarget) -> crate::Result<()> {
         self.map
             .set(0, entry, 0)
-            .map_err(|e| bpf_error("writing TRACE", &e))
+            .map_err(|e| Error::bpf("writing TRACE", e))
     }
 
     pub fn state(&self) -> crate::Result<TraceState> {
@@ -137,7 +137,10 @@ impl TraceSwitch {
                 humantime::format_duration(Duration::from_secs(left.as_secs()))
             )));
         }
-        let entry = target_entry(target, clock::expiry_ns(duration));
+        let until = clock::expiry_ns(clock::monotonic_ns(), duration).ok_or_else(|| {
+            Error::Usage("a trace must end within the kernel clock's range".into())
+        })?;
+        let entry = target_entry(target, until);
         self.write(entry)?;
         Ok(entry)
     }
@@ -350,7 +353,7 @@ impl TraceReader {
             deliver: Box::new(deliver),
         };
         let mut logger = EbpfLogger::init_from_id_with_logger(program_id, sink)
-            .map_err(|e| bpf_error("attaching to the XDP program's log (aya-log)", &e))?;
+            .map_err(|e| Error::bpf("attaching to the XDP program's log (aya-log)", e))?;
         logger.flush();
         armed.store(true, Ordering::Relaxed);
         Ok(TraceReader { logger, armed })

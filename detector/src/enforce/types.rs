@@ -3,7 +3,9 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-use detector_common::{DEFAULT_EXACT_CAPACITY, DEFAULT_PREFIX_CAPACITY, reason};
+use detector_common::{
+    COUNTERS, CounterInfo, Counters, DEFAULT_EXACT_CAPACITY, DEFAULT_PREFIX_CAPACITY, reason,
+};
 use ipnet::IpNet;
 use serde::Serialize;
 
@@ -169,22 +171,63 @@ pub enum BanOutcome {
     Unchanged,
 }
 
-/// The XDP program's counters, summed over CPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+/// The XDP program's counters, summed over CPUs. Serialises as one flat object: `seen`, every
+/// counter of [`detector_common::COUNTERS`] by name, and `observe_mode`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Frames seen: passed + dropped.
-    pub seen: u64,
-    pub passed: u64,
-    pub dropped: u64,
-    pub dropped_bytes: u64,
-    /// Matched a live ban in observe mode (and passed).
-    pub observed: u64,
-    /// Matched an expired ban (and passed).
-    pub expired_hits: u64,
-    /// Truncated or malformed frames (passed).
-    pub malformed: u64,
-    /// Non-IP frames such as ARP (passed).
-    pub non_ip: u64,
+    pub counters: Counters,
     /// Observe mode is on (matches are counted, not dropped).
     pub observe_mode: bool,
+}
+
+impl Stats {
+    /// Frames seen: passed + dropped.
+    pub fn seen(&self) -> u64 {
+        self.counters.seen()
+    }
+
+    /// Every counter with its description and value, in the struct's order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static CounterInfo, u64)> + '_ {
+        COUNTERS.iter().map(|c| (c, (c.get)(&self.counters)))
+    }
+}
+
+impl Serialize for Stats {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(COUNTERS.len() + 2))?;
+        m.serialize_entry("seen", &self.seen())?;
+        for (c, v) in self.iter() {
+            m.serialize_entry(c.name, &v)?;
+        }
+        m.serialize_entry("observe_mode", &self.observe_mode)?;
+        m.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_serialise_every_counter_by_name_plus_seen() {
+        let stats = Stats {
+            counters: Counters {
+                passed: 2,
+                dropped: 3,
+                non_ip: 7,
+                ..Counters::default()
+            },
+            observe_mode: true,
+        };
+        let v = serde_json::to_value(stats).unwrap();
+        assert_eq!(v["seen"], 5);
+        assert_eq!(v["non_ip"], 7);
+        assert_eq!(v["observe_mode"], true);
+        let keys = v.as_object().unwrap().len();
+        assert_eq!(keys, COUNTERS.len() + 2, "{v}");
+        for c in COUNTERS {
+            assert!(v.get(c.name).is_some(), "{} missing: {v}", c.name);
+        }
+    }
 }

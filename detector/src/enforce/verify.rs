@@ -95,9 +95,8 @@ pub fn check_pinned_maps(pins: &PinPaths, capacity: Option<Capacity>) -> crate::
         ));
     }
     for e in expected(capacity) {
-        let info = MapInfo::from_pin(pins.map(e.name)).map_err(|err| {
-            super::bpf_error(format!("reading {}", pins.map(e.name).display()), &err)
-        })?;
+        let info = MapInfo::from_pin(pins.map(e.name))
+            .map_err(|err| Error::bpf(format!("reading {}", pins.map(e.name).display()), err))?;
         let map_type = info.map_type().ok();
         if map_type != Some(e.map_type) {
             return Err(mismatch(

@@ -325,7 +325,7 @@ fn count_since(state: &IpState, since: i64, filter: impl Fn(&Failure) -> bool) -
         .iter()
         .filter(|f| f.time >= since && filter(f))
         .map(|f| f.count)
-        .sum()
+        .fold(0, u32::saturating_add)
 }
 
 /// Records a non-lenient failure on `user`; returns a description of the campaign when the
@@ -458,14 +458,13 @@ fn slow_repeat(engine: &Engine, ip: IpAddr, t: i64) -> Option<(Rule, String)> {
     let score: u32 = counted
         .iter()
         .map(|f| {
-            f.count
-                * if f.unknown_user {
-                    cfg.unknown_user_weight
-                } else {
-                    1
-                }
+            f.count.saturating_mul(if f.unknown_user {
+                cfg.unknown_user_weight
+            } else {
+                1
+            })
         })
-        .sum();
+        .fold(0, u32::saturating_add);
     if score < cfg.slow_repeat_score {
         return None;
     }

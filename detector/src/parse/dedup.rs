@@ -69,7 +69,9 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
         let start = *self.generation_start.get_or_insert(now);
         if self.current.len() >= self.cap / 2
             || now - start > self.max_age / 2
-            || now < start - self.max_age
+            || start
+                .checked_sub_signed(self.max_age)
+                .is_some_and(|oldest| now < oldest)
         {
             self.previous = std::mem::take(&mut self.current);
             self.generation_start = Some(now);

@@ -386,10 +386,47 @@ fn login_user(before_rip: &[u8]) -> Option<&[u8]> {
     v.strip_suffix(b">")
 }
 
+/// How Dovecot's own disconnect reasons start (2.x login processes, submission-login, 2.4's
+/// `Login aborted`; the list fail2ban's filter uses too). Other text before the key=value list
+/// is not a disconnect and may be the client's (`ID sent: name=...`: `imap_id_log` quotes the
+/// client's ID values verbatim), so it never counts.
+const DISCONNECT_REASONS: [&[u8]; 6] = [
+    b"Disconnected",
+    b"Aborted login",
+    b"Login aborted",
+    b"Connection closed",
+    b"Remote closed connection",
+    b"Client has quit the connection",
+];
+
 /// Reason text -> kind and the number of failed attempts it reports.
+///
+/// The count comes only from the note Dovecot appends to its disconnect reason, as the last
+/// parenthesised group right before the key=value list (2.4 puts a ` (code)` after it):
+/// `Disconnected: Inactivity (auth failed, 3 attempts in 12 secs): user=<..>, ...`.
 fn classify_reason(reason: &[u8]) -> (EventKind, u32) {
-    if let Some(i) = find(reason, b"(auth failed, ") {
-        let (digits, rest) = split_digits(&reason[i + 14..]);
+    if !DISCONNECT_REASONS.iter().any(|p| reason.starts_with(p)) {
+        return (EventKind::Other, 0);
+    }
+    // The reason ends at the `): ` that closes the note (or, with no note, anywhere).
+    let mut r = match rfind(reason, b"): ") {
+        Some(i) => &reason[..i + 1],
+        None => reason.strip_suffix(b": ").unwrap_or(reason),
+    };
+    if let Some(open) = memchr::memrchr(b'(', r)
+        && let Some(code) = r[open + 1..].strip_suffix(b")")
+        && !code.is_empty()
+        && code.iter().all(|c| c.is_ascii_lowercase() || *c == b'_')
+        && r[..open].ends_with(b") ")
+    {
+        r = &r[..open - 1];
+    }
+    let note = match memchr::memrchr(b'(', r) {
+        Some(open) if r.ends_with(b")") => &r[open..],
+        _ => return (EventKind::Disconnect, 0),
+    };
+    if let Some(n) = note.strip_prefix(b"(auth failed, ") {
+        let (digits, rest) = split_digits(n);
         if rest.starts_with(b" attempt") {
             let n = parse_u32(digits).unwrap_or(1).max(1);
             return (EventKind::AuthFailure, n);
@@ -401,7 +438,7 @@ fn classify_reason(reason: &[u8]) -> (EventKind, u32) {
         b"(tried to use disabled ",
         b"(proxy dest auth failed)",
     ] {
-        if find(reason, marker).is_some() {
+        if note.starts_with(marker) {
             return (EventKind::AuthFailure, 1);
         }
     }

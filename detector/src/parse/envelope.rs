@@ -9,13 +9,22 @@
 //! - Postfix `maillog_file` lines (same as RFC 3164);
 //! - Dovecot `log_path` lines without host (`Nov 27 05:31:03 imap-login: Info: ...`,
 //!   `2013-08-11 03:56:40 auth-worker(default): Info: ...`), daemontools TAI64N labels;
-//! - bare messages with no header at all (the caller uses its reference time).
+//! - bare messages with no header at all (the caller uses its reference time);
+//! - container logs around any of these: `docker compose logs`' service prefix
+//!   (`mailserver-1  | ...`, [`strip_compose_prefix`]), `docker logs --timestamps`' RFC 3339
+//!   time before the container's own line, and busybox syslogd's `facility.level` after the
+//!   host (`Jun 16 09:37:32 mail mail.warn postfix/smtpd[7]: ...`, Alpine-based images).
+//!
+//! None of these wrappers changes where the message starts or how it is read: the prefixes are
+//! written by compose, docker and syslogd at the start of the line, before anything a client
+//! can send.
 use std::borrow::Cow;
 
 use chrono::{DateTime, FixedOffset, Utc};
 
 use super::text::parse_u32;
 use super::time::{Reference, parse_stamp};
+use super::zone::LocalZone;
 
 /// One line, unwrapped.
 #[derive(Debug)]
@@ -94,11 +103,95 @@ fn json_bytes(v: serde_json::Value) -> Option<Vec<u8>> {
     }
 }
 
+/// `docker compose logs` writes `NAME<padding> | ` before each line of a container (compose v1
+/// `NAME_1`, v2 `NAME-1`), in colour when asked to. Returns the container's own line, or
+/// `line` unchanged when it has no such prefix.
+pub(crate) fn strip_compose_prefix(line: &[u8]) -> &[u8] {
+    let b = skip_colour(line);
+    let n = b
+        .iter()
+        .take(128)
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+        .count();
+    let pad = b[n..].iter().take_while(|&&c| c == b' ').count();
+    if n == 0 || pad == 0 {
+        return line;
+    }
+    let Some(rest) = b[n + pad..].strip_prefix(b"|") else {
+        return line;
+    };
+    let rest = skip_colour(rest);
+    let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+    skip_colour(rest)
+}
+
+/// ANSI colour codes (`ESC [ 1;36 m`), as compose writes around its prefix.
+fn skip_colour(mut b: &[u8]) -> &[u8] {
+    for _ in 0..4 {
+        let Some(r) = b.strip_prefix(b"\x1b[") else {
+            break;
+        };
+        let n = r
+            .iter()
+            .take(16)
+            .take_while(|c| c.is_ascii_digit() || **c == b';')
+            .count();
+        match r[n..].strip_prefix(b"m") {
+            Some(after) => b = after,
+            None => break,
+        }
+    }
+    b
+}
+
+/// busybox syslogd's `facility.level` between host and tag (`mail.warn`, `local0.info`).
+fn is_facility_level(t: &[u8]) -> bool {
+    const FACILITIES: [&[u8]; 20] = [
+        b"kern",
+        b"user",
+        b"mail",
+        b"daemon",
+        b"auth",
+        b"syslog",
+        b"lpr",
+        b"news",
+        b"uucp",
+        b"cron",
+        b"authpriv",
+        b"ftp",
+        b"local0",
+        b"local1",
+        b"local2",
+        b"local3",
+        b"local4",
+        b"local5",
+        b"local6",
+        b"local7",
+    ];
+    const LEVELS: [&[u8]; 8] = [
+        b"emerg", b"alert", b"crit", b"err", b"warn", b"notice", b"info", b"debug",
+    ];
+    let Some(dot) = memchr::memchr(b'.', t) else {
+        return false;
+    };
+    FACILITIES.contains(&&t[..dot]) && LEVELS.contains(&&t[dot + 1..])
+}
+
 /// Any syslog-like header, or a bare message when there is none.
 pub(crate) fn syslog<'a>(
     line: &'a [u8],
     reference: &Reference,
-    offset: FixedOffset,
+    zone: &mut LocalZone,
+) -> Envelope<'a> {
+    syslog_at(line, reference, zone, true)
+}
+
+/// `docker_time`: whether an RFC 3339 time may be docker's, before the container's own line.
+fn syslog_at<'a>(
+    line: &'a [u8],
+    reference: &Reference,
+    zone: &mut LocalZone,
+    docker_time: bool,
 ) -> Envelope<'a> {
     let mut b = line;
     // `<PRI>` as written to a network socket or by some relays.
@@ -109,12 +202,12 @@ pub(crate) fn syslog<'a>(
     {
         b = &b[close + 1..];
         if let Some(rest) = b.strip_prefix(b"1 ")
-            && let Some(env) = rfc5424(rest, reference, offset)
+            && let Some(env) = rfc5424(rest, reference, zone)
         {
             return env;
         }
     }
-    let Some(stamp) = parse_stamp(b, reference, offset) else {
+    let Some(stamp) = parse_stamp(b, reference, zone) else {
         return bare(line);
     };
     let rest = trim_start(&b[stamp.len..]);
@@ -122,16 +215,37 @@ pub(crate) fn syslog<'a>(
         // The timestamp must be followed by a space.
         return bare(line);
     }
+    // `docker logs --timestamps`: `2024-07-03T17:18:06.603714476Z Jul 03 17:18:06 host ...`.
+    // Docker's time is the one used: it is UTC with year and date, while the container's
+    // clock may run in another zone than this host.
+    if docker_time
+        && stamp.offset_given
+        && b[0].is_ascii_digit()
+        && rest.first().is_some_and(|c| c.is_ascii_alphanumeric())
+    {
+        let mut utc = LocalZone::fixed(FixedOffset::east_opt(0).expect("zero offset"));
+        let mut inner = syslog_at(rest, reference, &mut utc, false);
+        if inner.time.is_some() {
+            inner.time = Some(stamp.time);
+            return inner;
+        }
+    }
     // Host or no host? Host names never contain ':', '(' or '['; a Dovecot log_path line has
     // the process (`imap-login:`, `auth-worker(123):`) right after the time.
     let first_end = memchr::memchr(b' ', rest).unwrap_or(rest.len());
     let first = &rest[..first_end];
     let no_host = first.ends_with(b":") || first.contains(&b'(') || first.contains(&b'[');
-    let rest = if no_host {
+    let mut rest = if no_host {
         rest
     } else {
         trim_start(&rest[first_end..])
     };
+    if !no_host {
+        let end = memchr::memchr(b' ', rest).unwrap_or(rest.len());
+        if end < rest.len() && is_facility_level(&rest[..end]) {
+            rest = trim_start(&rest[end..]);
+        }
+    }
     let mut env = tagged(rest);
     env.time = Some(stamp.time);
     env.has_header = true;
@@ -195,13 +309,13 @@ fn tagged(b: &[u8]) -> Envelope<'_> {
 }
 
 /// RFC 5424 after `<PRI>1 `: `TIMESTAMP HOST APP PROCID MSGID SD MSG`.
-fn rfc5424<'a>(b: &'a [u8], reference: &Reference, offset: FixedOffset) -> Option<Envelope<'a>> {
+fn rfc5424<'a>(b: &'a [u8], reference: &Reference, zone: &mut LocalZone) -> Option<Envelope<'a>> {
     let mut fields = b.splitn(6, |&c| c == b' ');
     let ts = fields.next()?;
     let time = if ts == b"-" {
         None
     } else {
-        Some(parse_stamp(ts, reference, offset)?.time)
+        Some(parse_stamp(ts, reference, zone)?.time)
     };
     let _host = fields.next()?;
     let app = fields.next()?;
@@ -250,7 +364,8 @@ mod tests {
 
     fn env(line: &str) -> (Option<String>, Option<String>, Option<u32>, String, bool) {
         let r = Reference::Fixed("2026-11-27T06:00:00Z".parse().unwrap());
-        let e = syslog(line.as_bytes(), &r, FixedOffset::east_opt(0).unwrap());
+        let mut zone = LocalZone::fixed(chrono::FixedOffset::east_opt(0).unwrap());
+        let e = syslog(line.as_bytes(), &r, &mut zone);
         (
             e.time.map(|t| t.to_rfc3339()),
             e.ident.map(|i| String::from_utf8_lossy(&i).into_owned()),

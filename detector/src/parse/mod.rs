@@ -9,7 +9,7 @@
 //! `postfix` and `dovecot` turn messages into records, [`dedup`] holds the cross-line state
 //! (failure de-duplication, Postfix connection and queue tracking). No regex anywhere: fixed
 //! prefixes and `memchr`, bounded work per line.
-use chrono::{DateTime, FixedOffset, Offset, Utc};
+use chrono::{DateTime, FixedOffset, Utc};
 
 use crate::event::{Event, EventKind, Service};
 
@@ -20,13 +20,15 @@ mod postfix;
 mod record;
 mod text;
 pub mod time;
+pub mod zone;
 
 use record::{Link, Parsed, Record};
 pub use time::Reference;
+pub use zone::LocalZone;
 
-/// Longer lines are not parsed at all (counted as unparsed): real Postfix/Dovecot lines stay
-/// well under 8 KiB, journal JSON objects under 16 KiB.
-pub const MAX_LINE_BYTES: usize = 64 * 1024;
+/// Longer lines are not parsed at all (counted as truncated): the one limit the sources cut
+/// at, defined beside them.
+pub use crate::source::MAX_LINE_BYTES;
 
 /// Input envelope: how a line wraps the daemon's message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -57,18 +59,23 @@ pub struct ParseStats {
     pub lines: u64,
     pub events: u64,
     pub unparsed: u64,
+    /// Lines that were cut (by a source) or are longer than [`MAX_LINE_BYTES`]: not parsed,
+    /// since what is left of them could name another address than the whole line. Also
+    /// counted in `unparsed`.
+    pub truncated: u64,
 }
 
 /// Stateful line parser: holds year inference and the cross-line de-duplication state.
 ///
-/// Timestamps without an offset (RFC 3164, Dovecot `log_path`) are read in the local time
-/// zone's offset at construction time ([`LineParser::with_reference`] lets callers fix both).
+/// Timestamps without an offset (RFC 3164, Postfix `maillog_file`, Dovecot `log_path`) are
+/// wall-clock times of the host's zone, each converted with the zone's rules for its own
+/// instant ([`LocalZone`]; [`LineParser::with_zone`] lets callers choose the zone).
 #[derive(Debug)]
 pub struct LineParser {
     format: Format,
     stats: ParseStats,
     reference: Reference,
-    naive_offset: FixedOffset,
+    zone: LocalZone,
     state: dedup::State,
 }
 
@@ -79,26 +86,43 @@ impl Default for LineParser {
 }
 
 impl LineParser {
-    /// A parser for live input: the year of year-less timestamps comes from the wall clock.
+    /// A parser for live input: the year of year-less timestamps comes from the wall clock,
+    /// local times are the host's zone.
     pub fn new(format: Format) -> Self {
-        let offset = chrono::Local::now().offset().fix();
-        LineParser::with_reference(format, Reference::WallClock, offset)
+        LineParser::with_zone(format, Reference::WallClock, LocalZone::system())
     }
 
     /// A parser with an explicit reference time (year inference, time of header-less lines)
-    /// and the offset of timestamps that carry none.
+    /// and one fixed offset for timestamps that carry none (tests, UTC hosts).
     pub fn with_reference(format: Format, reference: Reference, naive_offset: FixedOffset) -> Self {
+        LineParser::with_zone(format, reference, LocalZone::fixed(naive_offset))
+    }
+
+    /// A parser with an explicit reference time and the zone of timestamps without offset.
+    pub fn with_zone(format: Format, reference: Reference, zone: LocalZone) -> Self {
         LineParser {
             format,
             stats: ParseStats::default(),
             reference,
-            naive_offset,
+            zone,
             state: dedup::State::default(),
         }
     }
 
+    /// Counts a line that a source had to cut, without parsing it (see
+    /// [`ParseStats::truncated`]); always [`Outcome::Unparsed`].
+    pub fn skip_truncated(&mut self) -> Outcome {
+        self.stats.lines += 1;
+        self.stats.truncated += 1;
+        self.stats.unparsed += 1;
+        Outcome::Unparsed
+    }
+
     /// Parses one line (without its trailing newline). `line_no` is 1-based.
     pub fn parse_line(&mut self, line: &[u8], line_no: u64) -> Outcome {
+        if line.len() > MAX_LINE_BYTES {
+            return self.skip_truncated();
+        }
         self.stats.lines += 1;
         let outcome = self.parse_inner(line, line_no);
         match outcome {
@@ -119,9 +143,6 @@ impl LineParser {
     }
 
     fn parse_inner(&mut self, line: &[u8], line_no: u64) -> Outcome {
-        if line.len() > MAX_LINE_BYTES {
-            return Outcome::Unparsed;
-        }
         let line = line.strip_suffix(b"\n").unwrap_or(line);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -132,16 +153,22 @@ impl LineParser {
             Format::Syslog => false,
             Format::Auto => envelope::looks_like_json(line),
         };
+        // `docker compose logs`: the container's own line follows the service prefix.
+        let line = if json {
+            line
+        } else {
+            envelope::strip_compose_prefix(line)
+        };
         let env = if json {
             match envelope::journal(line) {
                 Some(e) => e,
                 None => return Outcome::Unparsed,
             }
         } else {
-            envelope::syslog(line, &self.reference, self.naive_offset)
+            envelope::syslog(line, &self.reference, &mut self.zone)
         };
         let parsed = dispatch(&env, line);
-        let time = env.time.unwrap_or_else(|| self.reference.now());
+        let time = (env.time.filter(time::plausible)).unwrap_or_else(|| self.reference.now());
         self.finish(parsed, time, env.pid, line_no)
     }
 
@@ -263,5 +290,7 @@ fn dispatch(env: &envelope::Envelope<'_>, line: &[u8]) -> Parsed {
     }
 }
 
+#[cfg(test)]
+mod hostile_tests;
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Datelike, Duration, FixedOffset, NaiveDate, NaiveDateTime, TimeZone, Utc};
 
 use super::text::split_digits;
+use super::zone::LocalZone;
 
 /// The reference "now" used to pick the year of year-less timestamps and as the time of
 /// header-less lines.
@@ -22,34 +23,47 @@ impl Reference {
             Reference::Fixed(t) => *t,
         }
     }
+
+    /// The wall clock, when lines are followed live (decides the repeated DST hour).
+    fn live_now(&self) -> Option<DateTime<Utc>> {
+        match self {
+            Reference::WallClock => Some(Utc::now()),
+            Reference::Fixed(_) => None,
+        }
+    }
+}
+
+/// Whether a log time can be believed at all: 1970 up to the end of 9999. Times beyond (journal
+/// fields and TAI64N labels can name any instant chrono holds) would overflow every later
+/// `time ± duration`; such a line is treated as one without a time of its own.
+pub fn plausible(t: &DateTime<Utc>) -> bool {
+    (0..=253_402_300_799).contains(&t.timestamp())
 }
 
 /// A parsed timestamp and the number of bytes it took.
 pub(crate) struct Stamp {
     pub time: DateTime<Utc>,
     pub len: usize,
+    /// The text named its UTC offset (`Z`, `+02:00`) or is TAI64N: no zone was assumed.
+    pub offset_given: bool,
 }
 
 const MONTHS: [&[u8; 3]; 12] = [
     b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec",
 ];
 
-/// Timestamps without an offset (RFC 3164, Dovecot log_path) are in the host's local time;
-/// `naive_offset` is that offset (taken once at start-up; see [`super::LineParser`]).
-pub(crate) fn parse_stamp(
-    b: &[u8],
-    reference: &Reference,
-    naive_offset: FixedOffset,
-) -> Option<Stamp> {
+/// Timestamps without an offset (RFC 3164, Postfix maillog_file, Dovecot log_path) are wall
+/// clock times of `zone`, converted with its rules for that instant (see [`LocalZone`]).
+pub(crate) fn parse_stamp(b: &[u8], reference: &Reference, zone: &mut LocalZone) -> Option<Stamp> {
     match b.first()? {
         b'@' => tai64n(b),
-        b'0'..=b'9' => iso(b, naive_offset),
-        _ => rfc3164(b, reference, naive_offset),
+        b'0'..=b'9' => iso(b, reference, zone),
+        _ => rfc3164(b, reference, zone),
     }
 }
 
 /// `Mmm dd HH:MM:SS` with the day space-padded (`Apr  6`) or not (`Mar 7`).
-fn rfc3164(b: &[u8], reference: &Reference, offset: FixedOffset) -> Option<Stamp> {
+fn rfc3164(b: &[u8], reference: &Reference, zone: &mut LocalZone) -> Option<Stamp> {
     let month = MONTHS.iter().position(|m| b.get(..3) == Some(&m[..]))? as u32 + 1;
     let mut i = 3;
     if b.get(i) != Some(&b' ') {
@@ -67,7 +81,7 @@ fn rfc3164(b: &[u8], reference: &Reference, offset: FixedOffset) -> Option<Stamp
     let (h, m, s, len) = hms(&b[i..])?;
     i += len;
     let now = reference.now();
-    let local_now = now.with_timezone(&offset);
+    let local_now = now.with_timezone(&zone.offset_at(now));
     // The year is not in the line: take the reference year, and when that puts the line more
     // than a day in the future (a December line read in January), the previous year. Feb 29
     // in a non-leap year also walks back to the last leap year.
@@ -75,12 +89,13 @@ fn rfc3164(b: &[u8], reference: &Reference, offset: FixedOffset) -> Option<Stamp
     for _ in 0..8 {
         if let Some(date) = NaiveDate::from_ymd_opt(year, month, day) {
             let naive = date.and_hms_opt(h, m, s)?;
-            let t = offset
-                .from_local_datetime(&naive)
-                .single()?
-                .with_timezone(&Utc);
+            let t = zone.resolve_local(naive, reference.live_now())?;
             if t <= now + Duration::days(1) {
-                return Some(Stamp { time: t, len: i });
+                return Some(Stamp {
+                    time: t,
+                    len: i,
+                    offset_given: false,
+                });
             }
         }
         year -= 1;
@@ -103,7 +118,7 @@ fn hms(b: &[u8]) -> Option<(u32, u32, u32, usize)> {
 }
 
 /// `YYYY-MM-DD[T ]HH:MM:SS[.frac][Z|+HH:MM|+HHMM]`. Without an offset the time is local.
-fn iso(b: &[u8], offset: FixedOffset) -> Option<Stamp> {
+fn iso(b: &[u8], reference: &Reference, zone: &mut LocalZone) -> Option<Stamp> {
     let d = b.get(..10)?;
     if d[4] != b'-' || d[7] != b'-' || !d[..4].iter().all(u8::is_ascii_digit) {
         return None;
@@ -149,26 +164,48 @@ fn iso(b: &[u8], offset: FixedOffset) -> Option<Stamp> {
                 len,
             )
         }
-        _ => (offset, 0),
+        _ => {
+            let t = zone.resolve_local(naive, reference.live_now())?;
+            return Some(Stamp {
+                time: t,
+                len: i,
+                offset_given: false,
+            });
+        }
     };
     let t = tz.from_local_datetime(&naive).single()?.with_timezone(&Utc);
     Some(Stamp {
         time: t,
         len: i + tz_len,
+        offset_given: true,
     })
 }
 
 /// daemontools TAI64N label: `@` + 16 hex digits of seconds (offset 2^62) + 8 of nanoseconds.
 /// As `tai64nlocal` does, the label's 10 s TAI offset is removed (later leap seconds are not).
 fn tai64n(b: &[u8]) -> Option<Stamp> {
+    // Byte-level: the label is input, so no `&str` slicing (a multibyte character would put a
+    // char boundary inside it) and no `from_str_radix` (it accepts a sign).
     let h = b.get(1..25)?;
-    let s = std::str::from_utf8(h).ok()?;
-    let secs = u64::from_str_radix(&s[..16], 16)
-        .ok()?
-        .checked_sub((1 << 62) + 10)?;
-    let nanos = u32::from_str_radix(&s[16..], 16).ok()?;
+    let secs = hex(&h[..16])?.checked_sub((1 << 62) + 10)?;
+    let nanos = u32::try_from(hex(&h[16..])?).ok()?;
     let t = DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos.min(999_999_999))?;
-    Some(Stamp { time: t, len: 25 })
+    Some(Stamp {
+        time: t,
+        len: 25,
+        offset_given: true,
+    })
+}
+
+/// Up to 16 hex digits, nothing else.
+fn hex(b: &[u8]) -> Option<u64> {
+    if b.is_empty() || b.len() > 16 {
+        return None;
+    }
+    b.iter().try_fold(0u64, |n, &c| {
+        let d = (c as char).to_digit(16)?;
+        Some(n << 4 | u64::from(d))
+    })
 }
 
 #[cfg(test)]
@@ -184,7 +221,7 @@ mod tests {
     }
 
     fn p(line: &str, r: &Reference) -> Option<String> {
-        parse_stamp(line.as_bytes(), r, utc()).map(|s| s.time.to_rfc3339())
+        parse_stamp(line.as_bytes(), r, &mut LocalZone::fixed(utc())).map(|s| s.time.to_rfc3339())
     }
 
     #[test]
@@ -266,5 +303,28 @@ mod tests {
             "2010-09-16T05:50:50.125476500+00:00"
         );
         assert!(p("@4000zz", &r).is_none());
+    }
+}
+
+#[cfg(test)]
+mod hostile {
+    use super::*;
+
+    fn stamp(b: &[u8]) -> Option<Stamp> {
+        let r = Reference::Fixed(DateTime::from_timestamp(1_795_757_470, 0).unwrap());
+        parse_stamp(
+            b,
+            &r,
+            &mut LocalZone::fixed(FixedOffset::east_opt(0).unwrap()),
+        )
+    }
+
+    #[test]
+    fn tai64n_with_multibyte_text_is_no_timestamp() {
+        assert!(stamp("@000000000000000\u{e9}0000000 x".as_bytes()).is_none());
+        assert!(stamp("@400000004c91b04\u{e9}77a9e94 x".as_bytes()).is_none());
+        assert!(stamp("@400000004c91b044077a9e\u{e9} x".as_bytes()).is_none());
+        // from_str_radix would take a sign; a label is hex digits only.
+        assert!(stamp(b"@400000004c91b044+77a9e94 x").is_none());
     }
 }

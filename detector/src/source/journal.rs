@@ -32,8 +32,11 @@
 //! `maillog_file`, Dovecot `log_path`, rsyslog `mail.*`) and follow that file: the file source
 //! delivers in well under a millisecond.
 //!
-//! Each stdout line is one entry. Only `__CURSOR` is decoded here (a borrowed serde parse that
-//! ignores every other field); the raw line goes to the parser. If journalctl exits, it is
+//! Each stdout line is one entry. Only `__CURSOR` and the sender's trusted fields are decoded
+//! here (a borrowed serde parse that ignores every other field); the raw line goes to the
+//! parser. An entry whose trusted fields do not show a mail server process ([`Trust`]) is not
+//! delivered: it is counted (`untrusted` when it claims to be Postfix or Dovecot, `foreign`
+//! otherwise) and its cursor is still passed, so the next delivered line commits past it. If journalctl exits, it is
 //! started again after the last delivered cursor, with exponential backoff from
 //! `restart_delay` up to `restart_delay_max`, reset after a run of at least
 //! [`HEALTHY_RUN`]. journalctl's stderr is logged and quoted in the restart reason.
@@ -49,6 +52,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
 use super::lines::LineSplitter;
+use super::trust::{Sender, Trust};
 use super::{Flow, JournalConfig, Position, SourceCtx, StartAt, StatusEvent};
 use crate::{Error, Result};
 
@@ -129,17 +133,105 @@ pub(super) fn resolve_program(program: &Path) -> Result<PathBuf> {
         })
 }
 
-/// The field we need from each entry. `Cow` because a cursor never contains escapes in
+/// The fields we need from each entry. `Cow` because a cursor never contains escapes in
 /// practice, but a borrowed `&str` would fail on one.
 #[derive(Deserialize)]
 struct Entry<'a> {
     #[serde(rename = "__CURSOR", borrow)]
     cursor: Option<Cow<'a, str>>,
+    #[serde(rename = "_UID", borrow, default)]
+    uid: Field<'a>,
+    #[serde(rename = "_EXE", borrow, default)]
+    exe: Field<'a>,
+    #[serde(rename = "_COMM", borrow, default)]
+    comm: Field<'a>,
+    #[serde(rename = "_SYSTEMD_UNIT", borrow, default)]
+    unit: Field<'a>,
+    #[serde(rename = "SYSLOG_IDENTIFIER", borrow, default)]
+    identifier: Field<'a>,
 }
 
+impl Entry<'_> {
+    fn sender(&self) -> Sender<'_> {
+        Sender {
+            uid: self.uid.get(),
+            exe: self.exe.get(),
+            unit: self.unit.get(),
+            identifier: self.identifier.get(),
+            comm: self.comm.get(),
+        }
+    }
+}
+
+/// A journal field that is a plain string, or `None` for anything else journalctl may print
+/// (an array of bytes for binary data, an array of strings for a repeated field, null).
+#[derive(Default)]
+struct Field<'a>(Option<Cow<'a, str>>);
+
+impl Field<'_> {
+    fn get(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Field<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a journal field")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> std::result::Result<Self::Value, E> {
+                Ok(Field(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> std::result::Result<Self::Value, E> {
+                Ok(Field(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Field(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Field(None))
+            }
+            fn visit_unit<E>(self) -> std::result::Result<Self::Value, E> {
+                Ok(Field(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> std::result::Result<Self::Value, E> {
+                Ok(Field(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> std::result::Result<Self::Value, E> {
+                Ok(Field(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> std::result::Result<Self::Value, E> {
+                Ok(Field(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> std::result::Result<Self::Value, E> {
+                Ok(Field(None))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+fn parse_entry(line: &[u8]) -> Option<Entry<'_>> {
+    serde_json::from_slice(line).ok()
+}
+
+#[cfg(test)]
 fn extract_cursor(line: &[u8]) -> Option<String> {
-    let entry: Entry<'_> = serde_json::from_slice(line).ok()?;
-    entry
+    parse_entry(line)?
         .cursor
         .filter(|c| valid_cursor(c))
         .map(Cow::into_owned)
@@ -166,6 +258,7 @@ pub(super) async fn run(
     cfg: JournalConfig,
     program: PathBuf,
     resume: Option<String>,
+    trust: Trust,
     ctx: SourceCtx,
 ) {
     let started_at = SystemTime::now();
@@ -184,7 +277,8 @@ pub(super) async fn run(
         let args = command_args(&cfg, cursor.as_deref(), started_at);
         let launched = Instant::now();
         let used_cursor = cursor.is_some();
-        let (reason, delivered) = match run_once(&cfg, &program, &args, &mut cursor, &ctx).await {
+        let run = run_once(&cfg, &program, &args, &trust, &mut cursor, &ctx);
+        let (reason, delivered) = match run.await {
             RunEnd::Stop => return ctx.report(StatusEvent::Stopped),
             RunEnd::Exited { reason, delivered } => (reason, delivered),
         };
@@ -251,6 +345,7 @@ async fn run_once(
     cfg: &JournalConfig,
     program: &Path,
     args: &[String],
+    trust: &Trust,
     cursor: &mut Option<String>,
     ctx: &SourceCtx,
 ) -> RunEnd {
@@ -299,13 +394,25 @@ async fn run_once(
             Ok(0) => break 'read Some("journalctl closed its output".to_string()),
             Ok(_) => {
                 while let Some(line) = splitter.next_line() {
-                    match extract_cursor(&line.bytes) {
-                        Some(c) => *cursor = Some(c),
-                        None if line.bytes.is_empty() => continue,
+                    if line.bytes.is_empty() {
+                        continue;
+                    }
+                    let entry = parse_entry(&line.bytes);
+                    match entry.as_ref().and_then(|e| e.cursor.as_deref()) {
+                        Some(c) if valid_cursor(c) => *cursor = Some(c.to_owned()),
                         // A line without a cursor (not JSON, cut): deliver it anyway, with the
                         // previous position, so committing it changes nothing.
-                        None => {
+                        _ => {
                             tracing::debug!(source = %ctx.id, "journal line without a usable __CURSOR")
+                        }
+                    }
+                    // Not JSON (cut): the parser counts it as unparsed. JSON that does not come
+                    // from a mail server process: counted here and never parsed.
+                    if let Some(entry) = &entry {
+                        let sender = entry.sender();
+                        if !trust.allows(&sender) {
+                            ctx.untrusted(&sender);
+                            continue;
                         }
                     }
                     let position = Position::Journal {
@@ -390,6 +497,35 @@ mod tests {
             extract_cursor(br#"{"__CURSOR":"s\u003d1"}"#).as_deref(),
             Some("s=1")
         );
+    }
+
+    /// Entries shaped as journald writes them for Dovecot's log process on Debian, and for the
+    /// same text sent with `logger -t dovecot` by the web server's user.
+    #[test]
+    fn trusted_fields_tell_the_mail_server_from_a_forgery() {
+        use crate::source::trust::TrustConfig;
+        let passwd = "root:x:0:0::/root:/bin/sh\nwww-data:x:33:33::/var/www:/bin/sh\n";
+        let trust = Trust::new(&TrustConfig::default(), passwd);
+        let genuine = br#"{"__CURSOR":"s=1;i=2;b=3;m=4;t=5;x=6","MESSAGE":"auth: passwd-file(x@y,198.18.0.9): unknown user","SYSLOG_IDENTIFIER":"dovecot","_UID":"0","_GID":"0","_COMM":"log","_EXE":"/usr/lib/dovecot/log","_CMDLINE":"dovecot/log","_SYSTEMD_UNIT":"dovecot.service","_TRANSPORT":"syslog"}"#;
+        let forged = br#"{"__CURSOR":"s=1;i=3;b=3;m=4;t=5;x=6","MESSAGE":"auth: passwd-file(x@y,198.18.0.9): unknown user","SYSLOG_IDENTIFIER":"dovecot","_UID":"33","_GID":"33","_COMM":"logger","_EXE":"/usr/bin/logger","_SYSTEMD_UNIT":"php8.2-fpm.service","_TRANSPORT":"syslog"}"#;
+        let e = parse_entry(genuine).unwrap();
+        assert!(trust.allows(&e.sender()));
+        let e = parse_entry(forged).unwrap();
+        assert!(!trust.allows(&e.sender()));
+        assert!(e.sender().claims_mail_server());
+        assert_eq!(e.cursor.as_deref(), Some("s=1;i=3;b=3;m=4;t=5;x=6"));
+    }
+
+    #[test]
+    fn fields_that_are_not_strings_do_not_break_the_entry() {
+        // journalctl prints binary or repeated fields as arrays; the cursor must survive them.
+        let line = br#"{"__CURSOR":"s=1","MESSAGE":[104,105],"_EXE":[1,2],"_UID":["0","33"],"_COMM":null,"SYSLOG_IDENTIFIER":7}"#;
+        let e = parse_entry(line).unwrap();
+        assert_eq!(e.cursor.as_deref(), Some("s=1"));
+        let sender = e.sender();
+        assert_eq!(sender, Sender::default());
+        let trust = Trust::new(&crate::source::TrustConfig::default(), "");
+        assert!(!trust.allows(&sender), "no uid, no exe: not trusted");
     }
 
     #[test]

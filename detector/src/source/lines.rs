@@ -171,6 +171,44 @@ impl LineSplitter {
     }
 }
 
+/// The blocking twin of [`LineSplitter`] for commands that read files themselves (`detector
+/// parse`): reads one line into `buf` (cleared first, without its newline), keeping at most
+/// `max_line` bytes and skipping the rest of a longer line. `None` at end of input, else
+/// whether the line was cut. Memory stays bounded by `max_line` plus the reader's buffer.
+pub fn read_capped_line<R: std::io::BufRead>(
+    reader: &mut R,
+    buf: &mut Vec<u8>,
+    max_line: usize,
+) -> std::io::Result<Option<bool>> {
+    buf.clear();
+    let mut truncated = false;
+    let mut any = false;
+    loop {
+        let chunk = match reader.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(any.then_some(truncated));
+        }
+        any = true;
+        let (part, used, done) = match memchr::memchr(b'\n', chunk) {
+            Some(i) => (&chunk[..i], i + 1, true),
+            None => (chunk, chunk.len(), false),
+        };
+        let room = max_line.saturating_sub(buf.len());
+        if part.len() > room {
+            truncated = true;
+        }
+        buf.extend_from_slice(&part[..part.len().min(room)]);
+        reader.consume(used);
+        if done {
+            return Ok(Some(truncated));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +298,26 @@ mod tests {
         assert_eq!(lines(&mut s), vec![]);
         s.push(b" more\nnext\n");
         assert_eq!(lines(&mut s), vec![("next".into(), false, 89)]);
+    }
+
+    #[test]
+    fn blocking_reader_caps_lines_the_same_way() {
+        let input: &[u8] = b"one\nthree-is-long\n\nfour";
+        // A tiny reader buffer: lines span several fill_buf calls.
+        let mut r = std::io::BufReader::with_capacity(2, input);
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        while let Some(cut) = read_capped_line(&mut r, &mut buf, 8).unwrap() {
+            got.push((String::from_utf8(buf.clone()).unwrap(), cut));
+        }
+        let want = [
+            ("one", false),
+            ("three-is", true),
+            ("", false),
+            ("four", false),
+        ];
+        let want: Vec<_> = want.iter().map(|(s, c)| (s.to_string(), *c)).collect();
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //!  let (tx, mut rx) = tokio::sync::mpsc::channel(4096);        // bounded: backpressure
 //!  let (status_tx, mut status_rx) = tokio::sync::mpsc::unbounded_channel();
 //!  let cancel = CancellationToken::new();
-//!  let checkpoints = Checkpoints::load(&state_dir)?;
-//!  let handles = source::spawn(&config.sources, &checkpoints, tx, status_tx, cancel.clone())?;
+//!  let checkpoints = Checkpoints::load(&state_dir)?;        // or any resume function
+//!  let handles = source::spawn(&config.sources, checkpoints.resume(), tx, status_tx, cancel.clone())?;
 //!  while let Some(line) = rx.recv().await {
 //!      engine.handle(parser.parse_line(&line.bytes, ..));
 //!      checkpoints.commit(&line.origin, &line.position);   // only after the engine is done
@@ -20,8 +20,10 @@
 //!
 //! - **Lines.** [`SourceLine::bytes`] is one line without its newline, raw bytes (not
 //!   necessarily UTF-8). For the journal it is the whole `journalctl -o json` object; the
-//!   parser's envelope decodes it. Lines longer than the configured cap are cut to the cap and
-//!   flagged [`SourceLine::truncated`] (and counted), so one huge line cannot exhaust memory.
+//!   parser's envelope decodes it. Lines longer than the configured cap (at most, and by
+//!   default, [`MAX_LINE_BYTES`]) are cut to the cap and flagged [`SourceLine::truncated`] (and
+//!   counted), so one huge line cannot exhaust memory. The parser never reads a cut line: the
+//!   part that is left could name another address than the whole line did.
 //! - **Backpressure, no silent loss.** Sources `send().await` into the bounded channel: when
 //!   the daemon falls behind, sources wait (and journalctl/the kernel buffer behind them).
 //!   Nothing is dropped. A line that was in flight at cancellation has no committed position,
@@ -47,7 +49,7 @@
 //! files = ["/var/log/mail.log"]   # plain files to follow (default: none)
 //! stdin = false                   # read standard input until EOF (default: false)
 //! file_start = "end"              # where to start a file without a checkpoint: "end" | "beginning"
-//! max_line_bytes = 65536          # longer lines are cut (files and stdin)
+//! max_line_bytes = 1048576        # longer lines are cut (files and stdin); at most 1 MiB
 //! poll_interval = "250ms"         # safety-net re-check of files; changes are seen at once via inotify
 //! rotate_grace = "10s"            # keep reading a renamed (rotated) file until idle this long
 //!
@@ -60,7 +62,14 @@
 //! start = "end"                   # first start without a cursor: "end" | "beginning"
 //! restart_delay = "100ms"         # first delay before restarting an exited journalctl ...
 //! restart_delay_max = "30s"       # ... doubling up to this
-//! max_line_bytes = 1048576
+//! max_line_bytes = 1048576        # the same cap for journal JSON objects
+//!
+//! [sources.journal.trust]         # only entries from the mail server processes count
+//! enabled = true
+//! users = ["root", "postfix", "dovecot", "dovenull"]
+//! executables = ["/usr/lib/postfix/sbin/", "/usr/libexec/postfix/", "/usr/lib/dovecot/",
+//!                "/usr/libexec/dovecot/", "/usr/sbin/dovecot"]
+//! units = ["postfix.service", "postfix@*.service", "dovecot.service"]
 //! ```
 //!
 //! Without a `[sources]` table the daemon uses [`SourceConfig::default`]: the journal with the
@@ -77,15 +86,23 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::Checkpoints;
 use crate::{Error, Result};
 
 mod file;
 mod journal;
 mod lines;
 mod stdin;
+mod trust;
 
 pub use journal::DEFAULT_MATCHES;
+pub use lines::read_capped_line;
+pub use trust::{Sender, Trust, TrustConfig};
+
+/// The one line-length limit: what sources deliver by default and at most, and the longest
+/// line the parser reads. Real Postfix/Dovecot lines stay well under 8 KiB; a journal JSON
+/// object with a long binary `MESSAGE` (written as an array of numbers) can take a few
+/// hundred KiB.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // What flows to the daemon
@@ -241,6 +258,13 @@ pub struct SourceCounters {
     pub rotations: AtomicU64,
     /// File truncations (copytruncate).
     pub truncations: AtomicU64,
+    /// Journal entries that claim to be Postfix or Dovecot but whose trusted fields show
+    /// another process (dropped).
+    pub untrusted: AtomicU64,
+    /// Other journal entries from processes that are not mail servers (dropped).
+    pub foreign: AtomicU64,
+    /// The last untrusted entry's trusted fields ([`Sender::describe`]).
+    pub last_untrusted: std::sync::Mutex<Option<String>>,
 }
 
 /// A point-in-time copy of [`SourceCounters`].
@@ -252,6 +276,8 @@ pub struct CounterSnapshot {
     pub restarts: u64,
     pub rotations: u64,
     pub truncations: u64,
+    pub untrusted: u64,
+    pub foreign: u64,
 }
 
 impl SourceCounters {
@@ -264,7 +290,16 @@ impl SourceCounters {
             restarts: get(&self.restarts),
             rotations: get(&self.rotations),
             truncations: get(&self.truncations),
+            untrusted: get(&self.untrusted),
+            foreign: get(&self.foreign),
         }
+    }
+
+    /// The last untrusted entry, described.
+    pub fn last_untrusted(&self) -> Option<String> {
+        self.last_untrusted
+            .lock()
+            .map_or_else(|e| e.into_inner().clone(), |l| l.clone())
     }
 }
 
@@ -309,7 +344,8 @@ pub struct SourceConfig {
     /// Where to start a file that has no checkpoint (default: its end).
     #[serde(default)]
     pub file_start: StartAt,
-    /// Cap on one line from a file or stdin; longer lines are cut (default 64 KiB).
+    /// Cap on one line from a file or stdin; longer lines are cut (default and maximum
+    /// [`MAX_LINE_BYTES`]).
     #[serde(default = "default_max_line")]
     pub max_line_bytes: usize,
     /// How often files are re-checked even without an inotify event (default 250 ms).
@@ -347,14 +383,18 @@ pub struct JournalConfig {
     /// Cap on the restart delay.
     #[serde(default = "default_restart_delay_max", with = "humantime_duration")]
     pub restart_delay_max: Duration,
-    /// Cap on one JSON line (default 1 MiB). A cut line is no longer valid JSON; the parser
-    /// counts it as unparsed.
+    /// Cap on one JSON line (default and maximum [`MAX_LINE_BYTES`]). A cut line is counted
+    /// and not parsed.
     #[serde(default = "default_journal_max_line")]
     pub max_line_bytes: usize,
+    /// Which senders count (`[sources.journal.trust]`): by default only the Postfix and
+    /// Dovecot processes, told by the fields journald sets itself.
+    #[serde(default)]
+    pub trust: TrustConfig,
 }
 
 fn default_max_line() -> usize {
-    64 * 1024
+    MAX_LINE_BYTES
 }
 fn default_poll_interval() -> Duration {
     Duration::from_millis(250)
@@ -375,7 +415,7 @@ fn default_restart_delay_max() -> Duration {
     Duration::from_secs(30)
 }
 fn default_journal_max_line() -> usize {
-    1024 * 1024
+    MAX_LINE_BYTES
 }
 
 /// Durations are written the humantime way: "250ms", "10s", "1m 30s".
@@ -405,6 +445,7 @@ impl Default for JournalConfig {
             restart_delay: default_restart_delay(),
             restart_delay_max: default_restart_delay_max(),
             max_line_bytes: default_journal_max_line(),
+            trust: TrustConfig::default(),
         }
     }
 }
@@ -483,6 +524,7 @@ impl JournalConfig {
     pub fn validate(&self) -> Result<()> {
         check_max_line("sources.journal.max_line_bytes", self.max_line_bytes)?;
         journal::check_matches(&self.matches)?;
+        self.trust.validate()?;
         if self.restart_delay.is_zero() || self.restart_delay > self.restart_delay_max {
             return Err(Error::config(
                 "sources.journal.restart_delay",
@@ -494,10 +536,13 @@ impl JournalConfig {
 }
 
 fn check_max_line(key: &str, value: usize) -> Result<()> {
-    if !(256..=64 * 1024 * 1024).contains(&value) {
+    if !(256..=MAX_LINE_BYTES).contains(&value) {
         return Err(Error::config(
             key,
-            format!("{value} is out of range (256 bytes to 64 MiB)"),
+            format!(
+                "{value} is out of range (256 bytes to {MAX_LINE_BYTES}, the longest line the \
+                 parser reads)"
+            ),
         ));
     }
     Ok(())
@@ -507,13 +552,13 @@ fn check_max_line(key: &str, value: usize) -> Result<()> {
 // Starting the sources
 // ---------------------------------------------------------------------------------------------
 
-/// Validates `config` and starts one task per source, each resuming from its checkpoint in
-/// `checkpoints`. Must be called inside a tokio runtime. Errors (bad settings, journalctl not
+/// Validates `config` and starts one task per source, each resuming just after the position
+/// `resume` gives for its id (`None`: the configured start; `|_| None` for no checkpoints). Must be called inside a tokio runtime. Errors (bad settings, journalctl not
 /// found) are returned before any task is started. Relative file paths are made absolute
 /// (without resolving symlinks: the name is what is followed).
 pub fn spawn(
     config: &SourceConfig,
-    checkpoints: &Checkpoints,
+    resume: impl Fn(&SourceId) -> Option<Position>,
     lines: mpsc::Sender<SourceLine>,
     status: mpsc::UnboundedSender<SourceStatus>,
     cancel: CancellationToken,
@@ -545,11 +590,18 @@ pub fn spawn(
 
     if let (Some(journal), Some(program)) = (&config.journal, journal_program) {
         let ctx = ctx(SourceId::journal(journal.directory.as_deref()));
-        let resume = match checkpoints.get(&ctx.id) {
-            Some(Position::Journal { cursor }) => Some(cursor.clone()),
+        let cursor = match resume(&ctx.id) {
+            Some(Position::Journal { cursor }) => Some(cursor),
             _ => None,
         };
-        let task = tokio::spawn(journal::run(journal.clone(), program, resume, ctx.clone()));
+        let trust = Trust::from_system(&journal.trust);
+        let task = tokio::spawn(journal::run(
+            journal.clone(),
+            program,
+            cursor,
+            trust,
+            ctx.clone(),
+        ));
         handles.push(finish(&ctx, task));
     }
     for path in files {
@@ -561,8 +613,7 @@ pub fn spawn(
             poll_interval: config.poll_interval,
             rotate_grace: config.rotate_grace,
         };
-        let resume = checkpoints.get(&ctx.id).cloned();
-        let task = tokio::spawn(file::run(opts, resume, ctx.clone()));
+        let task = tokio::spawn(file::run(opts, resume(&ctx.id), ctx.clone()));
         handles.push(finish(&ctx, task));
     }
     if config.stdin {
@@ -624,6 +675,28 @@ impl SourceCtx {
         }
     }
 
+    /// Counts a journal entry that did not come from a mail server process. One claiming to be
+    /// Postfix or Dovecot is a forgery or a misconfigured trust list: the first and every
+    /// 1000th are reported, with the fields that gave it away.
+    fn untrusted(&self, sender: &trust::Sender<'_>) {
+        if !sender.claims_mail_server() {
+            self.counters.foreign.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let n = self.counters.untrusted.fetch_add(1, Ordering::Relaxed) + 1;
+        let described = sender.describe();
+        if n == 1 || n.is_multiple_of(1000) {
+            self.report(StatusEvent::Warning(format!(
+                "{n} journal entries named a mail server but came from another process, not \
+                 counted (last: {described}); if this is your mail server, add it to \
+                 [sources.journal.trust]"
+            )));
+        }
+        if let Ok(mut last) = self.counters.last_untrusted.lock() {
+            *last = Some(described);
+        }
+    }
+
     /// Logs `event` and sends it on the status channel (a gone receiver is fine).
     fn report(&self, event: StatusEvent) {
         match &event {
@@ -676,7 +749,7 @@ mod tests {
         let s = top.sources;
         assert_eq!(s.files, vec![PathBuf::from("/var/log/mail.log")]);
         assert_eq!(s.poll_interval, Duration::from_millis(100));
-        assert_eq!(s.max_line_bytes, 65536);
+        assert_eq!(s.max_line_bytes, MAX_LINE_BYTES);
         assert_eq!(s.file_start, StartAt::End);
         assert!(!s.stdin);
         let j = s.journal.unwrap();
@@ -739,6 +812,13 @@ mod tests {
         c.files.pop();
         c.validate().unwrap();
         c.max_line_bytes = 10;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sources.max_line_bytes")
+        );
+        c.max_line_bytes = MAX_LINE_BYTES + 1;
         assert!(
             c.validate()
                 .unwrap_err()

@@ -46,29 +46,43 @@ impl Checkpoints {
     /// every source uses its configured start (by default: only new entries). A file written
     /// by a newer detector is an error rather than something to throw away.
     pub fn load(dir: &StateDir) -> Result<Self> {
-        match dir.read_json::<serde_json::Value>(Self::FILE_NAME)? {
-            Loaded::Missing | Loaded::Quarantined { .. } => Ok(Self::default()),
-            Loaded::Found(value) => {
-                let version = value.get("version").and_then(|v| v.as_u64());
-                if let Some(v) = version.filter(|&v| v > u64::from(VERSION)) {
-                    return Err(Error::Store(format!(
-                        "{}: format version {v} is newer than this detector understands \
-                         ({VERSION}); move the file away to start from scratch",
-                        dir.file(Self::FILE_NAME).display()
-                    )));
-                }
-                match serde_json::from_value::<OnDisk>(value) {
-                    Ok(disk) => Ok(Checkpoints {
-                        positions: disk.positions,
-                        dirty: false,
-                    }),
-                    Err(e) => {
-                        dir.quarantine::<()>(Self::FILE_NAME, e.to_string())?;
-                        Ok(Self::default())
-                    }
-                }
-            }
+        match Self::read(dir)? {
+            Loaded::Found(checkpoints) => Ok(checkpoints),
+            _ => Ok(Self::default()),
         }
+    }
+
+    /// Reads the checkpoints, saying whether the file was missing or damaged (a damaged file
+    /// is quarantined, or left in place when `dir` is read-only).
+    pub fn read(dir: &StateDir) -> Result<Loaded<Self>> {
+        let value = match dir.read_json::<serde_json::Value>(Self::FILE_NAME)? {
+            Loaded::Found(value) => value,
+            Loaded::Missing => return Ok(Loaded::Missing),
+            Loaded::Quarantined { bad_copy, reason } => {
+                return Ok(Loaded::Quarantined { bad_copy, reason });
+            }
+            Loaded::Unreadable { reason } => return Ok(Loaded::Unreadable { reason }),
+        };
+        let version = value.get("version").and_then(|v| v.as_u64());
+        if let Some(v) = version.filter(|&v| v > u64::from(VERSION)) {
+            return Err(Error::Store(format!(
+                "{}: format version {v} is newer than this detector understands \
+                 ({VERSION}); move the file away to start from scratch",
+                dir.file(Self::FILE_NAME).display()
+            )));
+        }
+        match serde_json::from_value::<OnDisk>(value) {
+            Ok(disk) => Ok(Loaded::Found(Checkpoints {
+                positions: disk.positions,
+                dirty: false,
+            })),
+            Err(e) => dir.damaged(Self::FILE_NAME, e.to_string()),
+        }
+    }
+
+    /// The resume function the sources take: the committed position of a source.
+    pub fn resume(&self) -> impl Fn(&SourceId) -> Option<Position> + '_ {
+        |id| self.get(id).cloned()
     }
 
     /// The committed position of `source`, if any.

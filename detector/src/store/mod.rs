@@ -1,5 +1,6 @@
 //! Persistent state in the state directory (default [`DEFAULT_STATE_DIR`]): source checkpoints
-//! (journal cursors, file offsets), the engine snapshot and the ban ledger.
+//! (journal cursors, file offsets), the engine snapshot, the daemon's pid and its counters.
+//! The names of these files live here and nowhere else.
 //!
 //! Every write is atomic and durable: the data goes to a temporary file in the same directory,
 //! which is fsynced, renamed over the target and followed by an fsync of the directory. A crash
@@ -10,6 +11,10 @@
 //! fresh, with a warning that names both files. A daemon that refuses to start because its
 //! cursor file is damaged would leave the host unprotected, and the damaged data is still there
 //! for the admin. Other I/O errors (permissions, a full disk) are real errors and are returned.
+//!
+//! Diagnostic commands (`status`, `explain`) open the directory with
+//! [`StateDir::open_read_only`]: nothing is created, written or renamed, and a damaged file is
+//! reported as [`Loaded::Unreadable`] and left where it is, for the daemon to deal with.
 //!
 //! All functions here do blocking I/O (fsync takes milliseconds). Call them from
 //! `tokio::task::spawn_blocking` in async code.
@@ -24,16 +29,27 @@ use serde::de::DeserializeOwned;
 use crate::{Error, Result};
 
 mod checkpoints;
+mod counters;
+mod engine_state;
 
 pub use checkpoints::Checkpoints;
+pub use counters::DaemonCounters;
+pub use engine_state::{EngineLoad, load_engine};
 
 /// Where the daemon keeps its state unless configured otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/detector";
+
+/// The engine snapshot ([`crate::engine::Snapshot`] as JSON).
+pub const ENGINE_STATE_FILE: &str = "engine.json";
+/// The running daemon's pid.
+pub const PID_FILE: &str = "detector.pid";
 
 /// The state directory. Cheap to clone; holds no open handles.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StateDir {
     root: PathBuf,
+    /// Opened by a diagnostic command: never create, write or rename anything.
+    read_only: bool,
 }
 
 /// The result of reading a state file.
@@ -45,6 +61,8 @@ pub enum Loaded<T> {
     Found(T),
     /// The file could not be decoded; it was moved to `bad_copy` and the caller starts fresh.
     Quarantined { bad_copy: PathBuf, reason: String },
+    /// The file could not be decoded and was left in place (read-only directory).
+    Unreadable { reason: String },
 }
 
 impl StateDir {
@@ -62,7 +80,38 @@ impl StateDir {
                 root.display()
             )));
         }
-        Ok(StateDir { root })
+        Ok(StateDir {
+            root,
+            read_only: false,
+        })
+    }
+
+    /// Opens an existing state directory for reading only; `None` if it does not exist.
+    pub fn open_read_only(root: impl Into<PathBuf>) -> Result<Option<Self>> {
+        let root = root.into();
+        match fs::metadata(&root) {
+            Ok(m) if m.is_dir() => Ok(Some(StateDir {
+                root,
+                read_only: true,
+            })),
+            Ok(_) => Err(Error::Store(format!(
+                "{} is not a directory",
+                root.display()
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(root, e)),
+        }
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The pid in the pid file, when that process is alive.
+    pub fn running_pid(&self) -> Option<u32> {
+        let text = fs::read_to_string(self.file(PID_FILE)).ok()?;
+        let pid: u32 = text.trim().parse().ok()?;
+        Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
     }
 
     pub fn path(&self) -> &Path {
@@ -77,6 +126,7 @@ impl StateDir {
     /// Replaces the file `name` with `data` atomically and durably (mode 0600).
     pub fn write_atomic(&self, name: &str, data: &[u8]) -> Result<()> {
         check_name(name)?;
+        self.check_writable(name)?;
         let target = self.file(name);
         let tmp = self
             .root
@@ -120,13 +170,23 @@ impl StateDir {
         };
         match serde_json::from_slice(&data) {
             Ok(value) => Ok(Loaded::Found(value)),
-            Err(e) => self.quarantine(name, e.to_string()),
+            Err(e) => self.damaged(name, e.to_string()),
         }
+    }
+
+    /// The file `name` is damaged: quarantined (see [`StateDir::quarantine`]), or, in a
+    /// read-only directory, reported and left alone.
+    pub fn damaged<T>(&self, name: &str, reason: String) -> Result<Loaded<T>> {
+        if self.read_only {
+            return Ok(Loaded::Unreadable { reason });
+        }
+        self.quarantine(name, reason)
     }
 
     /// Moves the damaged file `name` aside to `<name>.<timestamp>.bad` and logs why.
     pub fn quarantine<T>(&self, name: &str, reason: String) -> Result<Loaded<T>> {
         check_name(name)?;
+        self.check_writable(name)?;
         let path = self.file(name);
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
         let bad_copy = self.root.join(format!("{name}.{stamp}.bad"));
@@ -138,6 +198,16 @@ impl StateDir {
             "state file is damaged; kept a copy and starting fresh"
         );
         Ok(Loaded::Quarantined { bad_copy, reason })
+    }
+
+    fn check_writable(&self, name: &str) -> Result<()> {
+        if self.read_only {
+            return Err(Error::Store(format!(
+                "{}: the state directory was opened read-only",
+                self.file(name).display()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -228,6 +298,25 @@ mod tests {
             dir.read_json::<Vec<u32>>("x.json").unwrap(),
             Loaded::Missing
         );
+    }
+
+    #[test]
+    fn read_only_creates_nothing_and_leaves_damaged_files_in_place() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("absent");
+        assert_eq!(StateDir::open_read_only(&missing).unwrap(), None);
+        assert!(!missing.exists());
+
+        let dir = StateDir::open(tmp.path().join("state")).unwrap();
+        dir.write_atomic("x.json", b"{torn").unwrap();
+        let ro = StateDir::open_read_only(dir.path()).unwrap().unwrap();
+        let loaded = ro.read_json::<Vec<u32>>("x.json").unwrap();
+        assert!(matches!(loaded, Loaded::Unreadable { .. }), "{loaded:?}");
+        assert_eq!(fs::read(dir.file("x.json")).unwrap(), b"{torn");
+        assert!(ro.write_atomic("x.json", b"[]").is_err());
+        assert!(ro.quarantine::<()>("x.json", "test".into()).is_err());
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
     }
 
     #[test]

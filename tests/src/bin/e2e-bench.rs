@@ -341,7 +341,7 @@ fn syslog(mode: LogMode, tag: &str, msg: &str) -> String {
 }
 
 /// The probe (Postfix) and the failure (Dovecot) lines of one bot, as the lab's servers log
-/// them (see ../shared/lab/NOTES.md §7).
+/// them (see docs/lab.md, "What one round logs").
 fn lines_for(mode: LogMode, ip: Ipv4Addr, user: &str, i: usize) -> (Vec<String>, Vec<String>) {
     let smtpd = format!("postfix/smtpd[{}]", 20000 + i % 10000);
     let who = format!("unknown[{ip}]");

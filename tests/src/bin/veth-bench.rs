@@ -1,5 +1,5 @@
 //! `cargo xtask bench veth`: receiver CPU per packet on a veth pair under a UDP flood, for
-//! detector's XDP program, an nftables set and no filter (method: ../shared/xdp/NOTES.md §2).
+//! detector's XDP program, an nftables set and no filter (method: docs/xdp-costs.md §2).
 //!
 //! Per configuration, fresh namespaces `dtb-s-<pid>` (sender, `dtb-s` 198.18.30.1) and
 //! `dtb-r-<pid>` (receiver, `dtb-r` 198.18.30.2). The receiver has GRO on and threaded NAPI,
@@ -472,7 +472,7 @@ impl Filter {
     fn drops(&self, pair: &Pair) -> Result<Option<u64>> {
         match self {
             Filter::None => Ok(None),
-            Filter::Xdp { pins } => Ok(Some(Enforcer::open(&pins.path)?.stats()?.dropped)),
+            Filter::Xdp { pins } => Ok(Some(Enforcer::open(&pins.path)?.stats()?.counters.dropped)),
             Filter::Nft => {
                 let out = exec_in(
                     &pair.receiver,

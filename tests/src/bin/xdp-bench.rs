@@ -6,7 +6,7 @@
 //!
 //! Two measurements:
 //! - same-key: the kernel reports the average run time per repetition; every repetition runs
-//!   the same frame, so caches are hot.
+//!   the same frame, so caches are hot (see docs/xdp-costs.md §1).
 //! - random-key (cache-cold): the real program cannot draw keys itself, so every call gets a
 //!   fresh frame with a source address drawn at random among the banned keys (hit) or among
 //!   as many absent keys (miss), run once (`repeat = 1`). The kernel's `duration` for one

@@ -2,8 +2,12 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
 use serde_json::Value;
+
+use super::{Lab, LogMode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogOrigin {
@@ -97,5 +101,53 @@ fn field_text(v: &Value) -> Option<String> {
             Some(String::from_utf8_lossy(&bytes).into_owned())
         }
         _ => None,
+    }
+}
+
+impl Lab {
+    /// All log lines written so far (files, or the journal via `journalctl -o json`).
+    pub fn log_lines(&self) -> Result<Vec<LogLine>> {
+        read_logs(&self.state.dir, self.state.log_mode)
+    }
+
+    /// Waits until a log line satisfies `pred`, polling every 100 ms.
+    pub fn wait_for_log(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&LogLine) -> bool,
+    ) -> Result<LogLine> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.log_lines()?.into_iter().find(|l| pred(l)) {
+                return Ok(l);
+            }
+            if Instant::now() >= deadline {
+                bail!("no matching log line within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until a log line contains every one of `parts`; the error lists the log.
+    pub fn expect_log(&self, timeout: Duration, parts: &[&str]) -> Result<LogLine> {
+        self.wait_for_log(timeout, |l| parts.iter().all(|p| l.text.contains(p)))
+            .map_err(|_| {
+                let lines = self.log_lines().unwrap_or_default();
+                let dump: Vec<String> = lines.iter().map(|l| l.text.clone()).collect();
+                anyhow::anyhow!(
+                    "no log line contains all of {parts:?} within {timeout:?}; the log has:\n{}",
+                    dump.join("\n")
+                )
+            })
+    }
+}
+
+pub(super) fn read_logs(dir: &Path, mode: LogMode) -> Result<Vec<LogLine>> {
+    match mode {
+        LogMode::File => read_files(&[
+            (LogOrigin::PostfixFile, dir.join("log/postfix.log")),
+            (LogOrigin::DovecotFile, dir.join("log/dovecot.log")),
+        ]),
+        LogMode::Journal => read_journal(&dir.join("journal")),
     }
 }

@@ -1,41 +1,17 @@
-//! Small system helpers of the lab: running commands, finding and stopping processes by
+//! Small system helpers of the lab: running commands (the shared runner), finding and stopping processes by
 //! namespace, and entering a network namespace without touching the mount namespace.
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
-/// Runs a command to completion and returns its stdout; a non-zero exit is an error that
-/// carries the command line and its stderr.
-pub fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot start {}", display(cmd)))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed with {}: {}",
-            display(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-pub fn display(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for a in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&a.to_string_lossy());
-    }
-    s
-}
+/// The shared runner: stdout of a successful command, else an error with its stderr.
+pub use detector_testkit::cmd::output as run;
 
 /// Makes every inherited descriptor above stderr close-on-exec in the child, so that daemons
 /// the lab starts never hold the test runner's (or cargo's) pipes open.
