@@ -58,14 +58,8 @@ impl TestObject {
     pub fn load_bench(capacity: Capacity) -> crate::Result<Self> {
         let bytes =
             std::fs::read(BENCH_OBJECT).map_err(|e| Error::io(Path::new(BENCH_OBJECT), e))?;
-        // ELF parsing wants the image 8-byte aligned; a Vec<u8> need not be.
-        let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
-        // SAFETY: `aligned` owns at least bytes.len() bytes; u64 has no invalid bit patterns.
-        let image = unsafe {
-            std::slice::from_raw_parts_mut(aligned.as_mut_ptr().cast::<u8>(), bytes.len())
-        };
-        image.copy_from_slice(&bytes);
-        Self::load_object(image, &BENCH_PROGRAMS, capacity)
+        let aligned = Aligned::copy_of(&bytes);
+        Self::load_object(aligned.bytes(), &BENCH_PROGRAMS, capacity)
     }
 
     fn load_object(object: &[u8], programs: &[&str], capacity: Capacity) -> crate::Result<Self> {
@@ -157,5 +151,56 @@ impl TestObject {
             // The kernel reports whole nanoseconds in 32 bits; aya widens them to a Duration.
             duration_ns: u32::try_from(result.duration.as_nanos()).unwrap_or(u32::MAX),
         })
+    }
+}
+
+/// An object image copied to 8-byte alignment, which ELF parsing wants (a Vec<u8> need not
+/// have it).
+struct Aligned {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Aligned {
+    fn copy_of(bytes: &[u8]) -> Self {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            *word = u64::from_ne_bytes(b);
+        }
+        Aligned {
+            words,
+            len: bytes.len(),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `words` owns words.len() * 8 >= len initialised bytes, borrowed for as long
+        // as `self`; u8 has no alignment or validity requirements.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn programs_of(object: &[u8]) -> Vec<String> {
+        let obj = aya_obj::Object::parse(object).expect("a valid BPF object");
+        let mut names: Vec<String> = obj.programs.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The object detector embeds and attaches holds the production program and nothing else;
+    /// the bench references live in the bench object only.
+    #[test]
+    fn the_shipped_object_holds_only_the_production_program() {
+        assert_eq!(programs_of(super::super::attach::OBJECT), PROGRAMS);
+        let bench = std::fs::read(BENCH_OBJECT).expect("build.rs leaves the bench object");
+        let mut want: Vec<String> = BENCH_PROGRAMS.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(programs_of(Aligned::copy_of(&bench).bytes()), want);
     }
 }
