@@ -5,7 +5,7 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use anyhow::Result;
-use detector_tests::bin::{Background, PinDir, detector_ok};
+use detector_tests::bin::{Background, PinDir, detector, detector_ok};
 use detector_tests::netns::{SERVER_IFACE, Topology};
 
 const PORT: u16 = 2525;
@@ -95,6 +95,12 @@ fn trace_shows_verdicts_and_bans_and_switches_itself_off() -> Result<()> {
     left_on.wait_for("tracing", PATIENCE)?;
     left_on.signal(libc::SIGKILL)?;
     left_on.wait()?;
+    // One trace at a time: a second one is refused while the first is on.
+    let second = detector(&pins, None, &["trace", &t.v4(3).to_string(), "--for", "5s"])?;
+    assert!(
+        !second.ok && second.stderr.contains("another trace is on"),
+        "{second:?}"
+    );
     let stopped = detector_ok(&pins, None, &["trace", "--stop"])?.stdout;
     assert!(
         stopped.contains(&format!("tracing {banned} for")),
