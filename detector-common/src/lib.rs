@@ -116,6 +116,11 @@ pub mod settings_flags {
     pub const HAVE_PREFIX_V4: u32 = 1 << 1;
     /// PREFIX_V6 holds at least one entry.
     pub const HAVE_PREFIX_V6: u32 = 1 << 2;
+    /// User space only (the XDP program ignores it): a daemon has written its engine's bans
+    /// into these maps. A fresh attach (after a reboot or a detach) starts without it, so the
+    /// next daemon restores its bans; with it, a ban missing from the maps was removed by an
+    /// administrator. The top bit, so program flags can grow from the bottom.
+    pub const ENGINE_SYNCED: u32 = 1 << 31;
 }
 
 /// What a counter counts (how user space exports it).

@@ -15,7 +15,7 @@
 //! a large snapshot must not hold up bans): the snapshot first, then the positions, so after a
 //! crash no entry is lost (at worst a few are read again). SIGTERM/SIGINT finish the lines
 //! already read, wait for a running save, save once more and exit 0.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -199,7 +199,54 @@ impl Daemon {
         let decisions = daemon.pipeline.engine_mut().reconcile();
         daemon.unsaved |= !decisions.is_empty();
         daemon.pipeline.deliver(decisions, &mut daemon.kernel);
+        daemon.reconcile_kernel()?;
         Ok(daemon)
+    }
+
+    /// After a reboot or `detector detach` the maps are empty while the engine still holds its
+    /// bans: write those again, with their time left. Bans an administrator removed while the
+    /// daemon was stopped are forgotten by the engine instead (see [`Enforcer::reconcile`]).
+    fn reconcile_kernel(&mut self) -> Result<()> {
+        let now = Utc::now();
+        let mut ends = HashMap::new();
+        let mut bans = Vec::new();
+        for (prefix, until, rule) in self.pipeline.engine().active_bans() {
+            // Over in wall-clock time (an old backlog): nothing to write.
+            let Ok(left) = (until - now).to_std() else {
+                continue;
+            };
+            ends.insert(enforce::canonical(prefix), until);
+            bans.push(enforce::ActiveBan {
+                net: prefix,
+                remaining: Some(left),
+                reason: reason_of(rule),
+            });
+        }
+        let done = self.kernel.enforcer.reconcile(&bans)?;
+        for net in done.restored.iter().chain(&done.present) {
+            if let Some(end) = ends.get(net) {
+                self.kernel.written.insert(*net, *end);
+            }
+        }
+        let engine = self.pipeline.engine_mut();
+        let engine_now = engine.now().unwrap_or(now);
+        for net in &done.removed_by_admin {
+            if engine.unban(net.network(), engine_now).is_some() {
+                self.unsaved = true;
+                tracing::info!(prefix = %net, "removed from the kernel while the daemon was stopped; the engine forgets the ban (offences kept)");
+            }
+        }
+        for (net, e) in &done.failed {
+            tracing::error!(prefix = %net, error = %e, "ban not restored");
+        }
+        tracing::info!(
+            restored = done.restored.len(),
+            present = done.present.len(),
+            forgotten = done.removed_by_admin.len(),
+            failed = done.failed.len(),
+            "engine bans reconciled with the kernel maps"
+        );
+        Ok(())
     }
 
     async fn run(mut self) -> Result<ExitCode> {
@@ -337,9 +384,24 @@ impl Daemon {
     /// Removes expired bans and copies kernel counters into the metrics.
     fn sweep(&mut self) {
         self.count_untrusted();
-        match self.kernel.enforcer.sweep_expired() {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "expired bans removed"),
+        // Walks the maps only when a ban is due to end (or every few minutes, for bans other
+        // processes wrote); the gauges below are as fresh as the last walk.
+        match self.kernel.enforcer.sweep_due() {
+            Ok(None) => {}
+            Ok(Some(report)) => {
+                if report.removed > 0 {
+                    tracing::info!(removed = report.removed, "expired bans removed");
+                }
+                for (family, live) in [("ipv4", report.live_v4), ("ipv6", report.live_v6)] {
+                    self.metrics
+                        .active_bans
+                        .get_or_create(&FamilyLabel {
+                            family: family.into(),
+                        })
+                        .set(live as i64);
+                }
+                self.metrics.ban_hits.set(report.hits as i64);
+            }
             Err(e) => tracing::warn!(error = %e, "sweeping expired bans failed"),
         }
         if let Ok(stats) = self.kernel.enforcer.stats() {
@@ -347,49 +409,29 @@ impl Daemon {
                 self.metrics.set_kernel_counter(counter, value);
             }
         }
-        let bans = self.kernel.enforcer.list();
-        if let Err(e) = &bans {
-            tracing::warn!(error = %e, "listing the bans failed");
-        }
-        if let Ok(bans) = bans {
-            self.notice_admin_unbans(&bans);
-            let v4 = bans.iter().filter(|b| b.net.addr().is_ipv4()).count();
-            self.metrics
-                .active_bans
-                .get_or_create(&FamilyLabel {
-                    family: "ipv4".into(),
-                })
-                .set(v4 as i64);
-            self.metrics
-                .active_bans
-                .get_or_create(&FamilyLabel {
-                    family: "ipv6".into(),
-                })
-                .set((bans.len() - v4) as i64);
-            self.metrics
-                .ban_hits
-                .set(bans.iter().map(|b| b.hits).sum::<u64>() as i64);
-        }
+        self.notice_admin_unbans();
         self.metrics
             .tracked_ips
             .set(self.pipeline.engine().tracked().0 as i64);
     }
 
     /// Tells the engine about bans that left the kernel before their end (`detector unban`).
-    fn notice_admin_unbans(&mut self, bans: &[enforce::BanEntry]) {
+    fn notice_admin_unbans(&mut self) {
         let now = Utc::now();
         // Bans at (or within a sweep of) their end leave the kernel on their own.
         let margin =
             chrono::Duration::from_std(self.config.daemon.sweep_interval).unwrap_or_default();
         self.kernel.written.retain(|_, end| *end > now + margin);
-        let in_kernel: HashSet<IpNet> = bans.iter().map(|b| enforce::canonical(b.net)).collect();
-        let gone: Vec<IpNet> = self
-            .kernel
-            .written
-            .keys()
-            .filter(|n| !in_kernel.contains(n))
-            .copied()
-            .collect();
+        // Only this daemon's own bans, one lookup each: no walk of maps that may hold a
+        // million bulk-imported entries.
+        let written: Vec<IpNet> = self.kernel.written.keys().copied().collect();
+        let gone = match self.kernel.enforcer.missing(written) {
+            Ok(gone) => gone,
+            Err(e) => {
+                tracing::warn!(error = %e, "checking the daemon's bans failed");
+                return;
+            }
+        };
         let engine_now = self.pipeline.engine().now().unwrap_or(now);
         tracing::debug!(
             written = self.kernel.written.len(),
@@ -557,7 +599,10 @@ impl KernelSink {
                     .ban(decision.prefix, Some(ttl), reason_of(decision.rule))
                 {
                     Ok(outcome) => {
-                        let end = Utc::now() + left;
+                        // Checked: an end saturated at chrono's maximum must not panic.
+                        let end = Utc::now()
+                            .checked_add_signed(left)
+                            .unwrap_or(DateTime::<Utc>::MAX_UTC);
                         let slot = self
                             .written
                             .entry(enforce::canonical(decision.prefix))
@@ -621,5 +666,51 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Engine, EngineConfig};
+    use crate::source::SourceId;
+
+    fn job(state: &StateDir) -> SaveJob {
+        let mut checkpoints = Checkpoints::default();
+        checkpoints.commit(&SourceId::stdin(), &Position::Stdin { line: 7 });
+        SaveJob {
+            state: state.clone(),
+            snapshot: Engine::new(EngineConfig::default()).snapshot(),
+            checkpoints,
+            counters: DaemonCounters::default(),
+        }
+    }
+
+    #[test]
+    fn a_save_writes_snapshot_positions_and_counters() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
+        let outcome = job(&state).write();
+        assert!(outcome.result.unwrap() > 0);
+        let again = Checkpoints::load(&state).unwrap();
+        assert_eq!(
+            again.get(&SourceId::stdin()),
+            Some(&Position::Stdin { line: 7 })
+        );
+        assert!(state.file(ENGINE_STATE_FILE).exists());
+        assert!(state.file(DaemonCounters::FILE_NAME).exists());
+    }
+
+    /// Positions are only written after the snapshot: were they saved alone, a restart would
+    /// skip lines whose effect the (old) snapshot does not hold.
+    #[test]
+    fn positions_are_not_saved_when_the_snapshot_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = StateDir::open(tmp.path()).unwrap();
+        // A directory in the snapshot's place makes its rename fail.
+        std::fs::create_dir(state.file(ENGINE_STATE_FILE)).unwrap();
+        let outcome = job(&state).write();
+        assert!(outcome.result.is_err());
+        assert!(!state.file(Checkpoints::FILE_NAME).exists());
     }
 }

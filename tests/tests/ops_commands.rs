@@ -195,3 +195,117 @@ fn canonical_text(entry: &str) -> String {
         None => entry.to_string(),
     }
 }
+
+/// One line stamped in 2099 must not move the daemon's clock: it is dropped and counted, the
+/// lines after it are judged in real time, and `detector status` reports it.
+#[test]
+fn the_daemon_drops_a_far_future_line_and_status_reports_it() -> Result<()> {
+    use std::io::Write;
+    let pins = PinDir::new("future")?;
+    let state = tempfile_dir("future")?;
+    let config = state.with_extension("toml");
+    std::fs::write(&config, "")?;
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6f+00:00");
+    let input = format!(
+        "2099-01-01T00:00:00.000000+00:00 mx dovecot: auth: passwd-file(x@example.test,198.18.0.50): unknown user\n\
+         {now} mx dovecot: auth: passwd-file(y@example.test,198.18.0.51): unknown user\n"
+    );
+    let mut child = std::process::Command::new(detector_tests::bin::detector_bin())
+        .args(["run", "--stdin", "--config", config.to_str().unwrap()])
+        .args(["--state-dir", state.to_str().unwrap()])
+        .arg("--pin-dir")
+        .arg(&pins.path)
+        .env_remove("DETECTOR_PIN_DIR")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    child.stdin.take().unwrap().write_all(input.as_bytes())?;
+    // End of input ends the daemon, which saves its state.
+    let out = child.wait_with_output()?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("ahead of the wall clock"), "{log}");
+
+    let list = detector_ok(&pins, None, &["list", "--json"])?.stdout;
+    assert!(
+        list.contains("198.18.0.51"),
+        "the real-time line bans: {list}"
+    );
+    assert!(
+        !list.contains("198.18.0.50"),
+        "the 2099 line banned: {list}"
+    );
+
+    let status = json(
+        &detector_ok(
+            &pins,
+            None,
+            &["status", "--json", "--state-dir", state.to_str().unwrap()],
+        )?
+        .stdout,
+    )?;
+    assert_eq!(status["untrusted"]["lines_ahead_of_clock"], 1, "{status}");
+    let snapshot = json(&std::fs::read_to_string(state.join("engine.json"))?)?;
+    let engine_now = snapshot["now"].as_i64().unwrap();
+    assert!(
+        engine_now <= chrono::Utc::now().timestamp(),
+        "the engine's clock moved to {engine_now}"
+    );
+    detector_ok(&pins, None, &["detach"])?;
+    std::fs::remove_dir_all(&state)?;
+    std::fs::remove_file(&config)?;
+    Ok(())
+}
+
+/// What `detector ban` prints and `list` reports is what the kernel stores: an end beyond what
+/// the expiry field holds (u64 ns for addresses, u32 s for prefixes) is stored as permanent,
+/// not clamped to a date centuries away.
+#[test]
+fn ban_durations_beyond_the_kernel_clock_are_permanent_and_reported_so() -> Result<()> {
+    let t = Topology::new("huge", 19)?;
+    let pins = PinDir::new("huge")?;
+    detector_ok(&pins, Some(&t.server), &["attach", "--iface", SERVER_IFACE])?;
+    let listed = |target: &str| -> Result<serde_json::Value> {
+        let all = json(&detector_ok(&pins, None, &["list", "--json"])?.stdout)?;
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["address"] == target)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("{target} not in {all}"))
+    };
+
+    let far = t.v4(9).to_string();
+    let out = detector_ok(&pins, None, &["ban", &far, "--for", "99999999999d"])?;
+    assert_eq!(
+        out.stdout.trim(),
+        format!("banned {far} permanently"),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("stored as permanent"), "{out:?}");
+    assert!(listed(&far)?["expires_in_s"].is_null());
+
+    // 200 years fit in an address ban's nanoseconds, so it is stored and shown as such...
+    let long = t.v4(10).to_string();
+    let out = detector_ok(&pins, None, &["ban", &long, "--for", "200years"])?;
+    assert!(
+        out.stdout
+            .starts_with(&format!("banned {long} for 200years")),
+        "{out:?}"
+    );
+    let left = listed(&long)?["expires_in_s"].as_u64().unwrap();
+    let asked = 200 * 31_557_600; // humantime's year is 365.25 days
+    assert!(left <= asked && left > asked - 60, "{left}");
+    // ...but not in a prefix ban's u32 seconds.
+    let out = detector_ok(&pins, None, &["ban", "198.19.1.0/24", "--for", "200years"])?;
+    assert_eq!(
+        out.stdout.trim(),
+        "banned 198.19.1.0/24 permanently",
+        "{out:?}"
+    );
+    assert!(listed("198.19.1.0/24")?["expires_in_s"].is_null());
+
+    detector_ok(&pins, None, &["detach"])?;
+    Ok(())
+}

@@ -78,22 +78,40 @@ pub fn run(args: Args) -> crate::Result<ExitCode> {
         Allowlist::new(config.engine.allowlist).with_infrastructure(host_infrastructure()),
     );
     let ttl = (!args.permanent).then_some(args.ttl);
+    // An IPv4-mapped target is the IPv4 address: banned, read back and printed as such.
     let target = canonical(args.target);
     let outcome = enforcer.ban(target, ttl, args.reason)?;
-    let how_long = match ttl {
-        Some(d) => format!("for {}", humantime::format_duration(d)),
-        None => "permanently".to_string(),
+    // Printed from what the kernel now holds, not from the request: an end beyond what the
+    // kernel's clock field can hold was stored as permanent, and an unchanged ban keeps its own.
+    let stored = enforcer.entry(target)?;
+    let how_long = match stored.as_ref().and_then(|e| e.remaining) {
+        // Rounded up: read back microseconds after the write, a 2h ban has 1h59m59.99s left.
+        Some(d) => format!(
+            "for {}",
+            humantime::format_duration(Duration::from_secs(
+                d.as_secs() + u64::from(d.subsec_nanos() > 0)
+            ))
+        ),
+        None if stored.is_some() => "permanently".to_string(),
+        None => "(no live entry found afterwards)".to_string(),
     };
+    let target = display_target(&target);
     match outcome {
-        BanOutcome::Added => println!("banned {} {how_long}", display_target(&target)),
-        BanOutcome::Extended => println!(
-            "{} was already banned; extended: {how_long}",
-            display_target(&target)
-        ),
-        BanOutcome::Unchanged => println!(
-            "{} is already banned at least that long; unchanged",
-            display_target(&target)
-        ),
+        BanOutcome::Added => println!("banned {target} {how_long}"),
+        BanOutcome::Extended => println!("{target} was already banned; extended: {how_long}"),
+        BanOutcome::Unchanged => {
+            println!("{target} is already banned at least that long; unchanged: {how_long}")
+        }
+    }
+    let stored_permanent = stored.as_ref().is_some_and(|e| e.remaining.is_none());
+    if let Some(asked) = ttl
+        && stored_permanent
+        && outcome != BanOutcome::Unchanged
+    {
+        eprintln!(
+            "detector: note: {} is beyond what the kernel's expiry can hold; stored as permanent",
+            humantime::format_duration(asked)
+        );
     }
     if enforcer.attached_interfaces().is_empty() {
         eprintln!(

@@ -16,8 +16,8 @@ use ipnet::{IpNet, Ipv4Net};
 use super::allow::Allowlist;
 use super::clock;
 use super::pins::PinPaths;
-use super::table::{Table, Walk};
-use super::types::{BanEntry, BanOutcome, Reason, Stats};
+use super::table::{BanValue, Table, Walk, earliest};
+use super::types::{ActiveBan, BanEntry, BanOutcome, Reason, Reconciled, Stats};
 use super::{sys, verify};
 use crate::Error;
 
@@ -30,6 +30,30 @@ pub struct Enforcer {
     prefix_v6: Table<LpmTrie<MapData, [u8; 16], PrefixBan>>,
     stats: PerCpuArray<MapData, Counters>,
     settings: Array<MapData, Settings>,
+    /// Earliest end (monotonic ns) of a timed ban this process knows of: the last walk's
+    /// minimum, lowered by every ban written since. Until it passes, [`Enforcer::sweep_due`]
+    /// has nothing to remove and does not walk.
+    next_expiry: Option<u64>,
+    /// When the maps were last walked (monotonic ns); `None` = never.
+    last_walk: Option<u64>,
+    /// Walk at least this often anyway: other processes (`detector ban`) write bans whose ends
+    /// this process does not see.
+    full_walk_every: Duration,
+}
+
+/// How often [`Enforcer::sweep_due`] walks the maps when nothing it knows of is due.
+pub const FULL_WALK_EVERY: Duration = Duration::from_secs(300);
+
+/// What a walk of the maps by [`Enforcer::sweep_due`] found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Expired entries deleted.
+    pub removed: usize,
+    /// Live bans left, per family (exact and prefix).
+    pub live_v4: usize,
+    pub live_v6: usize,
+    /// Sum of the live bans' hit counters.
+    pub hits: u64,
 }
 
 /// Runs `$body` with `$t` bound to the table that holds `$net` and `$k` to its key there:
@@ -160,6 +184,9 @@ impl Enforcer {
             ),
             stats: typed(map(STATS)?, STATS)?,
             settings,
+            next_expiry: None,
+            last_walk: None,
+            full_walk_every: FULL_WALK_EVERY,
         })
     }
 
@@ -217,7 +244,13 @@ impl Enforcer {
         let net = canonical(net);
         self.allow.check(&net)?;
         let now = clock::monotonic_ns();
-        let outcome = with_table!(self, net, |t, k| t.ban(&k, ttl, reason, now)?.0);
+        let (outcome, expires) = with_table!(self, net, |t, k| {
+            let (outcome, stored) = t.ban(&k, ttl, reason, now)?;
+            (outcome, stored.expires_ns())
+        });
+        if expires != 0 {
+            self.next_expiry = earliest(self.next_expiry, Some(expires));
+        }
         if net.prefix_len() < net.max_prefix_len() {
             self.refresh_prefix_flags()?;
         }
@@ -240,6 +273,31 @@ impl Enforcer {
         let net = canonical(net);
         let now = clock::monotonic_ns();
         with_table!(self, net, |t, k| t.entry(&k, now))
+    }
+
+    /// Makes the maps hold the engine's active bans. On maps no daemon has filled yet (fresh
+    /// after a reboot or `detector detach`), every ban missing is written with its time left;
+    /// on maps a daemon already filled, a missing ban was removed by an administrator and is
+    /// reported in [`Reconciled::removed_by_admin`] instead, for the engine to forget. Marks
+    /// the maps as filled either way. One lookup per ban, no walk.
+    pub fn reconcile(&mut self, bans: &[ActiveBan]) -> crate::Result<Reconciled> {
+        let synced = self.read_settings()?.flags & settings_flags::ENGINE_SYNCED != 0;
+        let mut out = Reconciled::default();
+        for ban in bans {
+            let net = canonical(ban.net);
+            if self.entry(net)?.is_some() {
+                out.present.push(net);
+            } else if synced {
+                out.removed_by_admin.push(net);
+            } else {
+                match self.ban(net, ban.remaining, ban.reason) {
+                    Ok(_) => out.restored.push(net),
+                    Err(e) => out.failed.push((net, e)),
+                }
+            }
+        }
+        self.update_flags(|f| f | settings_flags::ENGINE_SYNCED)?;
+        Ok(out)
     }
 
     /// The live ban that drops `addr`, if any: the exact entry, else the longest matching
@@ -272,26 +330,71 @@ impl Enforcer {
     /// Deletes expired entries (the XDP program already ignores them; this frees the slots).
     /// Returns how many were removed.
     pub fn sweep_expired(&mut self) -> crate::Result<usize> {
-        Ok(self.sweep_all()?.0)
+        Ok(self.sweep_all()?.removed)
+    }
+
+    /// [`Enforcer::sweep_expired`] when there can be something to remove: the earliest end
+    /// this process knows of has passed, or [`FULL_WALK_EVERY`] went by since the last walk
+    /// (for bans other processes wrote). `None` when it did not walk: at a million bans a walk
+    /// is millions of syscalls, and most sweeps have nothing to do.
+    pub fn sweep_due(&mut self) -> crate::Result<Option<SweepReport>> {
+        let now = clock::monotonic_ns();
+        let full_every = u64::try_from(self.full_walk_every.as_nanos()).unwrap_or(u64::MAX);
+        let due = match self.last_walk {
+            None => true,
+            Some(last) => {
+                self.next_expiry.is_some_and(|e| e <= now) || now.saturating_sub(last) >= full_every
+            }
+        };
+        if !due {
+            return Ok(None);
+        }
+        self.sweep_all().map(Some)
+    }
+
+    /// Sets how often [`Enforcer::sweep_due`] walks when nothing known is due (tests).
+    pub fn set_full_walk_every(&mut self, every: Duration) {
+        self.full_walk_every = every;
+    }
+
+    /// Those of `nets` that have no live ban in the maps (one lookup each, no walk): how the
+    /// daemon notices that an administrator removed one of its bans.
+    pub fn missing(&mut self, nets: impl IntoIterator<Item = IpNet>) -> crate::Result<Vec<IpNet>> {
+        let mut out = Vec::new();
+        for net in nets {
+            if self.entry(net)?.is_none() {
+                out.push(net);
+            }
+        }
+        Ok(out)
     }
 
     /// One walk over every table: removes what ended, summarises what is left.
-    fn sweep_all(&mut self) -> crate::Result<(usize, Walk)> {
+    fn sweep_all(&mut self) -> crate::Result<SweepReport> {
         let now = clock::monotonic_ns();
-        let mut removed = 0;
+        let mut report = SweepReport::default();
         let mut left = Walk::default();
-        for (n, w) in [
-            self.bans_v4.sweep(now)?,
-            self.bans_v6.sweep(now)?,
-            self.prefix_v4.sweep(now)?,
-            self.prefix_v6.sweep(now)?,
-        ] {
-            removed += n;
-            left.add(w);
+        let walks = [
+            (true, self.bans_v4.sweep(now)?),
+            (false, self.bans_v6.sweep(now)?),
+            (true, self.prefix_v4.sweep(now)?),
+            (false, self.prefix_v6.sweep(now)?),
+        ];
+        for (v4, (removed, walk)) in walks {
+            report.removed += removed;
+            if v4 {
+                report.live_v4 += walk.live;
+            } else {
+                report.live_v6 += walk.live;
+            }
+            left.add(walk);
         }
+        report.hits = left.hits;
+        self.next_expiry = left.next_expiry;
+        self.last_walk = Some(now);
         // Also repairs the flags if two processes raced on them.
         self.refresh_prefix_flags()?;
-        Ok((removed, left))
+        Ok(report)
     }
 
     /// Observe mode: matches are counted (hits, OBSERVED) but passed.

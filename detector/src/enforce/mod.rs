@@ -26,10 +26,13 @@ mod verify;
 
 pub use allow::{Allowlist, host_infrastructure, local_addresses};
 pub use attach::{AttachOptions, AttachOutcome, AttachReport, DetachReport, attach, detach};
-pub use maps::Enforcer;
 pub use maps::canonical;
+pub use maps::{Enforcer, FULL_WALK_EVERY, SweepReport};
 pub use pins::PinPaths;
-pub use types::{AttachMode, BanEntry, BanOutcome, Capacity, Reason, Stats, display_target};
+pub use types::{
+    ActiveBan, AttachMode, BanEntry, BanOutcome, Capacity, Reason, Reconciled, Stats,
+    display_target,
+};
 
 use std::path::PathBuf;
 

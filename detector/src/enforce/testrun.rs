@@ -114,6 +114,27 @@ impl TestObject {
         )
     }
 
+    /// Runs `program` on `frame` `repeat` times on another thread while `meanwhile` works on
+    /// the maps here: races between user-space map updates and the XDP program.
+    pub fn run_while<R>(
+        &mut self,
+        program: &str,
+        frame: &[u8],
+        repeat: u32,
+        meanwhile: impl FnOnce(&mut Enforcer) -> R,
+    ) -> crate::Result<(TestRun, R)> {
+        let TestObject { ebpf, enforcer } = self;
+        let ebpf = &*ebpf;
+        std::thread::scope(|s| {
+            let runner = s.spawn(move || run_program(ebpf, program, frame, repeat));
+            let result = meanwhile(enforcer);
+            let run = runner
+                .join()
+                .map_err(|_| Error::Bpf("the BPF_PROG_TEST_RUN thread panicked".into()))??;
+            Ok((run, result))
+        })
+    }
+
     /// Pins one of the object's programs (tests use it to fake a pin left by another build).
     pub fn pin_program(&mut self, program: &str, path: &std::path::Path) -> crate::Result<()> {
         let p: &mut Xdp = self
@@ -128,29 +149,7 @@ impl TestObject {
 
     /// Runs `program` on `frame` `repeat` times (BPF_PROG_TEST_RUN, through aya's wrapper).
     pub fn run(&self, program: &str, frame: &[u8], repeat: u32) -> crate::Result<TestRun> {
-        let p: &Xdp = self
-            .ebpf
-            .program(program)
-            .ok_or_else(|| Error::Bpf(format!("no program {program}")))?
-            .try_into()
-            .map_err(|e| Error::bpf(program, e))?;
-        let result = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .map_err(|e| {
-                Error::bpf(
-                    format!("BPF_PROG_TEST_RUN of {program} ({} bytes)", frame.len()),
-                    e,
-                )
-            })?;
-        Ok(TestRun {
-            retval: result.return_value,
-            // The kernel reports whole nanoseconds in 32 bits; aya widens them to a Duration.
-            duration_ns: u32::try_from(result.duration.as_nanos()).unwrap_or(u32::MAX),
-        })
+        run_program(&self.ebpf, program, frame, repeat)
     }
 }
 
@@ -180,6 +179,31 @@ impl Aligned {
         // as `self`; u8 has no alignment or validity requirements.
         unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
     }
+}
+
+fn run_program(ebpf: &Ebpf, program: &str, frame: &[u8], repeat: u32) -> crate::Result<TestRun> {
+    let p: &Xdp = ebpf
+        .program(program)
+        .ok_or_else(|| Error::Bpf(format!("no program {program}")))?
+        .try_into()
+        .map_err(|e| Error::bpf(program, e))?;
+    let result = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .map_err(|e| {
+            Error::bpf(
+                format!("BPF_PROG_TEST_RUN of {program} ({} bytes)", frame.len()),
+                e,
+            )
+        })?;
+    Ok(TestRun {
+        retval: result.return_value,
+        // The kernel reports whole nanoseconds in 32 bits; aya widens them to a Duration.
+        duration_ns: u32::try_from(result.duration.as_nanos()).unwrap_or(u32::MAX),
+    })
 }
 
 #[cfg(test)]

@@ -171,6 +171,31 @@ pub enum BanOutcome {
     Unchanged,
 }
 
+/// A ban the engine holds as active, in kernel terms: what [`super::Enforcer::reconcile`] makes
+/// sure the maps hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActiveBan {
+    pub net: IpNet,
+    /// Time left; `None` = permanent.
+    pub remaining: Option<Duration>,
+    pub reason: Reason,
+}
+
+/// What [`super::Enforcer::reconcile`] did.
+#[derive(Debug, Default)]
+pub struct Reconciled {
+    /// Already in the maps (live); left as they are.
+    pub present: Vec<IpNet>,
+    /// Missing from fresh maps (after a reboot or a detach) and written again with their time
+    /// left.
+    pub restored: Vec<IpNet>,
+    /// Missing from maps a daemon had already filled: an administrator removed them
+    /// (`detector unban`), so the engine should forget them rather than ban again.
+    pub removed_by_admin: Vec<IpNet>,
+    /// Could not be written (map full, now allowlisted...).
+    pub failed: Vec<(IpNet, crate::Error)>,
+}
+
 /// The XDP program's counters, summed over CPUs. Serialises as one flat object: `seen`, every
 /// counter of [`detector_common::COUNTERS`] by name, and `observe_mode`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

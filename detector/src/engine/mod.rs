@@ -188,6 +188,20 @@ impl Engine {
         })
     }
 
+    /// Every ban the engine holds as active: (prefix, log time of its end, rule), by prefix.
+    /// The daemon writes the ones missing from the kernel maps on start (after a reboot or a
+    /// detach the maps are empty while the snapshot still holds the bans).
+    pub fn active_bans(&self) -> Vec<(IpNet, DateTime<Utc>, Rule)> {
+        let mut out: Vec<_> = self
+            .prefixes
+            .iter()
+            .filter(|(_, p)| p.banned_until > self.now)
+            .map(|(n, p)| (*n, to_time(p.banned_until), p.last_rule))
+            .collect();
+        out.sort_by_key(|(n, _, _)| *n);
+        out
+    }
+
     /// After a restore with a new configuration: unban every active ban that the allowlist or
     /// the host addresses now protect.
     pub fn reconcile(&mut self) -> Vec<Decision> {

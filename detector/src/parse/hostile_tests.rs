@@ -188,3 +188,34 @@ fn the_line_limit_is_the_sources_limit() {
     let s = p.stats();
     assert_eq!((s.lines, s.events, s.unparsed, s.truncated), (3, 1, 2, 2));
 }
+
+/// `hostname H does not resolve to address IP[: reason]` with an IPv6 address was unparsed
+/// (the end of the address was looked for at the first single `:`).
+#[test]
+fn unresolvable_hostname_warning_with_ipv6() {
+    for (line, want) in [
+        (
+            "Nov 27 05:30:59 mail postfix/smtpd[1]: warning: hostname x.example does not resolve to address 2001:db8::1: Name or service not known",
+            "2001:db8::1",
+        ),
+        (
+            "Nov 27 05:30:59 mail postfix/smtpd[1]: warning: hostname x.example does not resolve to address 2001:db8::1",
+            "2001:db8::1",
+        ),
+        (
+            "Nov 27 05:30:59 mail postfix/smtpd[1]: warning: hostname x.example does not resolve to address 198.18.0.1: Name or service not known",
+            "198.18.0.1",
+        ),
+        (
+            "Nov 27 05:30:59 mail postfix/smtpd[1]: warning: hostname x.example does not resolve to address 198.18.0.1",
+            "198.18.0.1",
+        ),
+    ] {
+        let e = event(line.as_bytes()).unwrap_or_else(|| panic!("no event: {line}"));
+        assert_eq!(
+            (e.kind, e.ip.to_string().as_str()),
+            (EventKind::Other, want),
+            "{line}"
+        );
+    }
+}

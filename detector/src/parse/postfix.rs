@@ -275,11 +275,9 @@ fn warning(w: &[u8], proto: Protocol) -> Parsed {
         let Some(r) = r[sp..].strip_prefix(b" does not resolve to address ") else {
             return Parsed::Ignored;
         };
-        let end = r
-            .iter()
-            .position(|&c| c == b':' && r.get(1) != Some(&b':'))
-            .unwrap_or(r.len());
-        let addr = &r[..memchr::memchr2(b' ', b',', &r[..end]).unwrap_or(end)];
+        // The address ends at the first space or comma (an IPv6 address has colons of its
+        // own, so the `:` before the reason is only dropped at the end).
+        let addr = &r[..memchr::memchr2(b' ', b',', r).unwrap_or(r.len())];
         let addr = addr.strip_suffix(b":").unwrap_or(addr);
         // IPv6 addresses contain ':', so take the longest prefix that parses.
         let ip = parse_ip(addr).or_else(|| {
