@@ -1,20 +1,25 @@
 //! `detector ban`: add a ban to the pinned maps.
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::enforce::{BanOutcome, Enforcer, Reason, display_target};
+use crate::config::Config;
+use crate::enforce::{
+    Allowlist, BanOutcome, Enforcer, Reason, canonical, display_target, host_infrastructure,
+};
 
 use super::pin_dir::PinDirArg;
 
 /// Ban an address or CIDR prefix. The ban is enforced by the XDP program at once and expires
 /// by itself in the kernel, daemon or not. Banning an already banned address extends its
-/// expiry (never shortens it). Loopback, link-local, multicast, this host's own addresses and
-/// the allowlist are refused.
+/// expiry (never shortens it). Loopback, link-local, multicast, this host's own addresses, its
+/// nameservers, default gateways and Postfix relayhost, and the configured allowlist are
+/// refused.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "The ban takes effect at once and expires in the kernel, whether the daemon runs or not. Without --for it lasts 24h; use --permanent for no expiry. Banning an already banned address extends its expiry, never shortens it (unban first). Loopback, link-local, multicast, this host's own addresses and the allowlist are refused. A /32 or /128 is an exact ban; a wider prefix bans the whole range."
+    after_help = "The ban takes effect at once and expires in the kernel, whether the daemon runs or not. Without --for it lasts 24h; use --permanent for no expiry. Banning an already banned address extends its expiry, never shortens it (unban first). Loopback, link-local, multicast, this host's own addresses, its nameservers, default gateways and Postfix relayhost, and the configuration's engine.allowlist are refused. A /32 or /128 is an exact ban; a wider prefix bans the whole range; an IPv4-mapped IPv6 address (::ffff:a.b.c.d) bans the IPv4 address."
 )]
 pub struct Args {
     /// IPv4/IPv6 address or CIDR prefix (198.51.100.7, 2001:db8::/48).
@@ -30,6 +35,10 @@ pub struct Args {
     /// Why (shown by `list`): manual, probe-login, slow-repeat, target-campaign, burst, other.
     #[arg(long, value_name = "REASON", default_value = "manual")]
     pub reason: Reason,
+    /// Configuration file whose engine.allowlist is refused (default:
+    /// /etc/detector/detector.toml, if it exists).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub pin: PinDirArg,
 }
@@ -63,12 +72,18 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: Args) -> crate::Result<ExitCode> {
+    let config = Config::load(args.config.as_deref())?;
     let mut enforcer = Enforcer::open(&args.pin.pin_dir)?;
+    enforcer.set_allowlist(
+        Allowlist::new(config.engine.allowlist).with_infrastructure(host_infrastructure()),
+    );
     let ttl = (!args.permanent).then_some(args.ttl);
-    let outcome = enforcer.ban(args.target, ttl, args.reason)?;
+    // An IPv4-mapped target is the IPv4 address: banned, read back and printed as such.
+    let target = canonical(args.target);
+    let outcome = enforcer.ban(target, ttl, args.reason)?;
     // Printed from what the kernel now holds, not from the request: an end beyond what the
     // kernel's clock field can hold was stored as permanent, and an unchanged ban keeps its own.
-    let stored = enforcer.entry(args.target)?;
+    let stored = enforcer.entry(target)?;
     let how_long = match stored.as_ref().and_then(|e| e.remaining) {
         // Rounded up: read back microseconds after the write, a 2h ban has 1h59m59.99s left.
         Some(d) => format!(
@@ -80,7 +95,7 @@ pub fn run(args: Args) -> crate::Result<ExitCode> {
         None if stored.is_some() => "permanently".to_string(),
         None => "(no live entry found afterwards)".to_string(),
     };
-    let target = display_target(&args.target);
+    let target = display_target(&target);
     match outcome {
         BanOutcome::Added => println!("banned {target} {how_long}"),
         BanOutcome::Extended => println!("{target} was already banned; extended: {how_long}"),
