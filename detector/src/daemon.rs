@@ -121,7 +121,12 @@ impl Daemon {
             );
         }
         let engine_cfg = &config.engine;
-        enforcer.set_allowlist(engine_cfg.allowlist.clone());
+        // Nameservers, gateways and the relayhost: read once, logged, never banned.
+        let infrastructure = enforce::host_infrastructure();
+        enforcer.set_allowlist(
+            enforce::Allowlist::new(engine_cfg.allowlist.clone())
+                .with_infrastructure(infrastructure.clone()),
+        );
         enforcer.set_observe(engine_cfg.dry_run)?;
         if engine_cfg.dry_run {
             tracing::warn!(
@@ -159,7 +164,8 @@ impl Daemon {
                 engine
             }
         };
-        let host_addrs: Vec<IpAddr> = enforce::local_addresses();
+        let mut host_addrs: Vec<IpAddr> = enforce::local_addresses();
+        host_addrs.extend(infrastructure.iter().map(|i| i.addr));
         engine.set_host_addrs(host_addrs);
 
         state.write_atomic(PID_FILE, format!("{}\n", std::process::id()).as_bytes())?;

@@ -4,17 +4,20 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::enforce::{BanOutcome, Enforcer, Reason, display_target};
+use crate::enforce::{
+    Allowlist, BanOutcome, Enforcer, Reason, canonical, display_target, host_infrastructure,
+};
 
 use super::state_args::StateArgs;
 
 /// Ban an address or CIDR prefix. The ban is enforced by the XDP program at once and expires
 /// by itself in the kernel, daemon or not. Banning an already banned address extends its
-/// expiry (never shortens it). Loopback, link-local, multicast, this host's own addresses and
-/// the allowlist are refused.
+/// expiry (never shortens it). Loopback, link-local, multicast, this host's own addresses, its
+/// nameservers, default gateways and Postfix relayhost, and the configured allowlist are
+/// refused.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "The ban takes effect at once and expires in the kernel, whether the daemon runs or not. Without --for it lasts 24h; use --permanent for no expiry. Banning an already banned address extends its expiry, never shortens it (unban first). Loopback, link-local, multicast, this host's own addresses and the allowlist are refused. A /32 or /128 is an exact ban; a wider prefix bans the whole range."
+    after_help = "The ban takes effect at once and expires in the kernel, whether the daemon runs or not. Without --for it lasts 24h; use --permanent for no expiry. Banning an already banned address extends its expiry, never shortens it (unban first). Loopback, link-local, multicast, this host's own addresses, its nameservers, default gateways and Postfix relayhost, and the configuration's engine.allowlist are refused. A /32 or /128 is an exact ban; a wider prefix bans the whole range; an IPv4-mapped IPv6 address (::ffff:a.b.c.d) bans the IPv4 address."
 )]
 pub struct Args {
     /// IPv4/IPv6 address or CIDR prefix (198.51.100.7, 2001:db8::/48).
@@ -76,8 +79,14 @@ pub fn run(args: Args) -> crate::Result<ExitCode> {
     let Some(target) = args.target else {
         return super::import::ban_from(&args);
     };
+    let (config, _) = args.state.load()?;
     let mut enforcer = Enforcer::open(&args.state.pin.pin_dir)?;
+    enforcer.set_allowlist(
+        Allowlist::new(config.engine.allowlist).with_infrastructure(host_infrastructure()),
+    );
     let ttl = (!args.permanent).then_some(args.ttl);
+    // An IPv4-mapped target is the IPv4 address: banned, read back and printed as such.
+    let target = canonical(target);
     let outcome = enforcer.ban(target, ttl, args.reason.unwrap_or(Reason::Manual))?;
     // Printed from what the kernel now holds, not from the request: an end beyond what the
     // kernel's clock field can hold was stored as permanent, and an unchanged ban keeps its own.

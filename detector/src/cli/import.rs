@@ -43,7 +43,10 @@ pub fn ban_from(args: &super::ban::Args) -> Result<ExitCode> {
     let parsed = blocklist::parse::parse(&read_input(from)?);
     let (config, state_dir) = args.state.load()?;
     let mut enforcer = Enforcer::open(&args.state.pin.pin_dir)?;
-    enforcer.set_allowlist(config.engine.allowlist.clone());
+    enforcer.set_allowlist(
+        crate::enforce::Allowlist::new(config.engine.allowlist.clone())
+            .with_infrastructure(crate::enforce::host_infrastructure()),
+    );
     let state = match &args.list {
         Some(_) => Some(StateDir::open(&state_dir)?),
         None => None,

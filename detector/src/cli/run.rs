@@ -101,6 +101,7 @@ impl Args {
             config.daemon.state_dir = dir.clone();
         }
         config.engine.allowlist.extend(self.allow.iter().copied());
+        config.normalise();
         if self.dry_run {
             config.engine.dry_run = true;
         }

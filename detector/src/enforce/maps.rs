@@ -230,9 +230,10 @@ impl Enforcer {
         &self.allow
     }
 
-    /// Configured allow CIDRs (on top of the built-in ranges and the host's own addresses).
-    pub fn set_allowlist(&mut self, allow: Vec<IpNet>) {
-        self.allow = Allowlist::new(allow);
+    /// What bans must never cover, on top of the built-in ranges and the host's own addresses:
+    /// the configured allow CIDRs and the host's infrastructure.
+    pub fn set_allowlist(&mut self, allow: Allowlist) {
+        self.allow = allow;
     }
 
     /// Bans `net` for `ttl` (`None` = permanent). Re-banning keeps the hit count and the later

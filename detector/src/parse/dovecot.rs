@@ -152,19 +152,7 @@ fn driver_line(s: &[u8]) -> Parsed {
         .take(64)
         .map(|i| i + open + 1)
     {
-        let mut after = &s[close + 1..];
-        let mut session2 = None;
-        if after.first() == Some(&b'<') {
-            let Some(end) = after.iter().take(80).position(|&c| c == b'>') else {
-                continue;
-            };
-            if !after[1..end].iter().all(is_session_char) {
-                continue;
-            }
-            session2 = Some(&after[1..end]);
-            after = &after[end + 1..];
-        }
-        let Some(text) = after.strip_prefix(b": ") else {
+        let Some((session2, text)) = after_driver_fields(&s[close + 1..]) else {
             continue;
         };
         let Some(mut f) = fields(&s[open + 1..close]) else {
@@ -203,13 +191,73 @@ fn driver_line(s: &[u8]) -> Parsed {
     } else {
         return Parsed::Ignored;
     };
+    if tries_next_db(text) {
+        return Parsed::Ignored;
+    }
     let mut rec = Record::new(Service::Dovecot, kind, ip);
-    rec.user = owned_lower(user);
+    // 2.4 writes `?` when the request has no user name yet.
+    rec.user = owned_lower(user).filter(|u| u != "?");
     rec.attempts = 1;
     rec.link = Link::DovecotAuth {
         session: session.filter(|s| !s.is_empty()).map(lossy),
     };
     Parsed::Record(rec)
+}
+
+/// What follows the closing `)` of `driver(...)`: `[<session>]: ` (2.3, 2.4 auth), or the 2.4
+/// auth-worker's `<pid>[<session>]: request [N]: ` (auth-request.c `get_log_prefix()`, worker
+/// branch). Returns the session and the text after the prefix.
+fn after_driver_fields(mut after: &[u8]) -> Option<(Option<&[u8]>, &[u8])> {
+    let mut groups: [Option<&[u8]>; 2] = [None, None];
+    for slot in &mut groups {
+        if after.first() != Some(&b'<') {
+            break;
+        }
+        let end = after.iter().take(80).position(|&c| c == b'>')?;
+        if !after[1..end].iter().all(is_session_char) {
+            return None;
+        }
+        *slot = Some(&after[1..end]);
+        after = &after[end + 1..];
+    }
+    let text = after.strip_prefix(b": ")?;
+    match text.strip_prefix(b"request [") {
+        // Worker: the first group is the worker's pid, the second (if any) the session.
+        Some(r) => {
+            let (digits, r) = split_digits(r);
+            let text = r.strip_prefix(b"]: ")?;
+            let pid = groups[0]?;
+            if digits.is_empty() || !pid.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            Some((groups[1], text))
+        }
+        None if groups[1].is_some() => None,
+        None => Some((groups[0], text)),
+    }
+}
+
+/// `unknown user - trying the next passdb` (auth-request.c `auth_request_log_login_failure()`,
+/// written with `auth_verbose_passwords` when another passdb/userdb follows): not the final
+/// answer, the last database logs its own line. Only the server-written forms count (the
+/// message alone or with the SHA1 of the password); after a plain `(given password: ..)` the
+/// suffix could be the client's password, so such a line still counts as a failure.
+fn tries_next_db(text: &[u8]) -> bool {
+    let Some(head) = text
+        .strip_suffix(b" - trying the next passdb")
+        .or_else(|| text.strip_suffix(b" - trying the next userdb"))
+    else {
+        return false;
+    };
+    let head = head.strip_suffix(b" ").unwrap_or(head);
+    let head = match head.strip_suffix(b")") {
+        Some(h) => match rfind(h, b" (SHA1 of given password: ") {
+            Some(i) if h[i + 26..].iter().all(u8::is_ascii_hexdigit) => &h[..i],
+            _ => return false,
+        },
+        None => head,
+    };
+    matches!(head, b"unknown user" | b"Password mismatch")
 }
 
 fn is_session_char(c: &u8) -> bool {
@@ -227,8 +275,11 @@ struct AuthFields<'a> {
     session: Option<&'a [u8]>,
 }
 
-/// The parenthesised `user,ip[,<session>|,sasl:mech|,]`.
+/// The parenthesised `user,ip[,<session>|,sasl:mech|,][,master]`: 2.3 writes the session
+/// (or an empty field) after the address; 2.4 (auth-request.c `get_log_prefix()`) writes
+/// `,sasl:<mech>` and, for a master-user login, `,master`.
 fn fields(c: &[u8]) -> Option<AuthFields<'_>> {
+    let c = c.strip_suffix(b",master").unwrap_or(c);
     let last_comma = memchr::memrchr(b',', c)?;
     let last = &c[last_comma + 1..];
     if let Some(ip) = parse_ip(last) {
@@ -316,10 +367,19 @@ fn login_protocol(name: &[u8]) -> Option<Protocol> {
     }
 }
 
-/// `*-login: [Info: ]Login: user=<..>, ...` or `<reason>: user=<..>, method=.., rip=.., ...`.
+/// `*-login: [Info: ]Login: user=<..>, ...` (2.3), `Logged in: user=<..>, ...` (2.4), or
+/// `<reason>: user=<..>, method=.., rip=.., ...`.
 fn login_line(name: &[u8], rest: &[u8]) -> Parsed {
     let rest = strip_level(rest);
-    let (success, body) = match rest.strip_prefix(b"Login: ") {
+    if rest.starts_with(b"proxy(") {
+        return proxy_line(name, rest);
+    }
+    // client-common-auth.c `sasl_callback()`: `client_destroy_success(client, "Login")` in 2.3,
+    // `"Logged in"` in 2.4; the login_log_format `%s: %{elements}` adds the `: `.
+    let (success, body) = match rest
+        .strip_prefix(b"Login: ")
+        .or_else(|| rest.strip_prefix(b"Logged in: "))
+    {
         Some(kv) => (true, kv),
         None => (false, rest),
     };
@@ -346,6 +406,78 @@ fn login_line(name: &[u8], rest: &[u8]) -> Parsed {
     rec.user = login_user(&kv[..rip_at]).and_then(owned_lower);
     let session = find(&kv[rip_at..], b"session=<").and_then(|i| {
         let v = &kv[rip_at + i + 9..];
+        let end = memchr::memchr(b'>', v)?;
+        Some(lossy(&v[..end]))
+    });
+    rec.link = Link::DovecotLogin { session };
+    Parsed::Record(rec)
+}
+
+/// A login proxy's line: `proxy(USER,HOST:PORT): MESSAGE: user=<USER>, ..., rip=IP, ...`
+/// (login-proxy.c `login_proxy_set_destination()` sets the prefix; 2.3.21 has the same).
+/// `Started proxying to ...` (client-common-auth.c `client_proxy_finish_destroy_client()`)
+/// means the remote server accepted the login: a success. Every other proxy line (`Login
+/// failed`, `Disconnected by server`, ...) counts nothing; the failed attempt is counted by
+/// the `Login aborted: ... (proxy dest authentication failure, ...)` line.
+///
+/// USER is the client's login name and appears twice. It is accepted only when exactly one
+/// split of the line has the same USER in `proxy(USER,` and in `user=<USER>`, with a
+/// server-written `HOST:PORT): ` after the first, so a name carrying `): Started proxying to`
+/// cannot turn a failure into a success.
+fn proxy_line(name: &[u8], rest: &[u8]) -> Parsed {
+    let Some((rip_at, ip)) = last_rip(rest) else {
+        return Parsed::Ignored;
+    };
+    let before_rip = &rest[..rip_at];
+    // `>, method=M, ` or `>, ` right before `rip=`: the end of USER.
+    let Some(user_end) =
+        before_rip
+            .strip_suffix(b", ")
+            .and_then(|v| match rfind(v, b">, method=") {
+                Some(i) if !v[i + 10..].contains(&b' ') => Some(i),
+                _ => v.strip_suffix(b">").map(|u| u.len()),
+            })
+    else {
+        return Parsed::Ignored;
+    };
+    let head = &rest[6..];
+    let mut found: Option<(&[u8], bool)> = None;
+    let mut from = 0;
+    for _ in 0..16 {
+        let Some(i) = find(&rest[from..user_end], b"user=<").map(|i| i + from) else {
+            break;
+        };
+        from = i + 1;
+        let user = &rest[i + 6..user_end];
+        let Some(after_user) = head.strip_prefix(user).and_then(|r| r.strip_prefix(b",")) else {
+            continue;
+        };
+        let n = after_user
+            .iter()
+            .take(300)
+            .take_while(|c| !matches!(c, b')' | b' ' | b','))
+            .count();
+        let Some(msg) = after_user[n..].strip_prefix(b"): ") else {
+            continue;
+        };
+        if n == 0 || found.is_some() {
+            return Parsed::Ignored;
+        }
+        found = Some((user, msg.starts_with(b"Started proxying to ")));
+    }
+    let Some((user, success)) = found else {
+        return Parsed::Ignored;
+    };
+    let kind = if success {
+        EventKind::AuthSuccess
+    } else {
+        EventKind::Other
+    };
+    let mut rec = Record::new(Service::Dovecot, kind, ip);
+    rec.protocol = login_protocol(name);
+    rec.user = owned_lower(user);
+    let session = find(&rest[rip_at..], b"session=<").and_then(|i| {
+        let v = &rest[rip_at + i + 9..];
         let end = memchr::memchr(b'>', v)?;
         Some(lossy(&v[..end]))
     });
@@ -437,6 +569,8 @@ fn classify_reason(reason: &[u8]) -> (EventKind, u32) {
         &b"(tried to use disallowed "[..],
         b"(tried to use disabled ",
         b"(proxy dest auth failed)",
+        // 2.4 client-common.c `client_get_extra_disconnect_reason()`.
+        b"(proxy dest authentication failure, ",
     ] {
         if note.starts_with(marker) {
             return (EventKind::AuthFailure, 1);

@@ -265,6 +265,257 @@ fn kinds_of_dovecot_lines() {
     }
 }
 
+/// Dovecot 2.4 shapes (checked against dovecot/core 2.4.1 sources; the function that writes
+/// each shape is named beside it), with 2.3 forms the same code path also writes.
+#[test]
+fn dovecot_2_4_shapes() {
+    use EventKind::*;
+    // (line, kind, ip, user, protocol, failures)
+    type Case<'a> = (
+        &'a str,
+        EventKind,
+        &'a str,
+        Option<&'a str>,
+        Option<Protocol>,
+        u32,
+    );
+    let cases: &[Case] = &[
+        // login-common/client-common-auth.c sasl_callback(): client_destroy_success(client,
+        // "Logged in"); elements from login-settings.c login_log_format_elements through
+        // client-common.c client_get_log_str() (`%{message}: %{elements}`).
+        (
+            "Dec 01 10:00:00 imap-login: Info: Logged in: user=<Alice@X.test>, method=PLAIN, rip=198.18.0.20, lip=198.18.0.1, mpid=4242, TLS, session=<AbCdEfGh>",
+            AuthSuccess,
+            "198.18.0.20",
+            Some("alice@x.test"),
+            Some(Protocol::Imap),
+            0,
+        ),
+        (
+            "Dec  1 10:00:00 mail dovecot: pop3-login: Logged in: user=<bob@x.test>, method=PLAIN, rip=2001:db8:5::20, lip=2001:db8::1, mpid=1, TLS, session=<q>",
+            AuthSuccess,
+            "2001:db8:5::20",
+            Some("bob@x.test"),
+            Some(Protocol::Pop3),
+            0,
+        ),
+        (
+            "Dec 01 10:00:00 submission-login: Info: Logged in: user=<carol>, method=LOGIN, rip=198.18.0.21, lip=198.18.0.1, mpid=7, TLS, session=<s1>",
+            AuthSuccess,
+            "198.18.0.21",
+            Some("carol"),
+            Some(Protocol::Submission),
+            0,
+        ),
+        (
+            "Dec 01 10:00:00 managesieve-login: Info: Logged in: user=<dave@x.test>, method=PLAIN, rip=198.18.0.22, lip=198.18.0.1, mpid=8, TLS, session=<s2>",
+            AuthSuccess,
+            "198.18.0.22",
+            Some("dave@x.test"),
+            Some(Protocol::Managesieve),
+            0,
+        ),
+        // client-common.c login_aborted_event(): `Login aborted: <reason> (<human reason>)
+        // (<event reason>)`, human reason from client_get_extra_disconnect_reason().
+        (
+            "Dec 01 10:00:00 imap-login: Info: Login aborted: Connection closed (auth failed, 2 attempts in 4 secs) (auth_failed): user=<a@x.test>, method=PLAIN, rip=198.18.0.23, lip=198.18.0.1, TLS, session=<s3>",
+            AuthFailure,
+            "198.18.0.23",
+            Some("a@x.test"),
+            Some(Protocol::Imap),
+            2,
+        ),
+        (
+            "Dec  1 10:00:00 mail dovecot: pop3-login: Login aborted: Aborted login by logging out (auth failed, 1 attempts in 1 secs) (auth_failed): user=<b@x.test>, method=PLAIN, rip=198.18.0.24, lip=198.18.0.1, session=<s4>",
+            AuthFailure,
+            "198.18.0.24",
+            Some("b@x.test"),
+            Some(Protocol::Pop3),
+            1,
+        ),
+        (
+            "Dec 01 10:00:00 imap-login: Info: Login aborted: Connection closed (no auth attempts in 0 secs) (no_auth_attempts): user=<>, rip=198.18.0.25, lip=198.18.0.1, session=<s5>",
+            Disconnect,
+            "198.18.0.25",
+            None,
+            Some(Protocol::Imap),
+            0,
+        ),
+        (
+            "Dec 01 10:00:00 imap-login: Info: Login aborted: Connection closed (disconnected during TLS handshake) (tls_handshake_not_finished): user=<>, rip=198.18.0.26, lip=198.18.0.1, TLS handshaking: SSL_accept() failed: error:0A00006C:SSL routines::bad key share, session=<s6>",
+            Disconnect,
+            "198.18.0.26",
+            None,
+            Some(Protocol::Imap),
+            0,
+        ),
+        (
+            "Dec 01 10:00:00 imap-login: Info: Login aborted: Connection closed (tried to use disallowed cleartext auth, 1 attempts in 0 secs) (cleartext_auth_disabled): user=<>, rip=198.18.0.27, lip=198.18.0.1, session=<s7>",
+            AuthFailure,
+            "198.18.0.27",
+            None,
+            Some(Protocol::Imap),
+            1,
+        ),
+        (
+            "Dec 01 10:00:00 imap-login: Info: Login aborted: Connection closed (proxy dest authentication failure, 1 attempts in 0 secs) (proxy_dest_auth_failed): user=<e@x.test>, method=PLAIN, rip=198.18.0.28, lip=198.18.0.1, TLS, session=<s8>",
+            AuthFailure,
+            "198.18.0.28",
+            Some("e@x.test"),
+            Some(Protocol::Imap),
+            1,
+        ),
+        // Not failed guesses: an internal failure after a successful auth, a disabled user, a
+        // client that aborted SASL.
+        (
+            "Dec 01 10:00:00 imap-login: Info: Login aborted: Connection closed (internal failure, 1/1 successful auths in 0 secs) (internal_failure): user=<f@x.test>, method=PLAIN, rip=198.18.0.29, lip=198.18.0.1, TLS, session=<s9>",
+            Disconnect,
+            "198.18.0.29",
+            Some("f@x.test"),
+            Some(Protocol::Imap),
+            0,
+        ),
+        (
+            "Dec 01 10:00:00 imap-login: Info: Login aborted: Connection closed (user disabled, 1 attempts in 0 secs) (user_disabled): user=<g@x.test>, method=PLAIN, rip=198.18.0.30, lip=198.18.0.1, session=<s10>",
+            Disconnect,
+            "198.18.0.30",
+            Some("g@x.test"),
+            Some(Protocol::Imap),
+            0,
+        ),
+        (
+            "Dec 01 10:00:00 imap-login: Info: Login aborted: Connection closed (auth aborted by client, 1 attempts in 3 secs) (auth_aborted_by_client): user=<h@x.test>, method=PLAIN, rip=198.18.0.31, lip=198.18.0.1, session=<s11>",
+            Disconnect,
+            "198.18.0.31",
+            Some("h@x.test"),
+            Some(Protocol::Imap),
+            0,
+        ),
+        // client-common-auth.c client_check_plaintext_auth(): logged before the `Login
+        // aborted` line that counts the attempt; not a disconnect.
+        (
+            "Dec 01 10:00:00 imap-login: Info: Login failed: Cleartext authentication disabled: user=<>, rip=198.18.0.32, lip=198.18.0.1, session=<s12>",
+            Other,
+            "198.18.0.32",
+            None,
+            Some(Protocol::Imap),
+            0,
+        ),
+        // client-common-auth.c client_proxy_finish_destroy_client() under the login-proxy.c
+        // `proxy(user,host:port): ` prefix: the remote server accepted the login.
+        (
+            "Dec 01 10:00:00 imap-login: Info: proxy(eve@x.test,10.0.0.2:143): Started proxying to remote host (0.012 secs): user=<eve@x.test>, method=PLAIN, rip=198.18.0.33, lip=198.18.0.1, TLS, session=<p1>",
+            AuthSuccess,
+            "198.18.0.33",
+            Some("eve@x.test"),
+            Some(Protocol::Imap),
+            0,
+        ),
+        // 2.3.21: `Started proxying to <ip>`.
+        (
+            "Dec  1 10:00:00 mail dovecot: imap-login: proxy(eve,10.0.0.2:143): Started proxying to <10.0.0.2> (0.012 secs): user=<eve>, method=PLAIN, rip=198.18.0.34, lip=198.18.0.1, session=<p2>",
+            AuthSuccess,
+            "198.18.0.34",
+            Some("eve"),
+            Some(Protocol::Imap),
+            0,
+        ),
+        // client_proxy_log_failure(): the remote server refused; the `Login aborted` line
+        // counts the attempt.
+        (
+            "Dec 01 10:00:00 imap-login: Info: proxy(eve,10.0.0.2:143): Login failed: NO [AUTHENTICATIONFAILED] Authentication failed.: user=<eve>, method=PLAIN, rip=198.18.0.35, lip=198.18.0.1, session=<p3>",
+            Other,
+            "198.18.0.35",
+            Some("eve"),
+            Some(Protocol::Imap),
+            0,
+        ),
+        // auth/auth-request.c get_log_prefix() (`auth(user,ip,sasl:mech)<session>: `, replacing
+        // the process prefix) + auth_request_get_log_prefix_db() (`<passdb name>: `) +
+        // auth_request_log_login_failure(); db-passwd-file.c, passdb-sql.c, passdb-ldap.c call
+        // it with `unknown user` / `Password mismatch`.
+        (
+            "Dec 01 10:00:00 auth(Alice@X.test,198.18.0.36,sasl:plain)<Mb2s>: Info: passwd-file: unknown user",
+            AuthUnknownUser,
+            "198.18.0.36",
+            Some("alice@x.test"),
+            None,
+            1,
+        ),
+        (
+            "Dec  1 10:00:00 mail dovecot: auth(bob@x.test,2001:db8:5::37,sasl:login)<S2>: sql: Password mismatch",
+            AuthFailure,
+            "2001:db8:5::37",
+            Some("bob@x.test"),
+            None,
+            1,
+        ),
+        (
+            "Dec 01 10:00:00 auth(e,198.18.0.38,sasl:plain)<S5>: Info: ldap: Password mismatch (for LDAP bind)",
+            AuthFailure,
+            "198.18.0.38",
+            Some("e"),
+            None,
+            1,
+        ),
+        // `,master` for a master-user login (get_log_prefix()).
+        (
+            "Dec 01 10:00:00 auth(admin,198.18.0.39,sasl:plain,master)<S4>: Info: sql: Password mismatch",
+            AuthFailure,
+            "198.18.0.39",
+            Some("admin"),
+            None,
+            1,
+        ),
+        // The auth-worker process (PAM, passwd, blocking=yes): get_log_prefix() worker branch
+        // `auth-worker(..)<pid><session>: request [N]: `; passdb-pam.c try_pam_auth().
+        (
+            "Dec 01 10:00:00 auth-worker(carol@x.test,198.18.0.40,sasl:plain)<4321><S3>: request [7]: Info: pam: pam_authenticate() failed: Authentication failure (Password mismatch?)",
+            AuthFailure,
+            "198.18.0.40",
+            Some("carol@x.test"),
+            None,
+            1,
+        ),
+        (
+            "Dec  1 10:00:00 mail dovecot: auth-worker(dave,198.18.0.41,sasl:plain)<4321>: request [8]: pam: unknown user",
+            AuthUnknownUser,
+            "198.18.0.41",
+            Some("dave"),
+            None,
+            1,
+        ),
+        // With auth_verbose_passwords=plain the client's password follows; a `- trying the
+        // next passdb` after it may be the password itself, so the line still counts.
+        (
+            "Dec 01 10:00:00 auth(f,198.18.0.42,sasl:plain)<S6>: Info: users: unknown user (given password: x) - trying the next passdb",
+            AuthUnknownUser,
+            "198.18.0.42",
+            Some("f"),
+            None,
+            1,
+        ),
+    ];
+    for (line, kind, addr, user, proto, failures) in cases {
+        let e = one(line).unwrap_or_else(|| panic!("no event for {line}"));
+        assert_eq!(
+            (e.kind, e.ip, e.user.as_deref(), e.protocol, e.failures),
+            (*kind, ip(addr), *user, *proto, *failures),
+            "{line}"
+        );
+        assert_eq!(e.service, Service::Dovecot);
+    }
+    // Not a final answer: another passdb/userdb is asked next and logs its own result
+    // (auth_request_log_login_failure() with auth_verbose_passwords, no password given or
+    // only its SHA1).
+    for line in [
+        "Dec 01 10:00:00 auth(f,198.18.0.43,sasl:plain)<S7>: Info: users: unknown user  - trying the next passdb",
+        "Dec 01 10:00:00 auth(f,198.18.0.43,sasl:plain)<S8>: Info: users: Password mismatch (SHA1 of given password: 0beec7b5ea3f0fdbc95d0dd47f3c5bc275da8a33) - trying the next passdb",
+    ] {
+        assert!(one(line).is_none(), "{line}");
+    }
+}
+
 /// Crafted user names, HELO names, addresses and passwords must never yield the injected
 /// address 203.0.113.9: either the real client (198.18.0.66) or no event at all.
 #[test]
@@ -286,6 +537,13 @@ fn injection_never_yields_attacker_ip() {
         "Nov 27 05:31:02 auth: Info: sql(u,198.18.0.66): Password mismatch (given password: x,203.0.113.9): unknown user)",
         "Aug 30 00:10:57 auth(x,203.0.113.9): unknown user,198.18.0.66,sasl:plain)<CvN>: Info: sql: Password mismatch",
         "Aug 30 00:10:57 dovecot: auth(default): pam(x,203.0.113.9): unknown user,198.18.0.66): unknown user",
+        // 2.4 auth and auth-worker prefixes.
+        "Dec 01 10:00:00 auth(a,203.0.113.9,sasl:plain)<S1>: passwd-file: unknown user,198.18.0.66,sasl:plain)<S2>: Info: passwd-file: Password mismatch",
+        "Dec 01 10:00:00 auth-worker(a,203.0.113.9,sasl:plain)<1><S>: request [1]: pam: unknown user,198.18.0.66,sasl:plain)<4321><S>: request [2]: pam: unknown user",
+        // A proxy's failure whose user name carries a fake `Started proxying` (yields no
+        // success; with two readings of the name, nothing at all).
+        "Dec 01 10:00:00 imap-login: proxy(a,h:1): Started proxying to remote host,10.0.0.2:143): Login failed: x: user=<a,h:1): Started proxying to remote host>, method=PLAIN, rip=198.18.0.66, lip=198.18.0.1, session=<p>",
+        "Dec 01 10:00:00 imap-login: proxy(a,h:1): Started proxying to remote host: user=<a,10.0.0.2:143): Login failed: x: user=<a,h:1): Started proxying to remote host: user=<a>, method=PLAIN, rip=198.18.0.66, lip=198.18.0.1, session=<p>",
         // PAM ruser/user carrying rhost=.
         "Apr 19 05:22:20 vm5 auth: pam_unix(dovecot:auth): authentication failure; logname= uid=0 euid=0 tty=dovecot ruser=x rhost=203.0.113.9 rhost=198.18.0.66",
         "Apr 19 05:22:20 vm5 auth: pam_unix(dovecot:auth): authentication failure; logname= uid=0 euid=0 tty=dovecot ruser=x rhost=203.0.113.9  user=q rhost=198.18.0.66  user=x rhost=203.0.113.9",
@@ -545,5 +803,19 @@ fn foreign_lines_are_ignored() {
         "Nov 27 05:31:03 host postfix/smtp[1]: connect to x[203.0.113.9]:25: Connection refused",
     ] {
         assert!(one(line).is_none(), "{line}");
+    }
+}
+
+/// A proxy's failed login whose user name carries `): Started proxying to` is never a success.
+#[test]
+fn proxy_failure_with_crafted_user_is_not_a_success() {
+    for line in [
+        "Dec 01 10:00:00 imap-login: proxy(a,h:1): Started proxying to remote host,10.0.0.2:143): Login failed: x: user=<a,h:1): Started proxying to remote host>, method=PLAIN, rip=198.18.0.66, lip=198.18.0.1, session=<p>",
+        "Dec 01 10:00:00 imap-login: proxy(a,h:1): Started proxying to remote host: user=<a,10.0.0.2:143): Login failed: x: user=<a,h:1): Started proxying to remote host: user=<a>, method=PLAIN, rip=198.18.0.66, lip=198.18.0.1, session=<p>",
+        "Dec 01 10:00:00 imap-login: proxy(b,10.0.0.2:143): Login failed: Started proxying to remote host: user=<b>, method=PLAIN, rip=198.18.0.66, lip=198.18.0.1, session=<p>",
+    ] {
+        if let Some(e) = one(line) {
+            assert_ne!(e.kind, EventKind::AuthSuccess, "{line}");
+        }
     }
 }

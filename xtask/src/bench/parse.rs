@@ -1,12 +1,16 @@
 //! `cargo xtask bench parse`.
-use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use anyhow::{Context, Result, bail};
+use chrono::{TimeZone, Utc};
+use detector_testkit::loggen::{DovecotVersion, Envelope, Msg, dovecot, postfix, render};
+use detector_testkit::rng::Rng;
 
 use super::fail2ban;
 use crate::util::{run_cmd, workspace_root};
@@ -234,43 +238,19 @@ pub(super) fn which(prog: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// SplitMix64: deterministic, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn hex(&mut self, len: usize) -> String {
-        let mut s = String::with_capacity(len);
-        for _ in 0..len {
-            s.push(b"0123456789ABCDEF"[self.below(16) as usize] as char);
-        }
-        s
-    }
-    fn session(&mut self) -> String {
-        const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        (0..16)
-            .map(|_| B64[self.below(64) as usize] as char)
-            .collect()
-    }
-}
-
 /// A realistic busy-MX mix: legitimate deliveries with their queue lines, spam rejects,
 /// postscreen, SASL guessing on submission, Dovecot logins (good and bad) with auth lines,
-/// plus daemon noise. Every line is a syslog line as in /var/log/mail.log.
+/// plus daemon noise. Every line is a syslog line as in /var/log/mail.log, written by the
+/// same generator as the scenario simulator (`detector_testkit::loggen`).
 fn generate(path: &PathBuf, lines: usize, seed: u64) -> Result<()> {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut out = BufWriter::with_capacity(1 << 20, fs::File::create(path)?);
     let mut written = 0usize;
-    let mut t = 0u64; // seconds since Nov 27 00:00:00
+    let start = Utc
+        .with_ymd_and_hms(2026, 11, 27, 0, 0, 0)
+        .single()
+        .context("start time")?;
+    let mut t = 0i64; // seconds since Nov 27 00:00:00
     let users = [
         "alice",
         "bob",
@@ -283,190 +263,172 @@ fn generate(path: &PathBuf, lines: usize, seed: u64) -> Result<()> {
         "support",
         "webmaster",
     ];
-    let mut buf = String::with_capacity(4096);
+    let v = DovecotVersion::V2_3;
+    let host_v4: IpAddr = Ipv4Addr::new(198, 18, 0, 1).into();
+    let mut batch: Vec<Msg> = Vec::with_capacity(8);
     while written < lines {
-        buf.clear();
-        t += rng.below(2);
-        let ts = format!(
-            "Nov 27 {:02}:{:02}:{:02}",
-            (t / 3600) % 24,
-            (t / 60) % 60,
-            t % 60
-        );
-        let ip = if rng.below(10) == 0 {
-            format!("2001:db8:{:x}::{:x}", rng.below(65536), rng.below(65536))
-        } else {
-            format!(
-                "198.{}.{}.{}",
-                18 + rng.below(2),
-                rng.below(256),
-                1 + rng.below(254)
+        batch.clear();
+        t += rng.range(0, 1);
+        let time = start + chrono::Duration::seconds(t);
+        let ip: IpAddr = if rng.below(10) == 0 {
+            Ipv6Addr::new(
+                0x2001,
+                0xdb8,
+                rng.below(65536) as u16,
+                0,
+                0,
+                0,
+                0,
+                rng.below(65536) as u16,
             )
+            .into()
+        } else {
+            Ipv4Addr::new(
+                198,
+                18 + rng.below(2) as u8,
+                rng.below(256) as u8,
+                1 + rng.below(254) as u8,
+            )
+            .into()
         };
         let host = if rng.below(3) == 0 {
             "unknown".to_owned()
         } else {
             format!("mx{}.example.net", rng.below(1000))
         };
-        let pid = 1000 + rng.below(30000);
-        let user = users[rng.below(users.len() as u64) as usize];
+        let peer = postfix::peer(&host, ip);
+        let pid = 1000 + rng.below(30000) as u32;
+        let user = format!(
+            "{}@example.test",
+            users[rng.below(users.len() as u64) as usize]
+        );
         let qid = rng.hex(10);
-        let h = "mail";
+        let port = 1024 + rng.below(60000) as u16;
         match rng.below(100) {
             0..=29 => {
                 // Legitimate inbound delivery.
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/smtpd[{pid}]: connect from {host}[{ip}]"
-                );
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/smtpd[{pid}]: Anonymous TLS connection established from {host}[{ip}]: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits) key-exchange X25519 server-signature RSA-PSS (2048 bits) server-digest SHA256"
-                );
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/smtpd[{pid}]: {qid}: client={host}[{ip}]"
-                );
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/cleanup[{}]: {qid}: message-id=<{}@{host}>",
+                let smtpd = |text| postfix::msg("smtpd", pid, text);
+                batch.push(smtpd(postfix::connect(&peer)));
+                batch.push(smtpd(postfix::tls_established(&peer)));
+                batch.push(smtpd(postfix::client(&qid, &peer)));
+                let id = format!("{}@{host}", rng.hex(12));
+                batch.push(postfix::msg(
+                    "cleanup",
                     pid + 1,
-                    rng.hex(12)
-                );
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/qmgr[900]: {qid}: from=<news@{host}>, size={}, nrcpt=1 (queue active)",
-                    1000 + rng.below(90000)
-                );
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/smtpd[{pid}]: disconnect from {host}[{ip}] ehlo=2 starttls=1 mail=1 rcpt=1 data=1 quit=1 commands=7"
-                );
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/lmtp[{}]: {qid}: to=<{user}@example.test>, relay=mail.example.test[private/dovecot-lmtp], delay=0.1, delays=0.05/0/0.02/0.03, dsn=2.0.0, status=sent (250 2.0.0 <{user}@example.test> Saved)",
-                    pid + 2
-                );
-                let _ = writeln!(buf, "{ts} {h} postfix/qmgr[900]: {qid}: removed");
+                    postfix::message_id(&qid, &id),
+                ));
+                let from = format!("news@{host}");
+                let size = 1000 + rng.below(90000);
+                batch.push(postfix::msg(
+                    "qmgr",
+                    900,
+                    postfix::queue_active(&qid, &from, size),
+                ));
+                batch.push(smtpd(postfix::disconnect(
+                    &peer,
+                    "ehlo=2 starttls=1 mail=1 rcpt=1 data=1 quit=1 commands=7",
+                )));
+                batch.push(postfix::msg(
+                    "lmtp",
+                    pid + 2,
+                    postfix::lmtp_saved(&qid, &user),
+                ));
+                batch.push(postfix::msg("qmgr", 900, postfix::removed(&qid)));
             }
             30..=44 => {
                 // Spam run: reject at RCPT.
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/smtpd[{pid}]: connect from {host}[{ip}]"
-                );
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/smtpd[{pid}]: NOQUEUE: reject: RCPT from {host}[{ip}]: 554 5.7.1 Service unavailable; Client host [{ip}] blocked using zen.spamhaus.org; from=<x{}@spam.example> to=<{user}@example.test> proto=ESMTP helo=<{host}>",
-                    rng.below(1000)
-                );
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/smtpd[{pid}]: disconnect from {host}[{ip}] ehlo=1 mail=1 rcpt=0/1 quit=1 commands=3/4"
-                );
+                let smtpd = |text| postfix::msg("smtpd", pid, text);
+                let from = format!("x{}@spam.example", rng.below(1000));
+                batch.push(smtpd(postfix::connect(&peer)));
+                batch.push(smtpd(postfix::reject_rbl(&peer, ip, &from, &user, &host)));
+                batch.push(smtpd(postfix::disconnect(
+                    &peer,
+                    "ehlo=1 mail=1 rcpt=0/1 quit=1 commands=3/4",
+                )));
             }
             45..=54 => {
                 // postscreen.
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/postscreen[800]: CONNECT from [{ip}]:{} to [198.18.0.1]:25",
-                    1024 + rng.below(60000)
-                );
+                let ps = |text| postfix::msg("postscreen", 800, text);
+                batch.push(ps(postfix::postscreen_connect(ip, port, host_v4)));
                 if rng.below(2) == 0 {
-                    let _ = writeln!(
-                        buf,
-                        "{ts} {h} postfix/postscreen[800]: PASS OLD [{ip}]:{}",
-                        1024 + rng.below(60000)
-                    );
+                    batch.push(ps(postfix::postscreen_pass_old(ip, port)));
                 } else {
-                    let _ = writeln!(
-                        buf,
-                        "{ts} {h} postfix/postscreen[800]: PREGREET 14 after 0.08 from [{ip}]:{}: EHLO ylmf-pc\\r\\n",
-                        1024 + rng.below(60000)
-                    );
-                    let _ = writeln!(
-                        buf,
-                        "{ts} {h} postfix/postscreen[800]: DISCONNECT [{ip}]:{}",
-                        1024 + rng.below(60000)
-                    );
+                    batch.push(ps(postfix::postscreen_pregreet(ip, port)));
+                    batch.push(ps(postfix::postscreen_disconnect(ip, port)));
                 }
             }
             55..=66 => {
                 // SASL guessing on submission.
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/submission/smtpd[{pid}]: connect from {host}[{ip}]"
-                );
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} dovecot: auth: passwd-file({user}@example.test,{ip}): Password mismatch"
-                );
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/submission/smtpd[{pid}]: warning: {host}[{ip}]: SASL LOGIN authentication failed: (reason unavailable), sasl_username={user}@example.test"
-                );
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/submission/smtpd[{pid}]: lost connection after AUTH from {host}[{ip}]"
-                );
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/submission/smtpd[{pid}]: disconnect from {host}[{ip}] ehlo=1 auth=0/1 commands=1/2"
-                );
+                let sub = |text| postfix::msg("submission/smtpd", pid, text);
+                batch.push(sub(postfix::connect(&peer)));
+                batch.push(dovecot::auth_failure(
+                    v,
+                    "passwd-file",
+                    &user,
+                    ip,
+                    None,
+                    "login",
+                    false,
+                ));
+                batch.push(sub(postfix::sasl_failed(&peer, "LOGIN", &user)));
+                batch.push(sub(postfix::lost_connection("AUTH", &peer)));
+                batch.push(sub(postfix::disconnect(
+                    &peer,
+                    "ehlo=1 auth=0/1 commands=1/2",
+                )));
             }
             67..=81 => {
                 // Dovecot IMAP/POP3 login, good.
                 let s = rng.session();
                 let p = if rng.below(3) == 0 { "pop3" } else { "imap" };
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} dovecot: {p}-login: Login: user=<{user}@example.test>, method=PLAIN, rip={ip}, lip=198.18.0.1, mpid={pid}, TLS, session=<{s}>"
-                );
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} dovecot: {p}({user}@example.test)<{pid}><{s}>: Disconnected: Logged out in=120 out=2400 deleted=0 expunged=0 trashed=0 hdr_count=0 hdr_bytes=0 body_count=0 body_bytes=0"
-                );
+                batch.push(dovecot::login_ok(v, p, &user, ip, host_v4, pid, &s, true));
+                batch.push(dovecot::logout(p, &user, pid, &s, 120, 2400));
             }
             82..=93 => {
                 // Dovecot failed login with auth line.
                 let s = rng.session();
-                let what = if rng.below(2) == 0 {
-                    "unknown user"
-                } else {
-                    "Password mismatch"
-                };
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} dovecot: auth: passwd-file({user}{}@example.test,{ip},<{s}>): {what}",
-                    rng.below(100)
-                );
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} dovecot: imap-login: Disconnected: Connection closed (auth failed, 1 attempts in 2 secs): user=<{user}@example.test>, method=PLAIN, rip={ip}, lip=198.18.0.1, TLS, session=<{s}>"
-                );
+                let unknown = rng.below(2) == 0;
+                let guessed = user.replacen('@', &format!("{}@", rng.below(100)), 1);
+                batch.push(dovecot::auth_failure(
+                    v,
+                    "passwd-file",
+                    &guessed,
+                    ip,
+                    Some(&s),
+                    "plain",
+                    unknown,
+                ));
+                batch.push(dovecot::login_failed(
+                    v,
+                    "imap",
+                    &user,
+                    ip,
+                    host_v4,
+                    &s,
+                    dovecot::Ending::Closed,
+                    1,
+                    2,
+                    true,
+                ));
             }
             _ => {
                 // Noise.
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/anvil[700]: statistics: max connection rate 3/60s for (smtp:{ip}) at {ts}"
-                );
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} postfix/smtpd[{pid}]: lost connection after CONNECT from {host}[{ip}]"
-                );
-                let _ = writeln!(
-                    buf,
-                    "{ts} {h} dovecot: imap-login: Disconnected (no auth attempts in 0 secs): user=<>, rip={ip}, lip=198.18.0.1, TLS handshaking: SSL_accept() failed: error:0A00006C:SSL routines::bad key share, session=<{}>",
-                    rng.session()
-                );
+                let at = time.format("%b %e %H:%M:%S").to_string();
+                batch.push(postfix::msg("anvil", 700, postfix::anvil_rate(ip, &at)));
+                batch.push(postfix::msg(
+                    "smtpd",
+                    pid,
+                    postfix::lost_connection("CONNECT", &peer),
+                ));
+                let s = rng.session();
+                batch.push(dovecot::tls_failed(v, "imap", ip, host_v4, &s));
             }
         }
-        for l in buf.lines() {
+        for m in &batch {
             if written == lines {
                 break;
             }
-            out.write_all(l.as_bytes())?;
+            out.write_all(render(Envelope::Syslog, time, "mail", m).as_bytes())?;
             out.write_all(b"\n")?;
             written += 1;
         }
