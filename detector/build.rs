@@ -46,5 +46,10 @@ fn main() -> anyhow::Result<()> {
         format!(
             "building the eBPF program with {toolchain} failed; `cargo xtask setup` installs bpf-linker and the rust-src it needs"
         )
-    })
+    })?;
+    // The bench object (detector-ebpf's second bin) is not embedded: only its path is passed
+    // on, for `cargo xtask bench xdp`, so the shipped binary carries the production object alone.
+    let out_dir = std::env::var("OUT_DIR").context("OUT_DIR not set")?;
+    println!("cargo:rustc-env=DETECTOR_BENCH_OBJECT={out_dir}/detector-bench");
+    Ok(())
 }

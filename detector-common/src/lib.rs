@@ -31,8 +31,9 @@ pub mod map_names {
 /// The XDP program's name in the object file.
 pub const XDP_PROGRAM: &str = "detector_xdp";
 
-/// Reference programs in the same object, used only by `cargo xtask bench xdp` through
-/// BPF_PROG_TEST_RUN; detector never attaches them.
+/// Reference programs for `cargo xtask bench xdp` (run through BPF_PROG_TEST_RUN only). They
+/// live in a separate object (`detector-bench`, beside a copy of [`XDP_PROGRAM`] sharing its
+/// maps), so the object detector ships and attaches holds the production program alone.
 pub mod bench_programs {
     /// Returns XDP_PASS and nothing else: the harness floor.
     pub const EMPTY: &str = "bench_empty";
@@ -40,6 +41,9 @@ pub mod bench_programs {
     pub const BARE_V4: &str = "bench_bare_v4";
     /// Ethernet + IPv6 at fixed offsets, one BANS_V6 lookup, drop on hit.
     pub const BARE_V6: &str = "bench_bare_v6";
+    /// The production program compiled without trace support: the off-cost of tracing is
+    /// `XDP_PROGRAM` against this one.
+    pub const NO_TRACE: &str = "bench_no_trace";
 }
 
 /// Default capacity of each exact ban map (per address family).
@@ -200,7 +204,60 @@ pub mod reason {
     pub const SLOW_REPEAT: u32 = 2;
     pub const TARGET_CAMPAIGN: u32 = 3;
     pub const BURST: u32 = 4;
+    /// A decision pulled from a CrowdSec Local API (origin and scenario: the state directory).
+    pub const CROWDSEC: u32 = 5;
+    /// An entry of a blocklist loaded with `detector ban --from`.
+    pub const BLOCKLIST: u32 = 6;
     pub const OTHER: u32 = 255;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tracing (`detector trace`): one source address or prefix whose verdicts the XDP program logs
+// through aya-log while a deadline has not passed.
+// ---------------------------------------------------------------------------------------------
+
+/// The trace switch: ARRAY<TraceTarget> with one entry (index 0), not pinned. It belongs to the
+/// loaded program, and `detector trace` reaches it through the pinned program's map ids.
+pub mod trace {
+    /// Map name of the trace switch.
+    pub const MAP: &str = "TRACE";
+
+    /// What to trace. `until_ns == 0` means off: the program's whole cost then is one array
+    /// lookup and one compare. Past `until_ns` the program clears the entry itself, so a trace
+    /// whose process died lifts by itself.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct TraceTarget {
+        /// CLOCK_MONOTONIC ns after which tracing stops; 0 = off.
+        pub until_ns: u64,
+        /// 4 or 6.
+        pub family: u32,
+        /// Reserved, zero.
+        pub flags: u32,
+        /// Network address, masked (IPv4 in the first 4 bytes).
+        pub addr: [u8; 16],
+        /// Netmask (IPv4 in the first 4 bytes).
+        pub mask: [u8; 16],
+    }
+
+    /// `verdict=` codes of a trace line.
+    pub mod verdict {
+        /// No ban matched: passed.
+        pub const PASS: u32 = 0;
+        /// A live ban matched: dropped.
+        pub const DROP: u32 = 1;
+        /// A live ban matched in observe mode: counted and passed.
+        pub const OBSERVED: u32 = 2;
+        /// Only an expired ban matched: passed.
+        pub const EXPIRED: u32 = 3;
+    }
+
+    /// `ban=` codes of a trace line: which map the deciding entry is in.
+    pub mod ban_kind {
+        pub const NONE: u32 = 0;
+        pub const EXACT: u32 = 1;
+        pub const PREFIX: u32 = 2;
+    }
 }
 
 #[cfg(feature = "user")]
@@ -213,4 +270,5 @@ mod pod {
     unsafe impl aya::Pod for super::PrefixBan {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::trace::TraceTarget {}
 }

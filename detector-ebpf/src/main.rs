@@ -1,3 +1,5 @@
+//! The production object (`detector`): `detector_xdp` and its maps, nothing else. The bench
+//! reference programs are in a separate object (src/bench_main.rs).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // `core::intrinsics::atomic_xadd` is the only way to get a BPF atomic add on bpfel
@@ -6,13 +8,20 @@
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 #[cfg(target_arch = "bpf")]
-mod bench;
-#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]
+mod trace;
+#[cfg(target_arch = "bpf")]
 mod xdp;
+
+/// detector's XDP program: drops frames from banned sources, logs traced ones.
+#[cfg(target_arch = "bpf")]
+#[aya_ebpf::macros::xdp]
+pub fn detector_xdp(ctx: aya_ebpf::programs::XdpContext) -> u32 {
+    xdp::run::<true>(&ctx)
+}
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {

@@ -2,12 +2,14 @@
 //! the capacities here are only defaults: the loader sets them from the configuration
 //! (`EbpfLoader::map_max_entries`). BTF-defined maps let `bpftool map dump` print typed JSON.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    helpers::generated::bpf_map_lookup_elem,
     macros::btf_map,
 };
+use core::ffi::c_void;
 use detector_common::{
     Counters, DEFAULT_EXACT_CAPACITY, DEFAULT_PREFIX_CAPACITY, ExactBan, Ipv4Key, Ipv6Key,
-    PrefixBan, Settings,
+    PrefixBan, Settings, trace::TraceTarget,
 };
 
 const EXACT: usize = DEFAULT_EXACT_CAPACITY as usize;
@@ -25,6 +27,9 @@ pub static PREFIX_V6: LpmTrie<[u8; 16], PrefixBan, PREFIX> = LpmTrie::new();
 pub static STATS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 #[btf_map]
 pub static SETTINGS: Array<Settings, 1> = Array::new();
+/// The `detector trace` switch (detector_common::trace); not pinned, owned by the program.
+#[btf_map]
+pub static TRACE: Array<TraceTarget, 1> = Array::new();
 
 /// This CPU's counters. No atomics needed on them: an XDP program runs with migration
 /// disabled, so nothing else writes this CPU's slot meanwhile.
@@ -37,4 +42,39 @@ pub fn counters() -> Option<*mut Counters> {
 #[inline(always)]
 pub fn settings_flags() -> u32 {
     SETTINGS.get(0).map_or(0, |s| s.flags)
+}
+
+/// The trace switch, writable: the program clears it once its deadline has passed.
+#[inline(always)]
+pub fn trace_target() -> Option<*mut TraceTarget> {
+    TRACE.get_ptr_mut(0)
+}
+
+/// Longest-prefix match in PREFIX_V4, as the kernel's (writable) pointer to the value.
+#[inline(always)]
+pub fn prefix_v4(addr: [u8; 4]) -> Option<*mut PrefixBan> {
+    lpm_lookup(&PREFIX_V4, &Key::new(32, addr))
+}
+
+/// Longest-prefix match in PREFIX_V6, as the kernel's (writable) pointer to the value.
+#[inline(always)]
+pub fn prefix_v6(addr: [u8; 16]) -> Option<*mut PrefixBan> {
+    lpm_lookup(&PREFIX_V6, &Key::new(128, addr))
+}
+
+/// `bpf_map_lookup_elem` on an LPM trie. aya-ebpf's `LpmTrie::get` returns a shared reference,
+/// and the hit counter must be written through the pointer the helper returns, which the
+/// kernel hands out writable (the verifier types it PTR_TO_MAP_VALUE, read-write).
+#[inline(always)]
+fn lpm_lookup<M, K>(map: &M, key: &Key<K>) -> Option<*mut PrefixBan> {
+    // SAFETY: `map` is a `#[btf_map]` static: its address is what the loader relocates into
+    // the map's fd (the same pointer aya-ebpf's own lookups pass), and the helper only reads
+    // the key, a live stack value of the trie's key type.
+    let value = unsafe {
+        bpf_map_lookup_elem(
+            map as *const M as *mut c_void,
+            key as *const Key<K> as *const c_void,
+        )
+    };
+    (!value.is_null()).then_some(value.cast())
 }

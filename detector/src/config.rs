@@ -23,6 +23,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub sources: crate::source::SourceConfig,
     pub engine: crate::engine::EngineConfig,
+    pub crowdsec: crate::crowdsec::CrowdsecConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -137,7 +138,7 @@ impl Config {
 
     fn parse(text: &str) -> crate::Result<Config> {
         let de = toml::Deserializer::new(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             // toml's message carries a source excerpt over several lines; keep the first line
@@ -154,7 +155,18 @@ impl Config {
                 key
             };
             Error::config(key, message)
-        })
+        })?;
+        config.normalise();
+        Ok(config)
+    }
+
+    /// Allowlist entries written as IPv4-mapped IPv6 (`::ffff:198.18.0.1`) become the IPv4
+    /// address they stand for: that is what packets and log lines carry, and what a ban
+    /// target is normalised to. Call again after adding entries from flags.
+    pub fn normalise(&mut self) {
+        for net in &mut self.engine.allowlist {
+            *net = crate::enforce::canonical(*net);
+        }
     }
 
     /// Checks values serde cannot (ranges, relations between keys).
@@ -197,7 +209,11 @@ impl Config {
             }
         }
         self.engine.validate()?;
-        self.sources.validate()?;
+        self.crowdsec.validate()?;
+        // A CrowdSec bouncer alone (no log source) is a complete configuration.
+        if !(self.sources.is_empty() && self.crowdsec.enabled()) {
+            self.sources.validate()?;
+        }
         Ok(())
     }
 }
@@ -226,6 +242,16 @@ mod tests {
         let err = c.validate().unwrap_err().to_string();
         assert!(err.contains("sources"), "{err}");
         assert!(Config::from_toml("[sources]\nfile_start = \"beginning\"\n").is_err());
+    }
+
+    #[test]
+    fn ipv4_mapped_allowlist_entries_become_ipv4() {
+        let c = Config::from_toml(
+            "[engine]\nallowlist = [\"::ffff:198.18.0.1/128\", \"::ffff:198.18.4.0/120\", \"2001:db8::/32\"]\n",
+        )
+        .unwrap();
+        let got: Vec<String> = c.engine.allowlist.iter().map(|n| n.to_string()).collect();
+        assert_eq!(got, ["198.18.0.1/32", "198.18.4.0/24", "2001:db8::/32"]);
     }
 
     #[test]

@@ -83,6 +83,8 @@ struct Daemon {
     counters: DaemonCounters,
     /// The running sources' counters (untrusted journal entries).
     sources: Vec<Arc<SourceCounters>>,
+    /// CrowdSec bouncer state (`[crowdsec] lapi_url` set).
+    crowdsec: Option<crate::crowdsec::Bouncer>,
 }
 
 impl Daemon {
@@ -119,7 +121,12 @@ impl Daemon {
             );
         }
         let engine_cfg = &config.engine;
-        enforcer.set_allowlist(engine_cfg.allowlist.clone());
+        // Nameservers, gateways and the relayhost: read once, logged, never banned.
+        let infrastructure = enforce::host_infrastructure();
+        enforcer.set_allowlist(
+            enforce::Allowlist::new(engine_cfg.allowlist.clone())
+                .with_infrastructure(infrastructure.clone()),
+        );
         enforcer.set_observe(engine_cfg.dry_run)?;
         if engine_cfg.dry_run {
             tracing::warn!(
@@ -157,21 +164,27 @@ impl Daemon {
                 engine
             }
         };
-        let host_addrs: Vec<IpAddr> = enforce::local_addresses();
+        let mut host_addrs: Vec<IpAddr> = enforce::local_addresses();
+        host_addrs.extend(infrastructure.iter().map(|i| i.addr));
         engine.set_host_addrs(host_addrs);
 
         state.write_atomic(PID_FILE, format!("{}\n", std::process::id()).as_bytes())?;
+        let pusher = crate::crowdsec::push::spawn(&config.crowdsec, CancellationToken::new())?;
+        let crowdsec = (config.crowdsec.enabled())
+            .then(|| crate::crowdsec::Bouncer::new(config.crowdsec.filter()));
         let metrics = Arc::new(Metrics::new());
         let pipeline = Pipeline::new(LineParser::new(Format::Auto), engine)
             .with_clock_guard(ClockGuard::wall(config.daemon.max_clock_ahead));
         let (saved_tx, saved) = mpsc::unbounded_channel();
         let mut daemon = Daemon {
+            crowdsec,
             config,
             pipeline,
             kernel: KernelSink {
                 enforcer,
                 metrics: Arc::clone(&metrics),
                 written: HashMap::new(),
+                pusher,
             },
             state,
             checkpoints,
@@ -246,15 +259,23 @@ impl Daemon {
     async fn run(mut self) -> Result<ExitCode> {
         let (line_tx, mut lines) = mpsc::channel::<SourceLine>(LINE_CHANNEL);
         let (status_tx, mut statuses) = mpsc::unbounded_channel::<SourceStatus>();
-        let handles = source::spawn(
-            &self.config.sources,
-            self.checkpoints.resume(),
-            line_tx,
-            status_tx,
-            self.cancel.clone(),
-        )?;
+        // A CrowdSec bouncer may run with no log source at all.
+        let handles = if self.config.sources.is_empty() && self.crowdsec.is_some() {
+            drop(line_tx); // no line will come: the shutdown drain must not wait for one
+            Vec::new()
+        } else {
+            source::spawn(
+                &self.config.sources,
+                self.checkpoints.resume(),
+                line_tx,
+                status_tx,
+                self.cancel.clone(),
+            )?
+        };
         tracing::info!(sources = handles.len(), "following logs");
         self.sources = handles.iter().map(|h| Arc::clone(&h.counters)).collect();
+        let mut pulls = crate::crowdsec::spawn_poller(&self.config.crowdsec, self.cancel.clone())?;
+        let mut lines_open = true;
 
         let metrics_task = self.metrics_listener.take().map(|listener| {
             tokio::spawn(crate::metrics::serve(
@@ -274,13 +295,19 @@ impl Daemon {
             tokio::select! {
                 // Lines first: under load, timers wait rather than the other way round.
                 biased;
-                line = lines.recv() => match line {
+                line = lines.recv(), if lines_open => match line {
                     Some(line) => self.handle_line(line),
+                    None if pulls.is_some() => lines_open = false,
                     None => {
                         tracing::info!("every source has ended");
                         break;
                     }
                 },
+                Some(pull) = crate::crowdsec::next_pull(&mut pulls) => {
+                    if let Some(bouncer) = &mut self.crowdsec {
+                        crate::crowdsec::status::apply_pull(bouncer, pull, &mut self.kernel.enforcer, &self.state);
+                    }
+                }
                 // Sources log their own status through tracing; the channel only has to be
                 // drained so it does not grow.
                 _ = statuses.recv() => {}
@@ -559,6 +586,8 @@ struct KernelSink {
     /// its end, an administrator ran `detector unban`: the engine is told, so that address can be
     /// banned again on its next offence instead of only after the old ban's end.
     written: HashMap<IpNet, DateTime<Utc>>,
+    /// `[crowdsec] push = true`: our bans go to the Local API as alerts.
+    pusher: Option<crate::crowdsec::push::Pusher>,
 }
 
 impl Sink for KernelSink {
@@ -602,6 +631,11 @@ impl KernelSink {
                             .entry(enforce::canonical(decision.prefix))
                             .or_insert(end);
                         *slot = (*slot).max(end);
+                        if let Some(pusher) = &self.pusher
+                            && outcome != enforce::BanOutcome::Unchanged
+                        {
+                            pusher.push(&own_ban(decision, ttl));
+                        }
                         tracing::warn!(
                             target: "detector::ban",
                             prefix = %decision.prefix,
@@ -648,6 +682,22 @@ impl KernelSink {
                 }
             }
         }
+    }
+}
+
+/// A ban as the CrowdSec alert describes it.
+fn own_ban(d: &Decision, ttl: Duration) -> crate::crowdsec::push::OwnBan {
+    let times = d.evidence.iter().map(|e| e.time);
+    crate::crowdsec::push::OwnBan {
+        prefix: d.prefix,
+        ip: d.ip,
+        rule: d.rule,
+        ttl,
+        evidence: d.evidence.len().max(1),
+        first: times.clone().min().unwrap_or(d.time),
+        last: times.max().unwrap_or(d.time),
+        note: d.note.clone(),
+        dry_run: d.dry_run,
     }
 }
 

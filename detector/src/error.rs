@@ -70,6 +70,14 @@ pub enum Error {
     #[error("state: {0}")]
     Store(String),
 
+    /// Talking to a CrowdSec Local API failed (unreachable, refused key, bad answer).
+    #[error("CrowdSec Local API: {message}")]
+    CrowdSec {
+        message: String,
+        #[source]
+        source: Option<reqwest::Error>,
+    },
+
     /// Persisted state could not be encoded or decoded because of `source`.
     #[error("state: {context}: {}", causes(source.as_ref()))]
     StoreCall {

@@ -6,8 +6,10 @@
 //! `engine` (rules, state) -> decisions -> `enforce` (pinned BPF maps) and `store`.
 //! [`pipeline::Pipeline`] is the parser-plus-engine step both `replay` (decisions to stdout)
 //! and the daemon (decisions to the kernel maps) run.
+pub mod blocklist;
 pub mod cli;
 pub mod config;
+pub mod crowdsec;
 pub mod daemon;
 pub mod enforce;
 pub mod engine;

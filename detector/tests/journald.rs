@@ -1,8 +1,9 @@
 //! The journal source against a real, private systemd-journald (as in docs/lab.md, "Journal mode"):
 //! journald runs in its own mount namespace with its sockets and journal files bind-mounted
 //! from a temporary directory, so the test writes with `logger -u <dev-log>` and reads with
-//! `journalctl --directory`. Skipped (with a message) where that is impossible: not root, no
-//! systemd-journald, no `unshare`.
+//! `journalctl --directory`. Where that is impossible (not root, no systemd-journald, no
+//! `unshare`) the tests fail rather than skip, so a green run means they ran: `cargo xtask setup`
+//! installs what they need and `cargo xtask test` runs as root.
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,7 +18,8 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 const JOURNALD: &str = "/lib/systemd/systemd-journald";
-const WAIT: Duration = Duration::from_secs(15);
+// Generous: on a loaded 2-core CI machine journald can take seconds to store an entry.
+const WAIT: Duration = Duration::from_secs(60);
 
 /// The private journald; killed (and its namespace gone) when dropped, also on test failure.
 struct Journald {
@@ -212,13 +214,8 @@ impl Run {
 #[tokio::test]
 async fn real_journald_first_start_follow_and_resume() {
     let tmp = tempfile::tempdir().unwrap();
-    let journald = match start_journald(tmp.path()) {
-        Ok(j) => j,
-        Err(why) => {
-            eprintln!("skipping the real journald test: {why}");
-            return;
-        }
-    };
+    let journald = start_journald(tmp.path())
+        .unwrap_or_else(|why| panic!("the real journald test cannot run: {why}"));
     journald.log(
         "mail.info",
         "postfix/smtpd",
@@ -333,13 +330,8 @@ fn logger_exe() -> String {
 #[tokio::test]
 async fn real_journald_forged_mail_lines_are_not_counted() {
     let tmp = tempfile::tempdir().unwrap();
-    let journald = match start_journald(tmp.path()) {
-        Ok(j) => j,
-        Err(why) => {
-            eprintln!("skipping the real journald test: {why}");
-            return;
-        }
-    };
+    let journald = start_journald(tmp.path())
+        .unwrap_or_else(|why| panic!("the real journald test cannot run: {why}"));
     let forged = "auth: Info: passwd-file(x@example.test,198.18.0.99): unknown user";
     let mut config = SourceConfig {
         journal: Some(JournalConfig {

@@ -157,6 +157,96 @@ fn run_as_nobody(bin: &Path, pins: &PinDir, args: &[&str]) -> Result<Run> {
         .into())
 }
 
+/// A `detector` command running in the background (`trace`), its stdout read line by line on
+/// a thread. Killed (SIGKILL) and reaped on drop if still running.
+pub struct Background {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// Every stdout line received so far.
+    pub seen: Vec<String>,
+}
+
+impl Background {
+    /// Starts `detector ARGS --pin-dir DIR` in the host's namespaces.
+    pub fn spawn(pins: &PinDir, args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(detector_bin())
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&pins.path)
+            .env_remove("DETECTOR_PIN_DIR")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", detector_bin().display()))?;
+        let stdout = child.stdout.take().context("no stdout pipe")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Background {
+            child,
+            lines,
+            seen: Vec::new(),
+        })
+    }
+
+    /// Reads lines until one contains `needle` (and returns it), or fails once the process
+    /// has closed stdout or `patience` has passed without such a line (a hang, not a speed
+    /// check: keep it generous).
+    pub fn wait_for(&mut self, needle: &str, patience: std::time::Duration) -> Result<String> {
+        let deadline = std::time::Instant::now() + patience;
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return Ok(l.clone());
+        }
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Err(_) => anyhow::bail!(
+                    "no line containing {needle:?}; got:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let pid = i32::try_from(self.child.id())?;
+        // SAFETY: kill(2) on our own child's pid, which is not reaped yet.
+        anyhow::ensure!(unsafe { libc::kill(pid, signal) } == 0, "kill failed");
+        Ok(())
+    }
+
+    /// Waits for the exit and reads the rest of stdout; true if it exited with success.
+    pub fn wait(&mut self) -> Result<bool> {
+        let status = self.child.wait()?;
+        while let Ok(line) = self.lines.recv_timeout(std::time::Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        Ok(status.success())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Like [`detector`] but fails unless the command succeeded.
 pub fn detector_ok(pins: &PinDir, netns: Option<&NetNs>, args: &[&str]) -> Result<Run> {
     let run = detector(pins, netns, args)?;

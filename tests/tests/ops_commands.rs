@@ -123,6 +123,79 @@ fn tempfile_dir(tag: &str) -> Result<std::path::PathBuf> {
     Ok(dir)
 }
 
+/// `detector ban` refuses the configuration's allowlist (IPv4-mapped entries included), the
+/// host's default gateway, and normalises an IPv4-mapped target.
+#[test]
+fn ban_refuses_the_configured_allowlist_and_the_gateway() -> Result<()> {
+    let t = Topology::new("allow", 19)?;
+    let pins = PinDir::new("allow")?;
+    let dir = tempfile_dir("allow")?;
+    let config = dir.join("detector.toml");
+    std::fs::write(
+        &config,
+        "[engine]\nallowlist = [\"::ffff:198.18.0.77/128\", \"198.18.1.0/24\"]\n",
+    )?;
+    let config = config.to_str().unwrap();
+    detector_ok(&pins, Some(&t.server), &["attach", "--iface", SERVER_IFACE])?;
+
+    for (target, covered) in [
+        ("198.18.0.77", "::ffff:198.18.0.77"),
+        ("::ffff:198.18.1.5", "198.18.1.0/24"),
+        ("198.18.1.128/25", "198.18.1.0/24"),
+    ] {
+        let refused = detector(&pins, None, &["ban", target, "--config", config])?;
+        assert!(!refused.ok, "{target} was banned");
+        assert!(
+            refused.stderr.contains("refusing to ban")
+                && refused.stderr.contains("allowlisted")
+                && refused.stderr.contains(&canonical_text(covered)),
+            "{target}: {}",
+            refused.stderr
+        );
+    }
+    // An IPv4-mapped target is the IPv4 address.
+    let banned = detector_ok(
+        &pins,
+        None,
+        &[
+            "ban",
+            "::ffff:198.18.2.6",
+            "--for",
+            "1h",
+            "--config",
+            config,
+        ],
+    )?;
+    assert!(
+        banned.stdout.contains("banned 198.18.2.6 for 1h"),
+        "{banned:?}"
+    );
+    // Without the configuration, the allowlist is not in force: it was the cause above.
+    detector_ok(&pins, None, &["ban", "198.18.0.77", "--for", "1h"])?;
+
+    // The default gateway of the namespace detector runs in is never banned.
+    let gateway = t.v4(2).to_string();
+    t.server.ip(&["route", "add", "default", "via", &gateway])?;
+    let refused = detector(&pins, Some(&t.server), &["ban", &gateway])?;
+    assert!(
+        !refused.ok && refused.stderr.contains("default gateway via veth-s"),
+        "{refused:?}"
+    );
+    detector_ok(&pins, Some(&t.server), &["ban", &t.v4(3).to_string()])?;
+
+    detector_ok(&pins, None, &["detach"])?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// How the allowlist entry is named in the refusal (IPv4-mapped entries are stored as IPv4).
+fn canonical_text(entry: &str) -> String {
+    match entry.strip_prefix("::ffff:") {
+        Some(v4) => format!("{v4}/32"),
+        None => entry.to_string(),
+    }
+}
+
 /// One line stamped in 2099 must not move the daemon's clock: it is dropped and counted, the
 /// lines after it are judged in real time, and `detector status` reports it.
 #[test]

@@ -263,7 +263,7 @@ fn attach_upgrades_a_different_pinned_program_in_place() -> Result<()> {
     // Pretend an older build left its program pin: pin another program under that name.
     let prog_pin = pins.path.join("prog_detector_xdp");
     std::fs::remove_file(&prog_pin)?;
-    let mut other = TestObject::load(Capacity {
+    let mut other = TestObject::load_bench(Capacity {
         exact: 16,
         prefix: 16,
     })?;

@@ -57,8 +57,19 @@ pub fn run(opts: Options) -> Result<()> {
                 .filter(|p| !APT_PACKAGES.contains(p)),
         );
         ensure_apt_packages(&packages)?;
+        ensure_crowdsec()?;
     }
     eprintln!("setup: all prerequisites are in place");
+    Ok(())
+}
+
+/// CrowdSec for the `crowdsec` tests, unpacked (never installed: its post-install step needs
+/// the internet and leaves dpkg half-configured without it) under target/crowdsec.
+fn ensure_crowdsec() -> Result<()> {
+    let dir = detector_testkit::crowdsec::default_dir();
+    let bins = detector_testkit::crowdsec::ensure(&dir)
+        .context("fetching CrowdSec for the tests (apt-get download + dpkg-deb -x)")?;
+    eprintln!("setup: CrowdSec unpacked: {}", bins.crowdsec.display());
     Ok(())
 }
 

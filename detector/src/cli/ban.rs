@@ -4,22 +4,34 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::enforce::{BanOutcome, Enforcer, Reason, display_target};
+use crate::enforce::{
+    Allowlist, BanOutcome, Enforcer, Reason, canonical, display_target, host_infrastructure,
+};
 
-use super::pin_dir::PinDirArg;
+use super::state_args::StateArgs;
 
 /// Ban an address or CIDR prefix. The ban is enforced by the XDP program at once and expires
 /// by itself in the kernel, daemon or not. Banning an already banned address extends its
-/// expiry (never shortens it). Loopback, link-local, multicast, this host's own addresses and
-/// the allowlist are refused.
+/// expiry (never shortens it). Loopback, link-local, multicast, this host's own addresses, its
+/// nameservers, default gateways and Postfix relayhost, and the configured allowlist are
+/// refused.
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "The ban takes effect at once and expires in the kernel, whether the daemon runs or not. Without --for it lasts 24h; use --permanent for no expiry. Banning an already banned address extends its expiry, never shortens it (unban first). Loopback, link-local, multicast, this host's own addresses and the allowlist are refused. A /32 or /128 is an exact ban; a wider prefix bans the whole range."
+    after_help = "The ban takes effect at once and expires in the kernel, whether the daemon runs or not. Without --for it lasts 24h; use --permanent for no expiry. Banning an already banned address extends its expiry, never shortens it (unban first). Loopback, link-local, multicast, this host's own addresses, its nameservers, default gateways and Postfix relayhost, and the configuration's engine.allowlist are refused. A /32 or /128 is an exact ban; a wider prefix bans the whole range; an IPv4-mapped IPv6 address (::ffff:a.b.c.d) bans the IPv4 address."
 )]
 pub struct Args {
     /// IPv4/IPv6 address or CIDR prefix (198.51.100.7, 2001:db8::/48).
-    #[arg(value_name = "IP|CIDR", value_parser = parse_target)]
-    pub target: IpNet,
+    #[arg(value_name = "IP|CIDR", value_parser = parse_target, required_unless_present = "from", conflicts_with = "from")]
+    pub target: Option<IpNet>,
+    /// Load a blocklist instead: one address or CIDR per line with optional duration and
+    /// reason columns (`#` comments), `ipset save` output, or CrowdSec decisions JSON; `-`
+    /// reads standard input. Bad lines are reported by number; the rest is applied.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<std::path::PathBuf>,
+    /// With --from: tag the entries as list NAME (kept in the state directory). Loading the
+    /// same list again replaces it: entries no longer in it are unbanned.
+    #[arg(long, value_name = "NAME", requires = "from")]
+    pub list: Option<String>,
     /// How long the ban lasts (humantime: 90s, 30m, 2h, 7d, "1h 30m").
     #[arg(long = "for", value_name = "DURATION", default_value = "24h", value_parser = parse_ttl,
           conflicts_with = "permanent")]
@@ -27,11 +39,12 @@ pub struct Args {
     /// Never expire (until `detector unban`).
     #[arg(long)]
     pub permanent: bool,
-    /// Why (shown by `list`): manual, probe-login, slow-repeat, target-campaign, burst, other.
-    #[arg(long, value_name = "REASON", default_value = "manual")]
-    pub reason: Reason,
+    /// Why (shown by `list`): manual, probe-login, slow-repeat, target-campaign, burst,
+    /// blocklist, other. Default: manual, or blocklist with --from.
+    #[arg(long, value_name = "REASON")]
+    pub reason: Option<Reason>,
     #[command(flatten)]
-    pub pin: PinDirArg,
+    pub state: StateArgs,
 }
 
 /// An address (host ban) or a prefix; host bits in a prefix are an error, not silently
@@ -63,12 +76,21 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
 }
 
 pub fn run(args: Args) -> crate::Result<ExitCode> {
-    let mut enforcer = Enforcer::open(&args.pin.pin_dir)?;
+    let Some(target) = args.target else {
+        return super::import::ban_from(&args);
+    };
+    let (config, _) = args.state.load()?;
+    let mut enforcer = Enforcer::open(&args.state.pin.pin_dir)?;
+    enforcer.set_allowlist(
+        Allowlist::new(config.engine.allowlist).with_infrastructure(host_infrastructure()),
+    );
     let ttl = (!args.permanent).then_some(args.ttl);
-    let outcome = enforcer.ban(args.target, ttl, args.reason)?;
+    // An IPv4-mapped target is the IPv4 address: banned, read back and printed as such.
+    let target = canonical(target);
+    let outcome = enforcer.ban(target, ttl, args.reason.unwrap_or(Reason::Manual))?;
     // Printed from what the kernel now holds, not from the request: an end beyond what the
     // kernel's clock field can hold was stored as permanent, and an unchanged ban keeps its own.
-    let stored = enforcer.entry(args.target)?;
+    let stored = enforcer.entry(target)?;
     let how_long = match stored.as_ref().and_then(|e| e.remaining) {
         // Rounded up: read back microseconds after the write, a 2h ban has 1h59m59.99s left.
         Some(d) => format!(
@@ -80,7 +102,7 @@ pub fn run(args: Args) -> crate::Result<ExitCode> {
         None if stored.is_some() => "permanently".to_string(),
         None => "(no live entry found afterwards)".to_string(),
     };
-    let target = display_target(&args.target);
+    let target = display_target(&target);
     match outcome {
         BanOutcome::Added => println!("banned {target} {how_long}"),
         BanOutcome::Extended => println!("{target} was already banned; extended: {how_long}"),

@@ -43,13 +43,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .collect(),
         Err(_) => Vec::new(),
     };
+    let labels = crate::cli::list::Labels::load(&args.state);
     if args.json {
         let kernel_json: Vec<_> = kernel
             .iter()
             .map(|b| {
                 serde_json::json!({
                     "prefix": b.net.to_string(),
-                    "reason": b.reason.as_str(),
+                    "reason": labels.reason(b),
                     "hits": b.hits,
                     "remaining_s": b.remaining.map(|d| d.as_secs()),
                 })
@@ -71,7 +72,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             println!(
                 "kernel: {} banned ({}), {left} left, {} packets dropped",
                 b.net,
-                b.reason.as_str(),
+                labels.reason(b),
                 b.hits
             );
         }

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::enforce::{BanEntry, Enforcer};
 
-use super::pin_dir::PinDirArg;
+use super::state_args::StateArgs;
 
 /// List live bans: address, expiry, reason, hits (packets matched). Expired entries are not
 /// shown (the kernel already ignores them).
@@ -15,8 +15,12 @@ pub struct Args {
     /// One JSON array instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Only the entries of this blocklist (`ban --from FILE --list NAME`).
+    #[arg(long, value_name = "NAME")]
+    pub list: Option<String>,
+    /// The state directory names where `crowdsec` bans came from (origin and scenario).
     #[command(flatten)]
-    pub pin: PinDirArg,
+    pub state: StateArgs,
 }
 
 fn expires_at(e: &BanEntry) -> Option<String> {
@@ -25,8 +29,19 @@ fn expires_at(e: &BanEntry) -> Option<String> {
 }
 
 pub fn run(args: Args) -> crate::Result<ExitCode> {
-    let enforcer = Enforcer::open(&args.pin.pin_dir)?;
-    let bans = enforcer.list()?;
+    let enforcer = Enforcer::open(&args.state.pin.pin_dir)?;
+    let mut bans = enforcer.list()?;
+    let labels = Labels::load(&args.state);
+    if let Some(name) = &args.list {
+        crate::blocklist::lists::check_name(name)?;
+        bans.retain(|b| {
+            b.reason == crate::enforce::Reason::Blocklist
+                && labels
+                    .lists
+                    .get(&b.net)
+                    .is_some_and(|names| names.contains(name))
+        });
+    }
     if args.json {
         let rows: Vec<_> = bans
             .iter()
@@ -35,7 +50,7 @@ pub fn run(args: Args) -> crate::Result<ExitCode> {
                     "address": e.target(),
                     "expires_at": expires_at(e),
                     "expires_in_s": e.remaining.map(|d| d.as_secs()),
-                    "reason": e.reason,
+                    "reason": labels.reason(e),
                     "hits": e.hits,
                 })
             })
@@ -60,9 +75,45 @@ pub fn run(args: Args) -> crate::Result<ExitCode> {
             e.target(),
             at,
             left,
-            e.reason.as_str(),
+            labels.reason(e),
             e.hits
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the state directory says about bans the kernel only knows by reason code.
+pub struct Labels {
+    crowdsec: std::collections::BTreeMap<ipnet::IpNet, String>,
+    lists: std::collections::HashMap<ipnet::IpNet, Vec<String>>,
+}
+
+impl Labels {
+    /// Best effort: without a readable state directory, reasons are the bare codes.
+    pub fn load(state: &StateArgs) -> Labels {
+        let dir = state
+            .load()
+            .map(|(_, dir)| dir)
+            .unwrap_or_else(|_| std::path::PathBuf::from(crate::store::DEFAULT_STATE_DIR));
+        Labels {
+            crowdsec: crate::crowdsec::status::read_labels(&dir),
+            lists: crate::blocklist::lists::membership(&dir),
+        }
+    }
+
+    /// `crowdsec/<origin>/<scenario>` for a CrowdSec ban, else the reason's name.
+    pub fn reason(&self, e: &BanEntry) -> String {
+        match e.reason {
+            crate::enforce::Reason::CrowdSec => self
+                .crowdsec
+                .get(&e.net)
+                .cloned()
+                .unwrap_or_else(|| "crowdsec".to_string()),
+            crate::enforce::Reason::Blocklist => match self.lists.get(&e.net) {
+                Some(names) => format!("blocklist/{}", names.join(",")),
+                None => "blocklist".to_string(),
+            },
+            other => other.as_str().to_string(),
+        }
+    }
 }

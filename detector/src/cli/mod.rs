@@ -9,6 +9,7 @@ pub mod check_config;
 pub mod detach;
 pub mod explain;
 pub mod generate;
+mod import;
 pub mod list;
 pub mod parse;
 pub mod pin_dir;
@@ -17,6 +18,7 @@ pub mod run;
 pub mod state_args;
 pub mod stats;
 pub mod status;
+pub mod trace;
 pub mod unban;
 
 /// detector: catches low-and-slow mail login botnets in Postfix/Dovecot logs and drops them at XDP.
@@ -60,6 +62,8 @@ pub enum Command {
     Status(status::Args),
     /// Explain why an address is or is not banned.
     Explain(explain::Args),
+    /// Watch live the XDP program's verdict on each packet from an address or prefix.
+    Trace(trace::Args),
     /// Validate a configuration file and print the effective settings.
     CheckConfig(check_config::Args),
     /// Write man pages and shell completions (for packaging).
@@ -81,6 +85,7 @@ impl Cli {
             Command::Replay(a) => replay::run(a),
             Command::Status(a) => status::run(a),
             Command::Explain(a) => explain::run(a),
+            Command::Trace(a) => trace::run(a),
             Command::CheckConfig(a) => check_config::run(a),
             Command::Generate(a) => generate::run(a),
         }

@@ -53,6 +53,13 @@ pub struct Args {
     /// Serve Prometheus metrics on this address (overrides `metrics.listen`).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Pull bans from this CrowdSec Local API (overrides `crowdsec.lapi_url`); with no log
+    /// source, detector runs as a CrowdSec bouncer only.
+    #[arg(long, value_name = "URL")]
+    pub crowdsec_lapi: Option<String>,
+    /// File holding the CrowdSec bouncer API key (overrides `crowdsec.api_key_file`).
+    #[arg(long, value_name = "FILE")]
+    pub crowdsec_key_file: Option<PathBuf>,
     /// Log format on stderr (overrides `daemon.log_format`).
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -94,11 +101,18 @@ impl Args {
             config.daemon.state_dir = dir.clone();
         }
         config.engine.allowlist.extend(self.allow.iter().copied());
+        config.normalise();
         if self.dry_run {
             config.engine.dry_run = true;
         }
         if let Some(addr) = self.metrics_listen {
             config.metrics.listen = Some(addr);
+        }
+        if let Some(url) = &self.crowdsec_lapi {
+            config.crowdsec.lapi_url = Some(url.clone());
+        }
+        if let Some(file) = &self.crowdsec_key_file {
+            config.crowdsec.api_key_file = Some(file.clone());
         }
         if let Some(format) = self.log_format {
             config.daemon.log_format = format;

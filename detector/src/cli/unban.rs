@@ -5,7 +5,7 @@ use ipnet::IpNet;
 
 use crate::enforce::{Enforcer, display_target};
 
-use super::pin_dir::PinDirArg;
+use super::state_args::StateArgs;
 
 /// Remove the ban on exactly this address or prefix (unbanning one address inside a banned
 /// prefix does not lift the prefix ban; unban the prefix). Exits 1 if there was no such ban.
@@ -15,19 +15,30 @@ use super::pin_dir::PinDirArg;
 )]
 pub struct Args {
     /// The address or CIDR prefix as it was banned.
-    #[arg(value_name = "IP|CIDR", value_parser = super::ban::parse_target)]
-    pub target: IpNet,
+    #[arg(value_name = "IP|CIDR", value_parser = super::ban::parse_target,
+          required_unless_present_any = ["from", "list"], conflicts_with_all = ["from", "list"])]
+    pub target: Option<IpNet>,
+    /// Unban every address and prefix of a blocklist file (the formats of `ban --from`).
+    #[arg(long, value_name = "FILE", conflicts_with = "list")]
+    pub from: Option<std::path::PathBuf>,
+    /// Unban exactly what `ban --from FILE --list NAME` loaded (entries another list or a
+    /// rule also banned stay) and forget the list.
+    #[arg(long, value_name = "NAME")]
+    pub list: Option<String>,
     #[command(flatten)]
-    pub pin: PinDirArg,
+    pub state: StateArgs,
 }
 
 pub fn run(args: Args) -> crate::Result<ExitCode> {
-    let mut enforcer = Enforcer::open(&args.pin.pin_dir)?;
-    if enforcer.unban(args.target)? {
-        println!("unbanned {}", display_target(&args.target));
+    let Some(target) = args.target else {
+        return super::import::unban_from(&args);
+    };
+    let mut enforcer = Enforcer::open(&args.state.pin.pin_dir)?;
+    if enforcer.unban(target)? {
+        println!("unbanned {}", display_target(&target));
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("detector: {} was not banned", display_target(&args.target));
+        eprintln!("detector: {} was not banned", display_target(&target));
         Ok(ExitCode::FAILURE)
     }
 }

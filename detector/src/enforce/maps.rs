@@ -16,7 +16,7 @@ use ipnet::{IpNet, Ipv4Net};
 use super::allow::Allowlist;
 use super::clock;
 use super::pins::PinPaths;
-use super::table::{BanValue, Table, Walk, earliest};
+use super::table::{BanMap, BanValue, Table, Walk, earliest};
 use super::types::{ActiveBan, BanEntry, BanOutcome, Reason, Reconciled, Stats};
 use super::{sys, verify};
 use crate::Error;
@@ -225,9 +225,15 @@ impl Enforcer {
         }
     }
 
-    /// Configured allow CIDRs (on top of the built-in ranges and the host's own addresses).
-    pub fn set_allowlist(&mut self, allow: Vec<IpNet>) {
-        self.allow = Allowlist::new(allow);
+    /// What bans are checked against.
+    pub fn allowlist(&self) -> &Allowlist {
+        &self.allow
+    }
+
+    /// What bans must never cover, on top of the built-in ranges and the host's own addresses:
+    /// the configured allow CIDRs and the host's infrastructure.
+    pub fn set_allowlist(&mut self, allow: Allowlist) {
+        self.allow = allow;
     }
 
     /// Bans `net` for `ttl` (`None` = permanent). Re-banning keeps the hit count and the later
@@ -459,6 +465,101 @@ impl Enforcer {
             }
             f
         })
+    }
+}
+
+/// What [`Enforcer::ban_many`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BulkOutcome {
+    pub added: usize,
+    pub extended: usize,
+    pub unchanged: usize,
+}
+
+/// Old values of the entries a bulk write changed, to put them back if a later write fails.
+type Undo<M> = Vec<(<M as BanMap>::Key, Option<<M as BanMap>::Value>)>;
+
+fn ban_undoable<M: BanMap>(
+    table: &mut Table<M>,
+    key: M::Key,
+    ttl: Option<Duration>,
+    reason: Reason,
+    now: u64,
+    undo: &mut Undo<M>,
+) -> crate::Result<BanOutcome> {
+    let (outcome, old) = table.ban_keeping_old(&key, ttl, reason, now)?;
+    if outcome != BanOutcome::Unchanged {
+        undo.push((key, old));
+    }
+    Ok(outcome)
+}
+
+fn roll_back<M: BanMap>(table: &mut Table<M>, undo: Undo<M>) {
+    for (key, old) in undo.into_iter().rev() {
+        let _ = match old {
+            Some(v) => table.write(&key, &v),
+            None => table.remove(&key).map(drop),
+        };
+    }
+}
+
+impl Enforcer {
+    /// Bans many prefixes at once (`ban --from`): one process holding the maps, a lookup and
+    /// an update per entry, the prefix flags refreshed once. All or nothing: if a write fails
+    /// (a full map), every entry written so far is put back as it was and the error returned.
+    /// The allowlist is NOT checked here: the caller checks the whole list first (against
+    /// [`Allowlist::protected_nets`], read once) and reports what it refused.
+    pub fn ban_many(
+        &mut self,
+        bans: &[(IpNet, Option<Duration>)],
+        reason: Reason,
+    ) -> crate::Result<BulkOutcome> {
+        let now = clock::monotonic_ns();
+        let (mut u4, mut u6, mut p4, mut p6) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut out = BulkOutcome::default();
+        let mut result = Ok(());
+        for &(net, ttl) in bans {
+            let net = canonical(net);
+            let outcome = match net {
+                IpNet::V4(n) if n.prefix_len() == 32 => {
+                    let key = Ipv4Key {
+                        addr: n.addr().octets(),
+                    };
+                    ban_undoable(&mut self.bans_v4, key, ttl, reason, now, &mut u4)
+                }
+                IpNet::V6(n) if n.prefix_len() == 128 => {
+                    let key = Ipv6Key {
+                        addr: n.addr().octets(),
+                    };
+                    ban_undoable(&mut self.bans_v6, key, ttl, reason, now, &mut u6)
+                }
+                IpNet::V4(n) => {
+                    let key = Key::new(u32::from(n.prefix_len()), n.network().octets());
+                    ban_undoable(&mut self.prefix_v4, key, ttl, reason, now, &mut p4)
+                }
+                IpNet::V6(n) => {
+                    let key = Key::new(u32::from(n.prefix_len()), n.network().octets());
+                    ban_undoable(&mut self.prefix_v6, key, ttl, reason, now, &mut p6)
+                }
+            };
+            match outcome {
+                Ok(BanOutcome::Added) => out.added += 1,
+                Ok(BanOutcome::Extended) => out.extended += 1,
+                Ok(BanOutcome::Unchanged) => out.unchanged += 1,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_err() {
+            roll_back(&mut self.bans_v4, u4);
+            roll_back(&mut self.bans_v6, u6);
+            roll_back(&mut self.prefix_v4, p4);
+            roll_back(&mut self.prefix_v6, p6);
+        }
+        self.refresh_prefix_flags()?;
+        result.map(|()| out)
     }
 }
 

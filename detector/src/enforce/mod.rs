@@ -14,18 +14,20 @@
 mod allow;
 mod attach;
 mod clock;
+pub mod infra;
 mod maps;
 mod pins;
 mod sys;
 mod table;
 pub mod testrun;
+pub mod trace;
 mod types;
 mod verify;
 
-pub use allow::{Allowlist, local_addresses};
+pub use allow::{Allowlist, host_infrastructure, local_addresses};
 pub use attach::{AttachOptions, AttachOutcome, AttachReport, DetachReport, attach, detach};
 pub use maps::canonical;
-pub use maps::{Enforcer, FULL_WALK_EVERY, SweepReport};
+pub use maps::{BulkOutcome, Enforcer, FULL_WALK_EVERY, SweepReport};
 pub use pins::PinPaths;
 pub use types::{
     ActiveBan, AttachMode, BanEntry, BanOutcome, Capacity, Reason, Reconciled, Stats,

@@ -239,6 +239,23 @@ impl<M: BanMap> Table<M> {
         Ok((outcome, value))
     }
 
+    /// [`Table::ban`] that also returns what was stored before (bulk imports keep it to put
+    /// it back if a later write of the same import fails).
+    pub fn ban_keeping_old(
+        &mut self,
+        key: &M::Key,
+        ttl: Option<Duration>,
+        reason: Reason,
+        now_ns: u64,
+    ) -> crate::Result<(BanOutcome, Option<M::Value>)> {
+        let old = self.get(key)?;
+        let (value, outcome) = merge(old, M::Value::new(ttl, now_ns, reason, 0), now_ns);
+        if outcome != BanOutcome::Unchanged {
+            self.write(key, &value)?;
+        }
+        Ok((outcome, old))
+    }
+
     /// Writes `value` as is (benchmarks, bulk paths).
     pub fn write(&mut self, key: &M::Key, value: &M::Value) -> crate::Result<()> {
         self.map.insert(key, value).map_err(|e| self.write_error(e))

@@ -1,6 +1,8 @@
-//! BPF_PROG_TEST_RUN harness: runs the real XDP program (and the bench reference programs) on
-//! hand-made frames, with private unpinned maps. Used by the frame-level kernel tests and by
-//! `cargo xtask bench xdp`; nothing is attached anywhere.
+//! BPF_PROG_TEST_RUN harness: runs the real XDP program (and, from the bench object, the
+//! reference programs) on hand-made frames, with private unpinned maps. Used by the
+//! frame-level kernel tests and by `cargo xtask bench xdp`; nothing is attached anywhere.
+use std::path::Path;
+
 use aya::{Ebpf, EbpfLoader, TestRun as _, TestRunOptions, programs::Xdp};
 use detector_common::{ExactBan, XDP_PROGRAM, bench_programs, map_names};
 
@@ -14,13 +16,22 @@ pub mod action {
     pub const PASS: u32 = 2;
 }
 
-/// Every program in the object: detector's and the bench references.
-pub const PROGRAMS: [&str; 4] = [
+/// Every program in the production object.
+pub const PROGRAMS: [&str; 1] = [XDP_PROGRAM];
+
+/// Every program in the bench object: the production program, its no-trace build and the
+/// reference programs.
+pub const BENCH_PROGRAMS: [&str; 5] = [
     XDP_PROGRAM,
+    bench_programs::NO_TRACE,
     bench_programs::EMPTY,
     bench_programs::BARE_V4,
     bench_programs::BARE_V6,
 ];
+
+/// Where build.rs left the bench object. It is read at run time, never embedded, so that the
+/// shipped binary carries only the production object.
+const BENCH_OBJECT: &str = env!("DETECTOR_BENCH_OBJECT");
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TestRun {
@@ -38,16 +49,29 @@ pub struct TestObject {
 }
 
 impl TestObject {
+    /// The production object (what `detector attach` loads).
     pub fn load(capacity: Capacity) -> crate::Result<Self> {
+        Self::load_object(super::attach::OBJECT, &PROGRAMS, capacity)
+    }
+
+    /// The bench object from the build directory (see [`BENCH_PROGRAMS`]).
+    pub fn load_bench(capacity: Capacity) -> crate::Result<Self> {
+        let bytes =
+            std::fs::read(BENCH_OBJECT).map_err(|e| Error::io(Path::new(BENCH_OBJECT), e))?;
+        let aligned = Aligned::copy_of(&bytes);
+        Self::load_object(aligned.bytes(), &BENCH_PROGRAMS, capacity)
+    }
+
+    fn load_object(object: &[u8], programs: &[&str], capacity: Capacity) -> crate::Result<Self> {
         sys::require_privileges()?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(map_names::BANS_V4, capacity.exact)
             .map_max_entries(map_names::BANS_V6, capacity.exact)
             .map_max_entries(map_names::PREFIX_V4, capacity.prefix)
             .map_max_entries(map_names::PREFIX_V6, capacity.prefix)
-            .load(super::attach::OBJECT)
+            .load(object)
             .map_err(|e| Error::bpf("loading the XDP object", e))?;
-        for name in PROGRAMS {
+        for &name in programs {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or_else(|| Error::Bpf(format!("no program {name} in the object")))?
@@ -129,6 +153,34 @@ impl TestObject {
     }
 }
 
+/// An object image copied to 8-byte alignment, which ELF parsing wants (a Vec<u8> need not
+/// have it).
+struct Aligned {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl Aligned {
+    fn copy_of(bytes: &[u8]) -> Self {
+        let mut words = vec![0u64; bytes.len().div_ceil(8)];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks(8)) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            *word = u64::from_ne_bytes(b);
+        }
+        Aligned {
+            words,
+            len: bytes.len(),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `words` owns words.len() * 8 >= len initialised bytes, borrowed for as long
+        // as `self`; u8 has no alignment or validity requirements.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
 fn run_program(ebpf: &Ebpf, program: &str, frame: &[u8], repeat: u32) -> crate::Result<TestRun> {
     let p: &Xdp = ebpf
         .program(program)
@@ -152,4 +204,27 @@ fn run_program(ebpf: &Ebpf, program: &str, frame: &[u8], repeat: u32) -> crate::
         // The kernel reports whole nanoseconds in 32 bits; aya widens them to a Duration.
         duration_ns: u32::try_from(result.duration.as_nanos()).unwrap_or(u32::MAX),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn programs_of(object: &[u8]) -> Vec<String> {
+        let obj = aya_obj::Object::parse(object).expect("a valid BPF object");
+        let mut names: Vec<String> = obj.programs.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The object detector embeds and attaches holds the production program and nothing else;
+    /// the bench references live in the bench object only.
+    #[test]
+    fn the_shipped_object_holds_only_the_production_program() {
+        assert_eq!(programs_of(super::super::attach::OBJECT), PROGRAMS);
+        let bench = std::fs::read(BENCH_OBJECT).expect("build.rs leaves the bench object");
+        let mut want: Vec<String> = BENCH_PROGRAMS.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(programs_of(Aligned::copy_of(&bench).bytes()), want);
+    }
 }

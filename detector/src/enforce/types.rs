@@ -61,16 +61,20 @@ pub enum Reason {
     SlowRepeat,
     TargetCampaign,
     Burst,
+    CrowdSec,
+    Blocklist,
     Other,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Manual,
         Reason::ProbeLogin,
         Reason::SlowRepeat,
         Reason::TargetCampaign,
         Reason::Burst,
+        Reason::CrowdSec,
+        Reason::Blocklist,
         Reason::Other,
     ];
 
@@ -81,6 +85,8 @@ impl Reason {
             Reason::SlowRepeat => reason::SLOW_REPEAT,
             Reason::TargetCampaign => reason::TARGET_CAMPAIGN,
             Reason::Burst => reason::BURST,
+            Reason::CrowdSec => reason::CROWDSEC,
+            Reason::Blocklist => reason::BLOCKLIST,
             Reason::Other => reason::OTHER,
         }
     }
@@ -100,6 +106,8 @@ impl Reason {
             Reason::SlowRepeat => "slow-repeat",
             Reason::TargetCampaign => "target-campaign",
             Reason::Burst => "burst",
+            Reason::CrowdSec => "crowdsec",
+            Reason::Blocklist => "blocklist",
             Reason::Other => "other",
         }
     }

@@ -553,8 +553,9 @@ fn check_max_line(key: &str, value: usize) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 
 /// Validates `config` and starts one task per source, each resuming just after the position
-/// `resume` gives for its id (`None`: the configured start; `|_| None` for no checkpoints). Must be called inside a tokio runtime. Errors (bad settings, journalctl not
-/// found) are returned before any task is started. Relative file paths are made absolute
+/// `resume` gives for its id (`None`: the configured start; `|_| None` for no checkpoints).
+/// Must be called inside a tokio runtime. Errors (bad settings, journalctl not found) are
+/// returned before any task is started. Relative file paths are made absolute
 /// (without resolving symlinks: the name is what is followed).
 pub fn spawn(
     config: &SourceConfig,

@@ -1,5 +1,8 @@
 //! `cargo xtask bench xdp`: ns/packet of the real XDP program against two reference programs
-//! (empty, and a bare single IPv4/IPv6 hash lookup), through BPF_PROG_TEST_RUN.
+//! (empty, and a bare single IPv4/IPv6 hash lookup), through BPF_PROG_TEST_RUN, and the cost
+//! of trace support while no trace is on: the real program against the same program built
+//! without it (`bench_no_trace`). All come from the bench object, which shares one set of maps
+//! between them; the shipped object holds only the real program.
 //!
 //! Two measurements:
 //! - same-key: the kernel reports the average run time per repetition; every repetition runs
@@ -247,6 +250,10 @@ struct Row {
     bare: f64,
     real: f64,
     ratio: f64,
+    /// The real program without trace support, measured against the real one in the same run.
+    no_trace: f64,
+    /// real / no-trace: what trace support costs while tracing is off.
+    trace_off: f64,
 }
 
 fn main() -> Result<()> {
@@ -262,7 +269,7 @@ fn main() -> Result<()> {
             exact: n.max(1 << 10).next_power_of_two().max(1 << 20),
             prefix: 1 << 16,
         };
-        let mut obj = TestObject::load(cap)?;
+        let mut obj = TestObject::load_bench(cap)?;
         let t0 = Instant::now();
         for i in 0..n {
             obj.insert_exact_v4(key4(i), far_future)?;
@@ -368,6 +375,8 @@ fn main() -> Result<()> {
             for (family, case, bare_prog, pkt, want) in cases {
                 let (bare, real, ratio) =
                     measure_pair(&obj, bare_prog, XDP_PROGRAM, pkt, want, &o)?;
+                let (no_trace, _, trace_off) =
+                    measure_pair(&obj, bench_programs::NO_TRACE, XDP_PROGRAM, pkt, want, &o)?;
                 rows.push(Row {
                     entries: n,
                     family,
@@ -376,6 +385,8 @@ fn main() -> Result<()> {
                     bare,
                     real,
                     ratio,
+                    no_trace,
+                    trace_off,
                 });
             }
         }
@@ -401,8 +412,20 @@ fn main() -> Result<()> {
         "# hit-drop: timed ban (reads the coarse clock); hit-perm: permanent ban (no clock read)"
     );
     println!(
-        "{:>8} {:<5} {:>8} {:<9} {:>8} {:>8} {:>10} {:>7}",
-        "entries", "fam", "prefixes", "case", "bare ns", "real ns", "real/bare", "target"
+        "# trace off: real (with trace support, no trace on) against notrace (the same program built without it), alternating; real/notrace = median of per-run ratios"
+    );
+    println!(
+        "{:>8} {:<5} {:>8} {:<9} {:>8} {:>8} {:>10} {:>7} {:>10} {:>12}",
+        "entries",
+        "fam",
+        "prefixes",
+        "case",
+        "bare ns",
+        "real ns",
+        "real/bare",
+        "target",
+        "notrace ns",
+        "real/notrace"
     );
     for r in &rows {
         let ratio = r.ratio;
@@ -415,8 +438,17 @@ fn main() -> Result<()> {
             "MISSED"
         };
         println!(
-            "{:>8} {:<5} {:>8} {:<9} {:>8.0} {:>8.0} {:>10.2} {:>7}",
-            r.entries, r.family, r.prefixes, r.case, r.bare, r.real, ratio, verdict
+            "{:>8} {:<5} {:>8} {:<9} {:>8.0} {:>8.0} {:>10.2} {:>7} {:>10.0} {:>12.3}",
+            r.entries,
+            r.family,
+            r.prefixes,
+            r.case,
+            r.bare,
+            r.real,
+            ratio,
+            verdict,
+            r.no_trace,
+            r.trace_off
         );
     }
     if !random_rows.is_empty() {

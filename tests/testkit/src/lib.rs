@@ -7,6 +7,7 @@
 //! - [`cmd`], [`apt`], [`lock`]: the command runner, the apt installer and its lock.
 pub mod apt;
 pub mod cmd;
+pub mod crowdsec;
 pub mod lock;
 pub mod loggen;
 pub mod rng;

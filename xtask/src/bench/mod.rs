@@ -3,6 +3,7 @@ use anyhow::Result;
 
 mod e2e;
 mod fail2ban;
+mod import;
 mod parse;
 mod veth;
 mod xdp;
@@ -28,6 +29,9 @@ pub enum Bench {
     /// Log line written -> ban in the kernel map through `detector run`, p50/p99 over 250
     /// bans, for the file and the journal source (with journald's own share).
     E2e(e2e::Options),
+    /// Bulk blocklist load: `detector ban --from` entries/s for a generated 1M-entry list,
+    /// against one `detector ban` process per entry (the old way) in the same run.
+    Import(import::Options),
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -36,5 +40,6 @@ pub fn run(args: Args) -> Result<()> {
         Bench::Xdp(o) => xdp::run(o),
         Bench::Veth(o) => veth::run(o),
         Bench::E2e(o) => e2e::run(o),
+        Bench::Import(o) => import::run(o),
     }
 }
