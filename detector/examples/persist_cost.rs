@@ -39,6 +39,7 @@ fn main() {
             session: None,
             failures: 1,
             smtp: None,
+            peer: None,
         });
     }
     let started = Instant::now();
