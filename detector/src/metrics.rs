@@ -263,7 +263,8 @@ mod tests {
     use super::*;
 
     /// Every metric name the daemon exports: set each labelled family once so its samples
-    /// appear, then take the sample names (`_total` included) from the text format.
+    /// appear (prometheus-client writes no HELP/TYPE lines for a family without samples),
+    /// then take the sample names (`_total` included) from the text format.
     fn exported_names() -> std::collections::BTreeSet<String> {
         let m = Metrics::new();
         let source = SourceLabel {
