@@ -122,4 +122,26 @@ fn report_over_a_replay_and_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/mail.log"));
     let out = detector(&["report", "--since", "soon", "--replay", "/dev/null"]);
     assert!(!out.status.success());
+
+    // No saved state: an empty report, and a warning saying why it is empty.
+    let (config, none, pins) = (
+        dir.path().join("e.toml"),
+        dir.path().join("none"),
+        dir.path(),
+    );
+    std::fs::write(&config, "").unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let out = detector(&[
+        "report",
+        "--config",
+        &s(&config),
+        "--state-dir",
+        &s(&none),
+        "--pin-dir",
+        &s(pins),
+    ]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no saved engine state at"), "{err}");
+    assert!(!none.exists(), "report creates nothing");
 }

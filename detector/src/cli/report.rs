@@ -31,6 +31,7 @@ pub struct Args {
     /// Window before the latest log time the engine saw, e.g. `24h`, `7d`.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     pub since: Duration,
+    /// Output: plain text (control characters replaced), one JSON object, or an HTML page.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub format: OutputFormat,
     /// Replay these log files (merged by time) instead of reading the daemon's state; the
@@ -68,6 +69,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
 fn from_state(args: &Args) -> Result<Report> {
     let (config, state_dir) = args.state.load()?;
+    let snapshot = state_dir.join(crate::store::ENGINE_STATE_FILE);
+    if !snapshot.exists() {
+        // An empty report would read as a quiet day: say why it is empty.
+        eprintln!(
+            "detector report: no saved engine state at {} (is the daemon running with this \
+             state directory?)",
+            snapshot.display()
+        );
+    }
     let engine = crate::cli::explain::load_engine(&config, &state_dir)?;
     let mut report = Report::build(&engine, &[], args.since);
     // Bans the engine did not make live only in the kernel maps (best effort: without the
