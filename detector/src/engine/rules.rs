@@ -1209,7 +1209,7 @@ fn ban_prefix(
 
 /// The mailbox a user name or recipient names: the local part without a `+tag`, lower-cased.
 /// `Name@Domain`, `name` and `name+tag@domain` are one mailbox (and one campaign).
-pub(super) fn mailbox_key(name: &str) -> Box<str> {
+pub fn mailbox_key(name: &str) -> Box<str> {
     let local = name.rsplit_once('@').map_or(name, |(l, _)| l);
     let local = local.split_once('+').map_or(local, |(l, _)| l);
     if local.bytes().any(|b| b.is_ascii_uppercase()) {
