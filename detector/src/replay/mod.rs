@@ -426,6 +426,11 @@ mod tests {
         .unwrap();
         assert_eq!(seen, vec![Rule::ProbeLogin]);
         let d = &report.decisions[0];
+        assert!(
+            !d.decision.note.contains("read first"),
+            "merged by time, the probe comes first: {}",
+            d.decision.note
+        );
         let raw: Vec<(&str, u64)> = d.raw.iter().map(|r| (r.file.as_str(), r.line)).collect();
         assert_eq!(
             raw,
@@ -489,7 +494,8 @@ mod tests {
 
     #[test]
     fn without_the_merge_the_login_would_come_first() {
-        // Guard for the test above: in file order (dovecot first) probe-login cannot fire.
+        // Guard for the test above: in file order (dovecot first) the engine sees the login
+        // before its probe; only the out-of-order rule catches it, and its note says so.
         let mut all: Vec<(Event, String)> = Vec::new();
         for input in inputs() {
             all.extend(input.parsed.unwrap());
@@ -505,7 +511,9 @@ mod tests {
             |_| {},
         )
         .unwrap();
-        assert!(report.decisions.is_empty());
+        assert_eq!(report.decisions.len(), 1, "{:?}", report.decisions);
+        let note = &report.decisions[0].decision.note;
+        assert!(note.contains("the login was read first"), "{note}");
     }
 
     #[test]
