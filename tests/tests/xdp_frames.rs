@@ -410,3 +410,38 @@ fn rebanning_carries_the_drop_counter_over() {
     assert!(entry.remaining.unwrap() > Duration::from_secs(100));
     assert_eq!(stats(&mut obj).dropped, 1500);
 }
+
+/// Re-bans racing a flood on the same entry lose no drop: a re-ban rewrites only the expiry
+/// (and reason) in place, so every drop the program counted is still in the hit counter.
+#[test]
+fn rebans_racing_a_flood_lose_no_counted_drop() {
+    let mut obj = object();
+    let banned = frame(&[&eth(&[], ETH_P_IP), &ipv4(BANNED4, SERVER4, &[])]);
+    let target = "198.18.10.66/32".parse().unwrap();
+    obj.enforcer().unban(target).unwrap();
+    obj.enforcer()
+        .ban(target, Some(Duration::from_secs(60)), Reason::Burst)
+        .unwrap();
+    let repeat = 2_000_000;
+    let (run, extended) = obj
+        .run_while(XDP_PROGRAM, &banned, repeat, |e| {
+            let mut extended = 0u32;
+            for i in 0..200u64 {
+                let ttl = Duration::from_secs(61 + i);
+                if e.ban(target, Some(ttl), Reason::SlowRepeat).unwrap()
+                    == detector::enforce::BanOutcome::Extended
+                {
+                    extended += 1;
+                }
+            }
+            extended
+        })
+        .unwrap();
+    assert_eq!(run.retval, action::DROP);
+    assert!(extended > 0, "no re-ban extended the entry");
+    let entry = obj.enforcer().entry(target).unwrap().unwrap();
+    assert_eq!(stats(&mut obj).dropped, u64::from(repeat));
+    assert_eq!(entry.hits, u64::from(repeat));
+    assert_eq!(entry.reason, Reason::SlowRepeat);
+    assert!(entry.remaining.unwrap() > Duration::from_secs(200));
+}
