@@ -422,26 +422,37 @@ fn rebans_racing_a_flood_lose_no_counted_drop() {
     obj.enforcer()
         .ban(target, Some(Duration::from_secs(60)), Reason::Burst)
         .unwrap();
-    let repeat = 2_000_000;
-    let (run, extended) = obj
+    let repeat: u32 = 8_000_000;
+    // Re-ban until the flood is over, counting the re-bans that extended the entry while it
+    // was under way (drops counted before and after, neither none nor all), so the race
+    // happens however the two threads are scheduled. Bounded in case the flood fails.
+    let (run, raced) = obj
         .run_while(XDP_PROGRAM, &banned, repeat, |e| {
-            let mut extended = 0u32;
-            for i in 0..200u64 {
-                let ttl = Duration::from_secs(61 + i);
-                if e.ban(target, Some(ttl), Reason::SlowRepeat).unwrap()
-                    == detector::enforce::BanOutcome::Extended
+            let dropped = |e: &mut detector::enforce::Enforcer| e.stats().unwrap().counters.dropped;
+            let mut raced = 0u32;
+            for i in 0..1_000_000u64 {
+                let before = dropped(e);
+                if before >= u64::from(repeat) {
+                    break;
+                }
+                let ttl = Duration::from_secs(120 + i);
+                let outcome = e.ban(target, Some(ttl), Reason::SlowRepeat).unwrap();
+                let after = dropped(e);
+                if outcome == detector::enforce::BanOutcome::Extended
+                    && before > 0
+                    && after < u64::from(repeat)
                 {
-                    extended += 1;
+                    raced += 1;
                 }
             }
-            extended
+            raced
         })
         .unwrap();
     assert_eq!(run.retval, action::DROP);
-    assert!(extended > 0, "no re-ban extended the entry");
+    assert!(raced > 0, "no re-ban extended the entry during the flood");
     let entry = obj.enforcer().entry(target).unwrap().unwrap();
     assert_eq!(stats(&mut obj).dropped, u64::from(repeat));
     assert_eq!(entry.hits, u64::from(repeat));
     assert_eq!(entry.reason, Reason::SlowRepeat);
-    assert!(entry.remaining.unwrap() > Duration::from_secs(200));
+    assert!(entry.remaining.unwrap() > Duration::from_secs(100));
 }
