@@ -262,6 +262,105 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, cancel: Cancell
 mod tests {
     use super::*;
 
+    /// Every metric name the daemon exports: set each labelled family once so its samples
+    /// appear (prometheus-client writes no HELP/TYPE lines for a family without samples),
+    /// then take the sample names (`_total` included) from the text format.
+    fn exported_names() -> std::collections::BTreeSet<String> {
+        let m = Metrics::new();
+        let source = SourceLabel {
+            source: "journal".into(),
+        };
+        m.lines.get_or_create(&source).inc();
+        m.unparsed.get_or_create(&source).inc();
+        m.truncated.get_or_create(&source).inc();
+        m.events
+            .get_or_create(&KindLabel {
+                kind: "auth_failure",
+            })
+            .inc();
+        m.alerts
+            .get_or_create(&KindLabel {
+                kind: "shared-address",
+            })
+            .inc();
+        m.decisions
+            .get_or_create(&RuleLabel {
+                rule: "burst".into(),
+            })
+            .inc();
+        m.active_bans
+            .get_or_create(&FamilyLabel {
+                family: "ipv4".into(),
+            })
+            .set(1);
+        for c in COUNTERS {
+            m.set_kernel_counter(c, 1);
+        }
+        (m.render().lines())
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `detector_[a-z_]+` names in a PromQL expression.
+    fn queried_names(expr: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = expr;
+        while let Some(i) = rest.find("detector_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .unwrap_or(tail.len());
+            out.push(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    fn exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v) {
+                        ("expr", serde_json::Value::String(e)) => out.push(e.clone()),
+                        _ => exprs(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_metric_the_grafana_dashboard_queries_is_exported() {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../packaging/grafana-dashboard.json"))
+                .expect("packaging/grafana-dashboard.json is JSON");
+        let mut all = Vec::new();
+        exprs(&dashboard, &mut all);
+        assert!(all.len() >= 8, "the dashboard queries the metrics: {all:?}");
+        let exported = exported_names();
+        let mut queried = std::collections::BTreeSet::new();
+        for expr in &all {
+            let names = queried_names(expr);
+            assert!(!names.is_empty(), "`{expr}` queries no detector metric");
+            for name in names {
+                // Sample names, so a histogram's `_bucket`/`_sum`/`_count` series are in
+                // `exported` as they are queried (there are no histograms yet).
+                assert!(
+                    exported.contains(&name),
+                    "`{expr}` queries {name}, which /metrics does not export ({exported:?})"
+                );
+                queried.insert(name);
+            }
+        }
+        // The dashboard shows every metric (a new metric needs a panel).
+        let unshown: Vec<_> = exported.difference(&queried).collect();
+        assert!(unshown.is_empty(), "no panel shows {unshown:?}");
+    }
+
     #[test]
     fn kernel_counters_become_increments_and_survive_reloads() {
         let m = Metrics::new();

@@ -55,13 +55,15 @@ fn wait_gone(pins: &PinDir, state: &Path, address: &str) -> Result<()> {
         .with_context(|| format!("{address} never unbanned"))
 }
 
-/// A config file with a 1 s poll interval; the Local API and key come as flags.
+/// A config file with a 1 s poll interval; the Local API and key come as flags. No grace
+/// period: the push test's ban is made at the second failure, not held for a success.
 fn config(dir: &Path, extra: &str) -> Result<PathBuf> {
     let path = dir.join("detector.toml");
     std::fs::write(
         &path,
         format!(
-            "[crowdsec]\npoll_interval = \"1s\"\n{extra}\n[engine]\nallowlist = [\"198.18.19.40/32\"]\n"
+            "[crowdsec]\npoll_interval = \"1s\"\n{extra}\n[engine]\nallowlist = [\"198.18.19.40/32\"]\n\
+             grace_period = \"0s\"\n"
         ),
     )?;
     Ok(path)

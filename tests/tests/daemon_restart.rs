@@ -124,7 +124,8 @@ impl Drop for TempDir {
 }
 
 /// A work directory with a config and a log in which BOT fails to log in twice, now (a
-/// slow-repeat ban for 1h, the first offence's duration).
+/// slow-repeat ban for 1h, the first offence's duration; no grace period, so the ban is made
+/// at the second failure instead of being held for a success that could cancel it).
 fn setup(tag: &str) -> Result<TempDir> {
     let dir = std::env::temp_dir().join(format!("detector-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -132,7 +133,8 @@ fn setup(tag: &str) -> Result<TempDir> {
     std::fs::write(
         dir.join("detector.toml"),
         "[daemon]\npersist_interval = \"1h\"\nsweep_interval = \"1s\"\n\n\
-         [sources]\nfile_start = \"beginning\"\n",
+         [sources]\nfile_start = \"beginning\"\n\n\
+         [engine]\ngrace_period = \"0s\"\n",
     )?;
     let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6f+00:00");
     let lines: String = (1..=2)

@@ -81,7 +81,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 /// The daemon's loader, on a read-only view of its state: nothing is created or moved.
-fn load_engine(config: &Config, state_dir: &std::path::Path) -> Result<Engine> {
+pub(crate) fn load_engine(config: &Config, state_dir: &std::path::Path) -> Result<Engine> {
     let state = StateDir::open_read_only(state_dir)?;
     let now = chrono::Utc::now();
     let max_ahead = config.daemon.max_clock_ahead;

@@ -14,6 +14,7 @@ pub mod list;
 pub mod parse;
 pub mod pin_dir;
 pub mod replay;
+pub mod report;
 pub mod run;
 pub mod state_args;
 pub mod stats;
@@ -58,6 +59,8 @@ pub enum Command {
     Parse(parse::Args),
     /// Run the correlation engine over logs in log time and print its decisions (no kernel).
     Replay(replay::Args),
+    /// Daily report: campaigns, possible compromises, bans per rule and origin, top networks.
+    Report(report::Args),
     /// One-screen health view: attachment, map fill, bans, daemon, journal cursor.
     Status(status::Args),
     /// Explain why an address is or is not banned.
@@ -83,6 +86,7 @@ impl Cli {
             Command::Stats(a) => stats::run(a),
             Command::Parse(a) => parse::run(a),
             Command::Replay(a) => replay::run(a),
+            Command::Report(a) => report::run(a),
             Command::Status(a) => status::run(a),
             Command::Explain(a) => explain::run(a),
             Command::Trace(a) => trace::run(a),

@@ -31,7 +31,7 @@ use ipnet::IpNet;
 pub use config::EngineConfig;
 pub use decision::{Action, AlertKind, Decision, Evidence, Rule};
 pub use explain::{Explanation, FailureView};
-pub use rules::typo_of;
+pub use rules::{mailbox_key, typo_of};
 pub use snapshot::{SNAPSHOT_VERSION, Snapshot};
 use state::{IpState, PrefixState, ProbeMark, UserState};
 

@@ -94,6 +94,9 @@ pub(super) fn observe(engine: &mut Engine, ev: &Event) -> Vec<Decision> {
         EventKind::TransactionAborted | EventKind::LostConnection | EventKind::Disconnect => {
             if let Some(probe) = on_transaction_end(state, ev) {
                 on_probe(engine, ip, addr, t, &probe, &mut out);
+                if out.is_empty() {
+                    login_read_before_its_probe(engine, ip, t, &probe, &mut out);
+                }
             }
         }
         EventKind::AuthSuccess => {
@@ -269,6 +272,55 @@ fn on_probe(
         s.campaign = Some(t);
     }
     ban(engine, ip, Rule::CampaignProbe, note, t, out);
+}
+
+/// The seed pattern read out of order: the failed login as a probed address was processed
+/// before the probe, although the log says it came after. Postfix and Dovecot are often two
+/// sources, and a daemon catching up after a restart reads each file's backlog in turn, so
+/// the Dovecot line can reach the engine first. The log times decide, as they do live.
+fn login_read_before_its_probe(
+    engine: &mut Engine,
+    ip: IpAddr,
+    t: i64,
+    probe: &EndedProbe,
+    out: &mut Vec<Decision>,
+) {
+    if probe.mta_like == Some(true) {
+        return;
+    }
+    let window = engine.cfg.probe_window.as_secs() as i64;
+    let lenient_since = t.saturating_sub(engine.cfg.lenient_period.as_secs() as i64);
+    let Some(state) = engine.ips.get(&ip) else {
+        return;
+    };
+    if state
+        .successes
+        .iter()
+        .any(|s| s.trusted && s.time >= lenient_since)
+    {
+        return;
+    }
+    let found = state.failures.iter().find_map(|f| {
+        let user = f.user.as_deref()?;
+        let later = f.time >= t && f.time - t <= window;
+        let r = probe.recipients.iter().find(|r| same_mailbox(user, r))?;
+        (later && !f.lenient).then(|| (r.clone(), f.time - t))
+    });
+    let Some((r, age)) = found else {
+        return;
+    };
+    let note = format!(
+        "a login as the probed address <{r}> {age}s after an SMTP transaction to it was \
+         aborted (the login was read first), link weight {:.2} (strongest evidence)",
+        link_weight(engine, age)
+    );
+    ban(engine, ip, Rule::ProbeLogin, note, t, out);
+    if !out.is_empty()
+        && let Some(s) = engine.ips.get_mut(&ip)
+    {
+        // The weaker ban held for the grace period is superseded.
+        s.pending = None;
+    }
 }
 
 /// Why the mailbox counts as under a campaign now, if it does.
@@ -1157,7 +1209,7 @@ fn ban_prefix(
 
 /// The mailbox a user name or recipient names: the local part without a `+tag`, lower-cased.
 /// `Name@Domain`, `name` and `name+tag@domain` are one mailbox (and one campaign).
-pub(super) fn mailbox_key(name: &str) -> Box<str> {
+pub fn mailbox_key(name: &str) -> Box<str> {
     let local = name.rsplit_once('@').map_or(name, |(l, _)| l);
     let local = local.split_once('+').map_or(local, |(l, _)| l);
     if local.bytes().any(|b| b.is_ascii_uppercase()) {

@@ -193,6 +193,28 @@ fn probe_login_local_part_matches_and_other_user_is_weaker_evidence() {
     );
 }
 
+/// Two sources read out of order (a daemon catching up on the Postfix and Dovecot files after
+/// a restart): the login as the probed address reaches the engine before its probe. The log
+/// times say probe then login, so it is the seed pattern and bans at the probe.
+#[test]
+fn probe_login_holds_when_the_login_is_read_before_the_probe() {
+    let mut f = Feed::new(EngineConfig {
+        grace_period: Duration::from_secs(600),
+        ..EngineConfig::default()
+    });
+    let held = f.fail(5, BOT, "q@example.test");
+    assert!(held.is_empty(), "a lone failure is weak: {held:?}");
+    let d = f.probe(2, BOT, "q@example.test");
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert_eq!(d[0].rule, Rule::ProbeLogin);
+    assert_eq!(d[0].action, Action::Ban);
+    assert!(d[0].note.contains("read first"), "{}", d[0].note);
+    // A login the log puts before the probe is no probe-login.
+    let mut f = Feed::new(only(Rule::ProbeLogin));
+    assert!(f.fail(1, BOT, "q@example.test").is_empty());
+    assert!(f.probe(2, BOT, "q@example.test").is_empty());
+}
+
 #[test]
 fn probe_login_respects_window_and_needs_the_same_ip() {
     let mut f = Feed::new(only(Rule::ProbeLogin));
