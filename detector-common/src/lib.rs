@@ -31,6 +31,60 @@ pub mod map_names {
 /// The XDP program's name in the object file.
 pub const XDP_PROGRAM: &str = "detector_xdp";
 
+/// The re-ban program's name in the object file: run by user space through
+/// BPF_PROG_TEST_RUN (never attached), it extends an exact ban in place. A hash update
+/// replaces the whole element, so a read-then-write from user space would lose the drops the
+/// XDP program counts on the old element meanwhile; writing only the expiry and reason
+/// through the map's value pointer leaves the hit counter to the XDP program alone.
+pub const REBAN_PROGRAM: &str = "detector_reban";
+
+/// The input of [`REBAN_PROGRAM`] (its "frame"): 40 bytes without implicit padding, more
+/// than the 14 the kernel wants.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RebanRequest {
+    /// [`reban::MAGIC`]: a real frame, were the program ever attached, is not a request.
+    pub magic: u32,
+    /// 4 or 6: which exact map, and how much of `addr` is the key.
+    pub family: u32,
+    /// The new expiry (CLOCK_MONOTONIC ns, 0 = permanent).
+    pub expires_ns: u64,
+    /// IPv4 in the first 4 bytes, or IPv6; network byte order.
+    pub addr: [u8; 16],
+    /// The new reason code.
+    pub reason: u32,
+    pub pad: u32,
+}
+
+impl RebanRequest {
+    pub const SIZE: usize = 40;
+
+    /// The bytes the program reads (host byte order, as the kernel's).
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut b = [0u8; Self::SIZE];
+        b[0..4].copy_from_slice(&self.magic.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.family.to_ne_bytes());
+        b[8..16].copy_from_slice(&self.expires_ns.to_ne_bytes());
+        b[16..32].copy_from_slice(&self.addr);
+        b[32..36].copy_from_slice(&self.reason.to_ne_bytes());
+        b[36..40].copy_from_slice(&self.pad.to_ne_bytes());
+        b
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<RebanRequest>() == RebanRequest::SIZE);
+
+/// Return values of [`REBAN_PROGRAM`] (within the XDP action range the verifier allows).
+pub mod reban {
+    pub const MAGIC: u32 = 0x5245_4241;
+    /// The input is not a request.
+    pub const BAD_REQUEST: u32 = 0;
+    /// No entry under the key: nothing written (user space inserts one).
+    pub const ABSENT: u32 = 1;
+    /// The entry's expiry and reason were rewritten in place.
+    pub const UPDATED: u32 = 2;
+}
+
 /// Reference programs for `cargo xtask bench xdp` (run through BPF_PROG_TEST_RUN only). They
 /// live in a separate object (`detector-bench`, beside a copy of [`XDP_PROGRAM`] sharing its
 /// maps), so the object detector ships and attaches holds the production program alone.

@@ -1,4 +1,4 @@
-//! The production object (`detector`): `detector_xdp` and its maps, nothing else. The bench
+//! The production object (`detector`): `detector_xdp`, `detector_reban` and their maps. The bench
 //! reference programs are in a separate object (src/bench_main.rs).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
@@ -12,6 +12,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]
+mod reban;
+#[cfg(target_arch = "bpf")]
 mod trace;
 #[cfg(target_arch = "bpf")]
 mod xdp;
@@ -21,6 +23,14 @@ mod xdp;
 #[aya_ebpf::macros::xdp]
 pub fn detector_xdp(ctx: aya_ebpf::programs::XdpContext) -> u32 {
     xdp::run::<true>(&ctx)
+}
+
+/// Extends an exact ban in place; run through BPF_PROG_TEST_RUN only (see
+/// detector_common::REBAN_PROGRAM).
+#[cfg(target_arch = "bpf")]
+#[aya_ebpf::macros::xdp]
+pub fn detector_reban(ctx: aya_ebpf::programs::XdpContext) -> u32 {
+    reban::run(&ctx)
 }
 
 #[cfg(not(target_arch = "bpf"))]

@@ -150,7 +150,8 @@ fn check(
         // SAFETY: `ban` is the hash's own pointer to a live element (get_ptr_mut); a
         // concurrent delete from user space frees it only after an RCU grace period, which
         // cannot end while we run. Plain reads of the fields user space writes are fine: a
-        // torn expiry is impossible (aligned u64) and user space replaces whole elements.
+        // torn expiry is impossible (aligned u64): user space replaces whole elements
+        // or, to extend one, stores a new expiry and reason in place (detector_reban).
         let (expires, reason) = unsafe { ((*ban).expires_ns, (*ban).reason) };
         // Permanent bans never read the clock.
         if expires == 0 || coarse_now(now) < expires {

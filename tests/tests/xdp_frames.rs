@@ -410,3 +410,49 @@ fn rebanning_carries_the_drop_counter_over() {
     assert!(entry.remaining.unwrap() > Duration::from_secs(100));
     assert_eq!(stats(&mut obj).dropped, 1500);
 }
+
+/// Re-bans racing a flood on the same entry lose no drop: a re-ban rewrites only the expiry
+/// (and reason) in place, so every drop the program counted is still in the hit counter.
+#[test]
+fn rebans_racing_a_flood_lose_no_counted_drop() {
+    let mut obj = object();
+    let banned = frame(&[&eth(&[], ETH_P_IP), &ipv4(BANNED4, SERVER4, &[])]);
+    let target = "198.18.10.66/32".parse().unwrap();
+    obj.enforcer().unban(target).unwrap();
+    obj.enforcer()
+        .ban(target, Some(Duration::from_secs(60)), Reason::Burst)
+        .unwrap();
+    let repeat: u32 = 8_000_000;
+    // Re-ban until the flood is over, counting the re-bans that extended the entry while it
+    // was under way (drops counted before and after, neither none nor all), so the race
+    // happens however the two threads are scheduled. Bounded in case the flood fails.
+    let (run, raced) = obj
+        .run_while(XDP_PROGRAM, &banned, repeat, |e| {
+            let dropped = |e: &mut detector::enforce::Enforcer| e.stats().unwrap().counters.dropped;
+            let mut raced = 0u32;
+            for i in 0..1_000_000u64 {
+                let before = dropped(e);
+                if before >= u64::from(repeat) {
+                    break;
+                }
+                let ttl = Duration::from_secs(120 + i);
+                let outcome = e.ban(target, Some(ttl), Reason::SlowRepeat).unwrap();
+                let after = dropped(e);
+                if outcome == detector::enforce::BanOutcome::Extended
+                    && before > 0
+                    && after < u64::from(repeat)
+                {
+                    raced += 1;
+                }
+            }
+            raced
+        })
+        .unwrap();
+    assert_eq!(run.retval, action::DROP);
+    assert!(raced > 0, "no re-ban extended the entry during the flood");
+    let entry = obj.enforcer().entry(target).unwrap().unwrap();
+    assert_eq!(stats(&mut obj).dropped, u64::from(repeat));
+    assert_eq!(entry.hits, u64::from(repeat));
+    assert_eq!(entry.reason, Reason::SlowRepeat);
+    assert!(entry.remaining.unwrap() > Duration::from_secs(100));
+}

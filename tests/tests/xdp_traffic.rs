@@ -308,3 +308,46 @@ fn reattach_after_the_interface_was_recreated() -> Result<()> {
     assert!(t.connects(t.v4(3), PORT)?);
     Ok(())
 }
+
+/// `attach` pins the re-ban program and `detector ban` (another process) extends through it;
+/// with that pin gone (pins from an older build) a re-ban falls back to rewriting the entry.
+/// Either way the drops counted so far stay in the entry, and `detach` removes the pin.
+#[test]
+fn rebans_through_the_pinned_program_or_without_it_keep_the_counted_drops() -> Result<()> {
+    let t = Topology::new("reban", 18)?;
+    let pins = PinDir::new("reban")?;
+    let _l = t.listen(PORT)?;
+    attach(&t, &pins)?;
+    let reban_pin = pins.path.join("prog_detector_reban");
+    assert!(reban_pin.exists(), "attach did not pin the re-ban program");
+    let addr = t.v4(2).to_string();
+    detector_ok(&pins, None, &["ban", &addr, "--for", "1m"])?;
+    assert!(!t.can_connect(t.v4(2), PORT)?);
+    let counted = hits(&pins, &addr)?.expect("the ban is listed");
+    assert!(counted > 0, "no drop counted");
+
+    let expires_in = |pins: &PinDir| -> Result<u64> {
+        Ok(list_json(pins)?
+            .iter()
+            .find(|e| e["address"] == addr.as_str())
+            .and_then(|e| e["expires_in_s"].as_u64())
+            .expect("a timed ban"))
+    };
+    detector_ok(&pins, None, &["ban", &addr, "--for", "2h"])?;
+    assert!(expires_in(&pins)? > 3600, "not extended in place");
+    assert_eq!(hits(&pins, &addr)?, Some(counted));
+
+    std::fs::remove_file(&reban_pin)?;
+    detector_ok(&pins, None, &["ban", &addr, "--for", "3h"])?;
+    assert!(
+        expires_in(&pins)? > 2 * 3600,
+        "not extended without the program"
+    );
+    assert_eq!(hits(&pins, &addr)?, Some(counted));
+
+    attach(&t, &pins)?;
+    assert!(reban_pin.exists(), "a second attach did not pin it again");
+    detector_ok(&pins, None, &["detach"])?;
+    assert!(!pins.path.exists(), "pin dir left behind");
+    Ok(())
+}

@@ -15,7 +15,7 @@ use aya::{
     },
 };
 use aya_obj::programs::XdpAttachType;
-use detector_common::{LAYOUT_VERSION, Settings, XDP_PROGRAM, map_names};
+use detector_common::{LAYOUT_VERSION, REBAN_PROGRAM, Settings, XDP_PROGRAM, map_names};
 use tracing::{info, warn};
 
 use super::pins::{MAP_NAMES, PinPaths};
@@ -150,6 +150,13 @@ fn load_and_attach(
         .map_err(|e| Error::bpf("program info", e))?
         .tag();
 
+    pin_reban_program(&mut ebpf, pins)?;
+    let program: &mut Xdp = ebpf
+        .program_mut(XDP_PROGRAM)
+        .ok_or_else(|| missing(XDP_PROGRAM))?
+        .try_into()
+        .map_err(|e| Error::bpf(XDP_PROGRAM, e))?;
+
     let mut report = AttachReport {
         adopted: adopting,
         ..Default::default()
@@ -223,6 +230,26 @@ fn map_load_error(err: aya::EbpfError, capacity: Capacity) -> Error {
     } else {
         Error::bpf("loading the XDP object", err)
     }
+}
+
+/// Loads the re-ban program and pins it in place of any earlier one: it holds no state, and
+/// this build's must match this build's map layout.
+fn pin_reban_program(ebpf: &mut aya::Ebpf, pins: &PinPaths) -> crate::Result<()> {
+    let program: &mut Xdp = ebpf
+        .program_mut(REBAN_PROGRAM)
+        .ok_or_else(|| missing(REBAN_PROGRAM))?
+        .try_into()
+        .map_err(|e| Error::bpf(REBAN_PROGRAM, e))?;
+    program
+        .load()
+        .map_err(|e| Error::bpf("loading the re-ban program (verifier)", e))?;
+    let pin = pins.reban_program();
+    if pin.exists() {
+        std::fs::remove_file(&pin).map_err(|e| Error::io(&pin, e))?;
+    }
+    program
+        .pin(&pin)
+        .map_err(|e| Error::bpf(format!("pinning {}", pin.display()), e))
 }
 
 fn upgrade_link(program: &mut Xdp, link_pin: &Path) -> crate::Result<()> {

@@ -16,6 +16,7 @@ use ipnet::{IpNet, Ipv4Net};
 use super::allow::Allowlist;
 use super::clock;
 use super::pins::PinPaths;
+use super::reban::RebanProgram;
 use super::table::{BanMap, BanValue, Table, Walk, earliest};
 use super::types::{ActiveBan, BanEntry, BanOutcome, Reason, Reconciled, Stats};
 use super::{sys, verify};
@@ -135,6 +136,8 @@ impl Enforcer {
             prefix: capacity_of(&pins, map_names::PREFIX_V4),
         };
         let mut enforcer = Self::assemble(|name| open_map(&pins, name), capacity, settings)?;
+        enforcer.bans_v4.in_place = RebanProgram::from_pin(&pins.reban_program())?;
+        enforcer.bans_v6.in_place = RebanProgram::from_pin(&pins.reban_program())?;
         enforcer.pins = pins;
         Ok(enforcer)
     }
@@ -158,7 +161,16 @@ impl Enforcer {
         settings
             .set(0, fresh, 0)
             .map_err(|e| Error::bpf("writing SETTINGS", e))?;
-        Self::assemble(take, capacity, settings)
+        let mut enforcer = Self::assemble(take, capacity, settings)?;
+        // The bench object has no re-ban program: its enforcer replaces elements.
+        if let Some(program) = ebpf.program(detector_common::REBAN_PROGRAM) {
+            let program: &aya::programs::Xdp = program
+                .try_into()
+                .map_err(|e| Error::bpf(detector_common::REBAN_PROGRAM, e))?;
+            enforcer.bans_v4.in_place = Some(RebanProgram::from_program(program)?);
+            enforcer.bans_v6.in_place = Some(RebanProgram::from_program(program)?);
+        }
+        Ok(enforcer)
     }
 
     fn assemble(

@@ -17,6 +17,7 @@ mod clock;
 pub mod infra;
 mod maps;
 mod pins;
+mod reban;
 mod sys;
 mod table;
 pub mod testrun;

@@ -15,6 +15,9 @@ pub const MAP_NAMES: [&str; 6] = [
 
 /// The pinned program (kept so a later `attach` on another interface reuses it).
 const PROGRAM_PIN: &str = "prog_detector_xdp";
+/// The pinned re-ban program (detector_common::REBAN_PROGRAM), for `detector ban` and the
+/// daemon; never attached.
+const REBAN_PIN: &str = "prog_detector_reban";
 /// XDP links are pinned as `link_<interface>`.
 const LINK_PREFIX: &str = "link_";
 
@@ -39,6 +42,10 @@ impl PinPaths {
 
     pub fn program(&self) -> PathBuf {
         self.dir.join(PROGRAM_PIN)
+    }
+
+    pub fn reban_program(&self) -> PathBuf {
+        self.dir.join(REBAN_PIN)
     }
 
     pub fn link(&self, iface: &str) -> PathBuf {
@@ -70,6 +77,9 @@ impl PinPaths {
 
     /// True when a file name belongs to us (so `detach` may delete it).
     pub fn is_ours(name: &str) -> bool {
-        name == PROGRAM_PIN || name.starts_with(LINK_PREFIX) || MAP_NAMES.contains(&name)
+        name == PROGRAM_PIN
+            || name == REBAN_PIN
+            || name.starts_with(LINK_PREFIX)
+            || MAP_NAMES.contains(&name)
     }
 }

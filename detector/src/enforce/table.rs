@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use aya::Pod;
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
-use detector_common::{ExactBan, Ipv4Key, Ipv6Key, PrefixBan};
+use detector_common::{ExactBan, Ipv4Key, Ipv6Key, PrefixBan, RebanRequest, reban};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::clock;
+use super::reban::{RebanProgram, Rebanned};
 use super::types::{BanEntry, BanOutcome, Reason};
 use crate::Error;
 
@@ -17,17 +18,41 @@ use crate::Error;
 pub(crate) trait BanKey: Pod {
     /// The banned address or prefix; `None` for a key no build of ours writes.
     fn net(&self) -> Option<IpNet>;
+    /// The in-place re-ban request for this key (exact keys only: the program looks entries
+    /// up in the hashes; an LPM lookup would find the longest match, not this very prefix).
+    fn reban_request(&self, _expires_ns: u64, _reason: u32) -> Option<RebanRequest> {
+        None
+    }
+}
+
+fn request(family: u32, addr: [u8; 16], expires_ns: u64, reason: u32) -> RebanRequest {
+    RebanRequest {
+        magic: reban::MAGIC,
+        family,
+        expires_ns,
+        addr,
+        reason,
+        pad: 0,
+    }
 }
 
 impl BanKey for Ipv4Key {
     fn net(&self) -> Option<IpNet> {
         Some(IpNet::from(std::net::IpAddr::V4(self.addr.into())))
     }
+    fn reban_request(&self, expires_ns: u64, reason: u32) -> Option<RebanRequest> {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&self.addr);
+        Some(request(4, addr, expires_ns, reason))
+    }
 }
 
 impl BanKey for Ipv6Key {
     fn net(&self) -> Option<IpNet> {
         Some(IpNet::from(std::net::IpAddr::V6(self.addr.into())))
+    }
+    fn reban_request(&self, expires_ns: u64, reason: u32) -> Option<RebanRequest> {
+        Some(request(6, self.addr, expires_ns, reason))
     }
 }
 
@@ -171,6 +196,9 @@ pub(crate) struct Table<M> {
     pub map: M,
     pub name: &'static str,
     pub capacity: u32,
+    /// Rewrites an existing exact entry's expiry in place (None: pins from a build without
+    /// the program, or a trie; a re-ban then replaces the element).
+    pub in_place: Option<RebanProgram>,
 }
 
 /// What a walk over a table found.
@@ -206,6 +234,7 @@ impl<M: BanMap> Table<M> {
             map,
             name,
             capacity,
+            in_place: None,
         }
     }
 
@@ -221,9 +250,10 @@ impl<M: BanMap> Table<M> {
     /// never shortened, and its hit counter is carried over. Returns what happened and the
     /// value now stored.
     ///
-    /// The counter is read right before the write: a hash update replaces the whole element,
-    /// so drops the XDP program counts between those two syscalls (microseconds) are the only
-    /// ones a re-ban can lose.
+    /// An existing exact entry is extended in place (see [`Table::store`]), so no drop the XDP
+    /// program counts meanwhile is lost. Without the program (older pins, tries) the counter
+    /// is read right before the write, and drops counted between those two syscalls
+    /// (microseconds) are lost with the replaced element.
     pub fn ban(
         &mut self,
         key: &M::Key,
@@ -234,7 +264,7 @@ impl<M: BanMap> Table<M> {
         let old = self.get(key)?;
         let (value, outcome) = merge(old, M::Value::new(ttl, now_ns, reason, 0), now_ns);
         if outcome != BanOutcome::Unchanged {
-            self.write(key, &value)?;
+            self.store(key, old.is_some(), &value)?;
         }
         Ok((outcome, value))
     }
@@ -251,9 +281,23 @@ impl<M: BanMap> Table<M> {
         let old = self.get(key)?;
         let (value, outcome) = merge(old, M::Value::new(ttl, now_ns, reason, 0), now_ns);
         if outcome != BanOutcome::Unchanged {
-            self.write(key, &value)?;
+            self.store(key, old.is_some(), &value)?;
         }
         Ok((outcome, old))
+    }
+
+    /// Stores a merged `value`: over an entry that `existed` when read, only its expiry and
+    /// reason are rewritten in place when the table can (the hit counter stays the kernel's);
+    /// otherwise, or if the entry was deleted since, the whole value is written.
+    fn store(&mut self, key: &M::Key, existed: bool, value: &M::Value) -> crate::Result<()> {
+        if existed
+            && let Some(program) = &self.in_place
+            && let Some(req) = key.reban_request(value.expires_ns(), value.reason())
+            && program.run(&req)? == Rebanned::Updated
+        {
+            return Ok(());
+        }
+        self.write(key, value)
     }
 
     /// Writes `value` as is (benchmarks, bulk paths).

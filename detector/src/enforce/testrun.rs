@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use aya::{Ebpf, EbpfLoader, TestRun as _, TestRunOptions, programs::Xdp};
-use detector_common::{ExactBan, XDP_PROGRAM, bench_programs, map_names};
+use detector_common::{ExactBan, REBAN_PROGRAM, XDP_PROGRAM, bench_programs, map_names};
 
 use super::{Capacity, Enforcer, sys};
 use crate::Error;
@@ -17,7 +17,7 @@ pub mod action {
 }
 
 /// Every program in the production object.
-pub const PROGRAMS: [&str; 1] = [XDP_PROGRAM];
+pub const PROGRAMS: [&str; 2] = [REBAN_PROGRAM, XDP_PROGRAM];
 
 /// Every program in the bench object: the production program, its no-trace build and the
 /// reference programs.

@@ -130,6 +130,17 @@ pub fn run(opts: Options) -> Result<()> {
     let load = timed(&mut detector_cmd(&[
         "ban", "--from", list_arg, "--for", "1h",
     ]))?;
+    // Re-bans (every entry extended): in place through the pinned re-ban program, then by
+    // read-then-write with that pin removed (what pins from older builds get).
+    let extend_in_place = timed(&mut detector_cmd(&[
+        "ban", "--from", list_arg, "--for", "2h",
+    ]))?;
+    let reban_pin = Path::new(&scratch.pins).join("prog_detector_reban");
+    std::fs::remove_file(&reban_pin)
+        .with_context(|| format!("removing {}", reban_pin.display()))?;
+    let extend_replacing = timed(&mut detector_cmd(&[
+        "ban", "--from", list_arg, "--for", "3h",
+    ]))?;
     let unload = timed(&mut detector_cmd(&["unban", "--from", list_arg]))?;
     let _ = std::fs::remove_file(&list);
     let n = f64::from(opts.entries);
@@ -142,6 +153,16 @@ pub fn run(opts: Options) -> Result<()> {
         "  detector ban --from FILE ({} entries):               {:>10.0} entries/s ({load:.2} s)",
         opts.entries,
         n / load
+    );
+    println!(
+        "  re-ban --from FILE, in place ({} entries):          {:>10.0} entries/s ({extend_in_place:.2} s)",
+        opts.entries,
+        n / extend_in_place
+    );
+    println!(
+        "  re-ban --from FILE, replacing ({} entries):         {:>10.0} entries/s ({extend_replacing:.2} s)",
+        opts.entries,
+        n / extend_replacing
     );
     println!(
         "  detector unban --from FILE ({} entries):             {:>10.0} entries/s ({unload:.2} s)",
