@@ -1,17 +1,7 @@
 //! Hostile and odd input through the whole `parse_line` path: each case here once panicked or
 //! produced wrong numbers.
-use chrono::{DateTime, FixedOffset, Utc};
-
+use super::tests::parser;
 use super::*;
-
-fn parser() -> LineParser {
-    let now: DateTime<Utc> = "2026-11-27T06:00:00Z".parse().unwrap();
-    LineParser::with_reference(
-        Format::Auto,
-        Reference::Fixed(now),
-        FixedOffset::east_opt(0).unwrap(),
-    )
-}
 
 fn event(line: &[u8]) -> Option<Event> {
     match parser().parse_line(line, 1) {

@@ -6,7 +6,9 @@ use chrono::{DateTime, FixedOffset, Utc};
 use super::*;
 use crate::event::Protocol;
 
-fn parser() -> LineParser {
+/// A parser with a fixed reference time and UTC, so tests do not depend on the machine's clock
+/// or zone (shared with `hostile_tests`).
+pub(super) fn parser() -> LineParser {
     let now: DateTime<Utc> = "2026-11-27T06:00:00Z".parse().unwrap();
     LineParser::with_reference(
         Format::Auto,
