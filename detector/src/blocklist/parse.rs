@@ -62,9 +62,11 @@ pub fn parse(text: &str) -> Parsed {
     parsed
 }
 
-/// An address (host ban) or a prefix without host bits (`198.51.100.7/24` is probably a
-/// typo, as for `detector ban`).
-fn target(s: &str) -> Result<IpNet, String> {
+/// An address (host ban) or a prefix, IPv4-mapped forms as IPv4. Host bits in a prefix are an
+/// error, not silently cleared: `198.51.100.7/24` is probably a typo. Shared by the list
+/// formats and the `IP|CIDR` arguments of `ban`, `unban` and `trace`.
+pub fn target(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
     if let Ok(addr) = s.parse::<std::net::IpAddr>() {
         return Ok(canonical(IpNet::from(addr)));
     }

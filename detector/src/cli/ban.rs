@@ -47,24 +47,8 @@ pub struct Args {
     pub state: StateArgs,
 }
 
-/// An address (host ban) or a prefix; host bits in a prefix are an error, not silently
-/// cleared: `198.51.100.7/24` is probably a typo.
-pub fn parse_target(s: &str) -> Result<IpNet, String> {
-    let s = s.trim();
-    if let Ok(addr) = s.parse::<std::net::IpAddr>() {
-        return Ok(IpNet::from(addr));
-    }
-    let net: IpNet = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not an IP address or CIDR prefix"))?;
-    if net.trunc() != net {
-        return Err(format!(
-            "`{s}` has host bits set; did you mean {}?",
-            net.trunc()
-        ));
-    }
-    Ok(net)
-}
+/// The `IP|CIDR` argument (also of `unban` and `trace`): the library's one target parser.
+pub use crate::blocklist::parse::target as parse_target;
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s)
