@@ -141,8 +141,19 @@ pub fn guard_file(path: &Path) -> Result<GuardFile> {
 /// Removes a guard of ours that an interrupted run left behind, unless one of our installers
 /// holds `lock` right now (its guard is live). Returns whether a file was removed.
 pub fn remove_stale_guard_at(path: &Path, lock: &Path) -> Result<bool> {
-    let Ok(_lock) = FileLock::try_exclusive(lock) else {
-        return Ok(false);
+    // A lock held for a moment is not an install: a child forked anywhere in this process
+    // shares our lock's open file until it execs, so one failed try proves nothing. An
+    // installer holds the lock for seconds; a few tries over 100 ms tell the two apart.
+    let mut tries = 0;
+    let _lock = loop {
+        match FileLock::try_exclusive(lock) {
+            Ok(held) => break held,
+            Err(_) if tries < 5 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(_) => return Ok(false),
+        }
     };
     if guard_file(path)? != GuardFile::Ours {
         return Ok(false);
