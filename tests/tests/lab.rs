@@ -615,6 +615,29 @@ fn split_lab_mx_and_imap_hosts() {
         )],
     )
     .unwrap();
+    // The internal network: the IMAP host reaches the MX on 198.18.2.1 (Postfix listens
+    // there too), a client does not.
+    let mx_backend = lab::BACKEND_MX_IP.to_string();
+    let out = lab
+        .in_host_mount_ns(1, "ip")
+        .args(["-o", "route", "get", &mx_backend])
+        .output()
+        .unwrap();
+    let route = String::from_utf8_lossy(&out.stdout);
+    assert!(route.contains(" dev bk0 "), "{route}");
+    let client = lab.client().clone();
+    let r = lab::run_mailbot_to(
+        std::path::Path::new(env!("CARGO_BIN_EXE_mailbot")),
+        lab::BACKEND_MX_IP.into(),
+        &client,
+        &["--connect-timeout", "1", "probe", "--to", "x@example.test"],
+    )
+    .unwrap();
+    assert_ne!(
+        r[0].outcome,
+        Outcome::Ok,
+        "a client reached the internal network: {r:#?}"
+    );
     // The client: IMAP login on the IMAP host, submission (SASL) and delivery on the MX.
     let client = lab.client().clone();
     let r = lab

@@ -29,6 +29,8 @@
 //!
 //! Every peer then has one veth pair to each host (`eth<i>` to host `i`, the same `mh-<peer>`
 //! name inside each host) and the same address on both, so both hosts see it as one client.
+//! A further pair, `bk0` (198.18.2.1 on the MX, 198.18.2.2 on the IMAP host), is the
+//! platform's internal network, for shared services such as the cluster's Redis.
 //! Each host has its own mount namespace. Postfix's SASL client reaches the IMAP host's
 //! Dovecot auth socket through the shared file system (the lab's state directory), and
 //! Postfix delivers into the maildirs Dovecot serves, like a mail store both hosts mount.
@@ -77,6 +79,11 @@ pub const MAIL_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 /// The IMAP host of a split lab ([`Topology::Split`]).
 pub const IMAP_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 pub const IMAP_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
+/// The split lab's internal network between its two hosts (`bk0`), where shared services
+/// (the cluster's Redis) live; no client reaches it.
+pub const BACKEND_MX_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+pub const BACKEND_IMAP_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+pub const BACKEND_IFACE: &str = "bk0";
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const BOT6_IP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 6, 0, 0, 0, 6);
 /// Bot `i` gets 198.18.0.(10 + i).

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use super::{Host, Lab, Peer, sys};
+use super::{BACKEND_IFACE, BACKEND_IMAP_IP, BACKEND_MX_IP, Host, Lab, Peer, sys};
 
 impl Lab {
     /// Namespaces, sysctls and one veth pair per peer and host, created directly inside the
@@ -34,8 +34,44 @@ impl Lab {
                 link_peer(host, i, p)?;
             }
         }
+        if let [mx, imap] = st.hosts.as_slice() {
+            link_backend(mx, imap)?;
+        }
         Ok(())
     }
+}
+
+/// The split lab's internal network between the MX and the IMAP host (`bk0` in both):
+/// where the hosts reach shared services such as the cluster's Redis. No client is on it.
+fn link_backend(mx: &Host, imap: &Host) -> Result<()> {
+    let ip = |args: &[&str]| sys::run(Command::new("ip").args(args));
+    ip(&[
+        "link",
+        "add",
+        BACKEND_IFACE,
+        "netns",
+        &mx.ns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        BACKEND_IFACE,
+        "netns",
+        &imap.ns,
+    ])?;
+    for (host, addr) in [(mx, BACKEND_MX_IP), (imap, BACKEND_IMAP_IP)] {
+        ip(&[
+            "-n",
+            &host.ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            BACKEND_IFACE,
+        ])?;
+        ip(&["-n", &host.ns, "link", "set", BACKEND_IFACE, "up"])?;
+    }
+    Ok(())
 }
 
 /// The veth pair between `peer` (its `eth<i>`) and host number `i` (its `mh-<peer>`), the
