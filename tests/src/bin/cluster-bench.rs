@@ -196,10 +196,13 @@ fn run(cli: &Cli) -> Result<()> {
     )?;
     let t_ref = t0.elapsed();
     let events = ref_events.round() as usize;
+    let own_base = sum_metric(&a, "detector_events_total{")?;
     let pub_base = sum_metric(&a, "detector_cluster_published_total")?;
     let con_base = sum_metric(&b, "detector_cluster_consumed_total")?;
     let t0 = Instant::now();
     append(&log_a, &block)?;
+    wait_metric(&a, "detector_events_total{", own_base, events, deadline)?;
+    let t_own = t0.elapsed();
     wait_metric(
         &a,
         "detector_cluster_published_total",
@@ -223,6 +226,11 @@ fn run(cli: &Cli) -> Result<()> {
         rate(t_ref)
     );
     println!(
+        "  a (in the cluster) parsed and fed its engine the same events in {:.2} s: {:.0} events/s",
+        t_own.as_secs_f64(),
+        rate(t_own)
+    );
+    println!(
         "  a published {events} events to Redis in {:.2} s: {:.0} events/s",
         t_pub.as_secs_f64(),
         rate(t_pub)
@@ -232,6 +240,9 @@ fn run(cli: &Cli) -> Result<()> {
         t_con.as_secs_f64(),
         rate(t_con)
     );
+
+    let dropped = sum_metric(&a, "detector_cluster_dropped_total")?;
+    println!("  messages a dropped from its full publish buffer: {dropped}");
 
     // 3. Memory
     let keys = ("detector:events", "detector:bans", "detector:active-bans");
