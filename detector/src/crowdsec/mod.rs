@@ -311,7 +311,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let junk = dir.path().join("junk.pem");
         std::fs::write(&junk, "not a certificate\n").unwrap();
-        let err = client::Tls::load(Some(&junk), None).err().expect("junk CA accepted");
+        let err = client::Tls::load(Some(&junk), None)
+            .err()
+            .expect("junk CA accepted");
         assert!(err.to_string().contains("junk.pem"), "{err}");
         let err = client::Tls::load(None, Some((&junk, &junk)))
             .err()
