@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use detector_testkit::redis::Redis;
+use detector_testkit::redis::{Options, Redis, Tls};
 use detector_tests::bin::{PinDir, detector_bin};
 use serde_json::Value;
 
@@ -61,13 +61,26 @@ struct Node {
 
 impl Node {
     fn new(work: &Path, test: &str, name: &str, files: &[&str]) -> Result<Node> {
+        Node::with_config(work, test, name, files, "")
+    }
+
+    /// `extra`: more TOML (a `[cluster]` table).
+    fn with_config(
+        work: &Path,
+        test: &str,
+        name: &str,
+        files: &[&str],
+        extra: &str,
+    ) -> Result<Node> {
         let dir = work.join(name);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(
             dir.join("detector.toml"),
-            "[daemon]\npersist_interval = \"1s\"\nsweep_interval = \"1s\"\n\n\
-             [sources]\nfile_start = \"beginning\"\n\n\
-             [engine]\ngrace_period = \"0s\"\n",
+            format!(
+                "[daemon]\npersist_interval = \"1s\"\nsweep_interval = \"1s\"\n\n\
+                 [sources]\nfile_start = \"beginning\"\n\n\
+                 [engine]\ngrace_period = \"0s\"\n\n{extra}"
+            ),
         )?;
         let files = files
             .iter()
@@ -513,4 +526,55 @@ fn a_node_killed_and_restarted_catches_up_without_escalating_twice() -> Result<(
         n.stop()?;
     }
     Ok(())
+}
+
+/// Two nodes share a ban through `url`, each configured with `cluster` (TOML).
+fn share_one_ban(test: &str, url: &str, cluster: &str) -> Result<()> {
+    let work = TempDir::new(test)?;
+    let mut imap = Node::with_config(&work.0, test, "imap", &["dovecot.log"], cluster)?;
+    let mut edge = Node::with_config(&work.0, test, "edge", &[], cluster)?;
+    imap.start(url, &[])?;
+    edge.start(url, &[])?;
+    let bot = "198.18.8.1";
+    imap.append(0, &sasl_failures(bot, 2))?;
+    imap.wait_banned(bot)?;
+    edge.wait_banned(bot)?;
+    imap.stop()?;
+    edge.stop()?;
+    Ok(())
+}
+
+#[test]
+fn an_acl_user_in_the_url_and_the_password_from_a_file_work() -> Result<()> {
+    let redis = Redis::start_with(Options {
+        password: Some("s3cret-for-test".into()),
+        tls: None,
+    })?;
+    let work = TempDir::new("auth-files")?;
+    let pass = work.0.join("redis.pass");
+    std::fs::write(&pass, "s3cret-for-test\n")?;
+    // `default` is the ACL user requirepass sets the password of.
+    let url = format!("redis://default@127.0.0.1:{}/0", redis.port);
+    share_one_ban(
+        "auth",
+        &url,
+        &format!("[cluster]\npassword_file = \"{}\"\n", pass.display()),
+    )?;
+    Ok(())
+}
+
+#[test]
+fn rediss_with_a_private_ca_works() -> Result<()> {
+    let work = TempDir::new("tls-ca")?;
+    let tls = Tls::generate(&work.0)?;
+    let redis = Redis::start_with(Options {
+        password: None,
+        tls: Some(tls.clone()),
+    })?;
+    assert!(redis.url().starts_with("rediss://"));
+    share_one_ban(
+        "tls",
+        &redis.url(),
+        &format!("[cluster]\nca_file = \"{}\"\n", tls.ca.display()),
+    )
 }
