@@ -308,6 +308,10 @@ fn print_human(s: &Status) {
                 String::new()
             }
         );
+        println!(
+            "untrusted    {} lines longer than the line limit (not parsed)",
+            c.truncated_lines
+        );
     }
     if let Some(c) = &s.cluster {
         print_cluster(c);
