@@ -431,21 +431,50 @@ fn wait_failures(node: &Node, addr: &str, n: u64) -> Result<()> {
     .with_context(|| node.logs())
 }
 
-fn three_nodes(work: &Path, test: &str, url: &str) -> Result<[Node; 3]> {
+/// `imap_extra`: more `detector run` arguments for the IMAP node.
+fn three_nodes(work: &Path, test: &str, url: &str, imap_extra: &[&str]) -> Result<[Node; 3]> {
     let mut mx = Node::new(work, test, "mx", &["postfix.log"])?;
     let mut imap = Node::new(work, test, "imap", &["dovecot.log"])?;
     let mut edge = Node::new(work, test, "edge", &[])?;
-    for n in [&mut mx, &mut imap, &mut edge] {
-        n.start(url, &[])?;
-    }
+    mx.start(url, &[])?;
+    imap.start(url, imap_extra)?;
+    edge.start(url, &[])?;
     Ok([mx, imap, edge])
+}
+
+/// One sample of `/metrics` on `addr` (`name value` lines).
+fn metric(addr: &str, name: &str) -> Result<Option<f64>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // One write: the endpoint answers the first segment it reads.
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok()))
+}
+
+fn free_addr() -> Result<String> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string())
 }
 
 #[test]
 fn with_redis_down_nodes_ban_on_their_own_and_share_it_when_it_returns() -> Result<()> {
     let mut redis = Redis::start()?;
     let work = TempDir::new("outage")?;
-    let [mut mx, mut imap, mut edge] = three_nodes(&work.0, "cl2", &redis.url())?;
+    let metrics = free_addr()?;
+    let [mut mx, mut imap, mut edge] = three_nodes(
+        &work.0,
+        "cl2",
+        &redis.url(),
+        &["--metrics-listen", &metrics],
+    )?;
+    assert_eq!(metric(&metrics, "detector_cluster_connected")?, Some(1.0));
 
     redis.kill();
     for n in [&mx, &imap, &edge] {
@@ -463,6 +492,7 @@ fn with_redis_down_nodes_ban_on_their_own_and_share_it_when_it_returns() -> Resu
     let status = imap.detector(&["status"])?;
     assert!(status.contains("NOT connected"), "{status}");
     assert_eq!(edge.kernel_ban(at_imap)?, None);
+    assert_eq!(metric(&metrics, "detector_cluster_connected")?, Some(0.0));
 
     // Redis returns (empty: no persistence): the buffered events and bans reach every node.
     redis.restart()?;
@@ -486,6 +516,15 @@ fn with_redis_down_nodes_ban_on_their_own_and_share_it_when_it_returns() -> Resu
                 .map(|_| ()))
         })?;
     }
+    assert_eq!(metric(&metrics, "detector_cluster_connected")?, Some(1.0));
+    assert!(metric(&metrics, "detector_cluster_reconnects_total")? >= Some(1.0));
+    // The imap node published its 2 events and its ban (and heartbeats are not counted).
+    assert!(metric(&metrics, "detector_cluster_published_total")? >= Some(3.0));
+    // mx's 2 events and its ban, each once.
+    assert_eq!(
+        metric(&metrics, "detector_cluster_consumed_total")?,
+        Some(3.0)
+    );
     for n in [&mut mx, &mut imap, &mut edge] {
         n.stop()?;
     }
@@ -496,7 +535,7 @@ fn with_redis_down_nodes_ban_on_their_own_and_share_it_when_it_returns() -> Resu
 fn a_node_killed_and_restarted_catches_up_without_escalating_twice() -> Result<()> {
     let redis = Redis::start()?;
     let work = TempDir::new("crash")?;
-    let [mut mx, mut imap, mut edge] = three_nodes(&work.0, "cl3", &redis.url())?;
+    let [mut mx, mut imap, mut edge] = three_nodes(&work.0, "cl3", &redis.url(), &[])?;
     let url = redis.url();
 
     let before = "198.18.7.1";

@@ -55,6 +55,13 @@
 //! a group's acknowledged position lives in Redis, apart from the engine snapshot it must
 //! match after a crash. A node that was down catches up from its saved position.
 //!
+//! # Trust
+//!
+//! Whoever can write to the streams can make every node ban (never an address a node's own
+//! allowlist or interfaces protect: each node checks bans against its own before writing
+//! them). Give the nodes their own Redis ACL user limited to the `<prefix>:*` keys, and use
+//! TLS across hosts.
+//!
 //! # Redis down
 //!
 //! Sources, the engine and the kernel maps never wait for Redis: what is to be published goes
@@ -485,4 +492,164 @@ pub fn read_saved(state: &StateDir) -> (Option<ClusterState>, Option<ClusterStat
         read(position::FILE_NAME).and_then(|b| serde_json::from_slice(&b).ok()),
         read(status::FILE_NAME).and_then(|b| serde_json::from_slice(&b).ok()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Action, Evidence, Rule};
+
+    fn cluster(node: &str) -> Cluster {
+        let (_tx, incoming) = mpsc::channel(1);
+        Cluster {
+            node: node.into(),
+            state: ClusterState::default(),
+            incoming,
+            board: Arc::new(Board::new(node.into(), String::new())),
+            metrics: Arc::new(Metrics::new()),
+            outbox: Arc::new(Outbox::new(10)),
+            cancel: CancellationToken::new(),
+            tasks: Vec::new(),
+            decode_errors: 0,
+        }
+    }
+
+    fn publisher(node: &str, outbox: Arc<Outbox>) -> Publisher {
+        Publisher {
+            node: node.into(),
+            boot: 7,
+            seq: 0,
+            outbox,
+            origins: BTreeMap::new(),
+            bans: BTreeMap::new(),
+        }
+    }
+
+    fn event(line: u64) -> Event {
+        Event {
+            time: chrono::DateTime::from_timestamp(1_764_612_000, 0).unwrap(),
+            service: crate::event::Service::Dovecot,
+            kind: EventKind::AuthFailure,
+            ip: "198.18.0.9".parse().unwrap(),
+            user: Some("a@example.test".into()),
+            recipient: None,
+            protocol: None,
+            line,
+            session: None,
+            failures: 1,
+            smtp: None,
+            peer: None,
+        }
+    }
+
+    fn entry(id: &str, node: &str, stamp: Stamp, body: Body) -> Incoming {
+        Incoming::Entry {
+            stream: match body {
+                Body::Ban { .. } => StreamKind::Bans,
+                _ => StreamKind::Events,
+            },
+            id: id.into(),
+            message: Ok(Message {
+                v: wire::VERSION,
+                n: node.into(),
+                o: stamp,
+                body,
+            }),
+        }
+    }
+
+    fn ev_body() -> Body {
+        Body::Event {
+            e: WireEvent::from(&event(1)),
+        }
+    }
+
+    #[test]
+    fn an_event_delivered_twice_is_fed_once_and_our_own_never() {
+        let mut c = cluster("edge");
+        assert_eq!(
+            c.accept(entry("1-0", "mx", Stamp(1, 1), ev_body())).len(),
+            1
+        );
+        assert!(
+            c.accept(entry("2-0", "mx", Stamp(1, 1), ev_body()))
+                .is_empty()
+        );
+        assert!(
+            c.accept(entry("3-0", "edge", Stamp(9, 9), ev_body()))
+                .is_empty()
+        );
+        // A heartbeat marks the peer as seen and is not fed.
+        let hb = Body::Heartbeat { t: 1 };
+        assert!(c.accept(entry("4-0", "imap", Stamp(0, 1), hb)).is_empty());
+        // Every entry moves the position, taken or not.
+        assert_eq!(c.state.events_id, "4-0");
+        let status = c.board.snapshot();
+        assert_eq!(status.consumed, 1);
+        assert_eq!(status.peers["mx"].events, 1);
+        assert!(status.peers["imap"].last_seen.is_some());
+        assert!(!status.peers.contains_key("edge"));
+        // Undecodable: skipped, position still moves.
+        let bad = Incoming::Entry {
+            stream: StreamKind::Events,
+            id: "5-0".into(),
+            message: Err(wire::DecodeError::Version(9)),
+        };
+        assert!(c.accept(bad).is_empty());
+        assert_eq!(c.state.events_id, "5-0");
+    }
+
+    #[test]
+    fn a_ban_names_its_nodes_and_is_published_only_with_own_evidence() {
+        let outbox = Arc::new(Outbox::new(100));
+        let mut p = publisher("imap", Arc::clone(&outbox));
+        let mx: Arc<str> = "mx".into();
+        p.remote_event(1, &mx);
+        p.remote_event(2, &mx);
+        p.local_event(&event(3));
+        assert_eq!(outbox.take(10).len(), 1, "the local event is published");
+        let evidence = |lines: &[u64]| {
+            lines
+                .iter()
+                .map(|&line| Evidence {
+                    line,
+                    time: event(line).time,
+                    what: String::new(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut decision = Decision {
+            action: Action::Ban,
+            ip: "198.18.0.9".parse().unwrap(),
+            prefix: "198.18.0.9/32".parse().unwrap(),
+            time: event(1).time,
+            rule: Rule::ProbeLogin,
+            duration: std::time::Duration::from_secs(3600),
+            offence: 1,
+            dry_run: false,
+            evidence: evidence(&[1, 3]),
+            note: String::new(),
+            kind: None,
+            user: None,
+        };
+        let nodes = p.contributors(&decision);
+        assert_eq!(nodes, ["imap", "mx"]);
+        let until = Utc::now().timestamp_millis() + 60_000;
+        p.own_ban(&decision, until, &nodes);
+        let sent = outbox.take(10);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].stream, StreamKind::Bans);
+        assert_eq!(sent[0].prefix.as_deref(), Some("198.18.0.9/32"));
+        let Body::Ban { b } = Message::decode(sent[0].payload.as_bytes()).unwrap().body else {
+            panic!("not a ban")
+        };
+        assert_eq!(b.c, ["imap", "mx"]);
+        assert_eq!(p.origins_of(decision.ip)[0].1.nodes, ["imap", "mx"]);
+        // Resting on the peer's events alone: the peer publishes it, not us.
+        decision.evidence = evidence(&[1, 2]);
+        let nodes = p.contributors(&decision);
+        assert_eq!(nodes, ["mx"]);
+        p.own_ban(&decision, until, &nodes);
+        assert!(outbox.is_empty());
+    }
 }
