@@ -405,6 +405,20 @@ fn a_probe_on_the_mx_and_a_login_on_the_imap_host_ban_the_bot_on_every_node() ->
     assert_eq!(replay(&config, &[dovecot])?, Vec::<Value>::new());
     assert_eq!(replay(&config, &[postfix, dovecot])?.len(), 1);
 
+    // An administrator's unban on one node lifts the ban on every node.
+    enforcer.detector(&["unban", bot])?;
+    for n in [&mx, &imap, &enforcer] {
+        wait_until(&format!("{bot} unbanned at {}", n.name), || {
+            Ok(n.kernel_ban(bot)?.is_none().then_some(()))
+        })
+        .with_context(|| n.logs())?;
+    }
+    assert!(
+        mx.logs().contains("unban from the cluster"),
+        "{}",
+        mx.logs()
+    );
+
     for n in [&mut mx, &mut imap, &mut enforcer] {
         n.stop()?;
     }

@@ -19,7 +19,9 @@
 //!
 //! - `<prefix>:events`: every event this node's parsers produced from its own logs (not the
 //!   `other` kind), and a heartbeat every 5 s; see [`wire`] for the format.
-//! - `<prefix>:bans`: every ban this node decided with evidence of its own.
+//! - `<prefix>:bans`: every ban this node decided with evidence of its own, and every
+//!   `detector unban` an administrator ran on it (which every node then applies: a false ban
+//!   of a customer is lifted fleet-wide).
 //! - `<prefix>:active-bans`: a hash prefix -> its latest ban message; what a new node, or one
 //!   back from an outage, applies first.
 //!
@@ -92,7 +94,7 @@ pub mod wire;
 
 pub use config::{ClusterConfig, DEFAULT_PREFIX, Keys};
 pub use consumer::Incoming;
-pub use outbox::{Outbox, Outgoing, StreamKind};
+pub use outbox::{Active, Outbox, Outgoing, StreamKind};
 pub use position::{BanOrigin, ClusterState};
 pub use status::{Board, ClusterStatus};
 pub use wire::{Body, Message, Stamp, WireBan, WireEvent};
@@ -122,6 +124,8 @@ pub enum Accepted {
     Event { node: Arc<str>, event: Event },
     /// A peer's ban, new (or from the active-bans hash): write it into the maps.
     Ban { node: Arc<str>, ban: WireBan },
+    /// An administrator lifted this ban on a peer: lift it here too.
+    Unban { node: Arc<str>, prefix: IpNet },
 }
 
 /// Starts the publisher, consumer and status tasks (inside a tokio runtime). `None` when no
@@ -299,7 +303,7 @@ impl Cluster {
                             peer.last_event = chrono::DateTime::from_timestamp_micros(e.t);
                         }
                         Body::Ban { .. } => peer.bans += 1,
-                        Body::Heartbeat { .. } => {}
+                        Body::Heartbeat { .. } | Body::Unban { .. } => {}
                     }
                     if !heartbeat {
                         s.consumed += 1;
@@ -316,6 +320,7 @@ impl Cluster {
                         None => Vec::new(),
                     },
                     Body::Ban { b } => vec![Accepted::Ban { node, ban: b }],
+                    Body::Unban { u } => vec![Accepted::Unban { node, prefix: u }],
                     Body::Heartbeat { .. } => Vec::new(),
                 }
             }
@@ -396,7 +401,7 @@ impl Publisher {
         self.outbox.push(Outgoing {
             stream: StreamKind::Events,
             payload: message.encode(),
-            prefix: None,
+            active: None,
         });
     }
 
@@ -450,8 +455,30 @@ impl Publisher {
         self.outbox.push(Outgoing {
             stream: StreamKind::Bans,
             payload: message.encode(),
-            prefix: Some(decision.prefix.to_string()),
+            active: Some(Active::Set(decision.prefix.to_string())),
         });
+    }
+
+    /// An administrator removed `prefix` from this node's maps: every node lifts it.
+    pub fn admin_unban(&mut self, prefix: IpNet) {
+        let prefix = crate::enforce::canonical(prefix);
+        self.bans.remove(&prefix);
+        let message = Message {
+            v: wire::VERSION,
+            n: self.node.to_string(),
+            o: self.stamp(),
+            body: Body::Unban { u: prefix },
+        };
+        self.outbox.push(Outgoing {
+            stream: StreamKind::Bans,
+            payload: message.encode(),
+            active: Some(Active::Remove(prefix.to_string())),
+        });
+    }
+
+    /// A peer's unban applied here.
+    pub fn peer_unban(&mut self, prefix: IpNet) {
+        self.bans.remove(&crate::enforce::canonical(prefix));
     }
 
     /// A peer's ban this node applied.
@@ -639,7 +666,7 @@ mod tests {
         let sent = outbox.take(10);
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].stream, StreamKind::Bans);
-        assert_eq!(sent[0].prefix.as_deref(), Some("198.18.0.9/32"));
+        assert_eq!(sent[0].active, Some(Active::Set("198.18.0.9/32".into())));
         let Body::Ban { b } = Message::decode(sent[0].payload.as_bytes()).unwrap().body else {
             panic!("not a ban")
         };
