@@ -452,6 +452,13 @@ impl Daemon {
                 crate::cluster::Accepted::Ban { node, ban } => {
                     self.kernel.apply_peer_ban(&node, &ban)
                 }
+                crate::cluster::Accepted::Unban { node, prefix } => {
+                    self.kernel.apply_peer_unban(&node, prefix);
+                    let engine = self.pipeline.engine_mut();
+                    let now = engine.now().unwrap_or_else(Utc::now);
+                    // As after a local `detector unban`: the ban is forgotten, offences kept.
+                    engine.unban(prefix.network(), now);
+                }
             }
         }
         // The stream position moved (saved with the engine snapshot).
@@ -517,6 +524,10 @@ impl Daemon {
         );
         for prefix in gone {
             self.kernel.written.remove(&prefix);
+            if let Some(publisher) = &mut self.kernel.cluster {
+                // The administrator's word goes for every node.
+                publisher.admin_unban(prefix);
+            }
             if self
                 .pipeline
                 .engine_mut()
@@ -810,6 +821,12 @@ impl KernelSink {
                 if let Some(publisher) = &mut self.cluster {
                     publisher.peer_ban(node, ban);
                 }
+                // Watched like our own, so that an administrator's unban here is noticed and
+                // shared.
+                let end = DateTime::<Utc>::from_timestamp_millis(ban.until)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                let slot = self.written.entry(enforce::canonical(ban.p)).or_insert(end);
+                *slot = (*slot).max(end);
                 if outcome != enforce::BanOutcome::Unchanged {
                     self.metrics
                         .decisions
@@ -834,6 +851,23 @@ impl KernelSink {
             Err(e) => {
                 tracing::info!(prefix = %ban.p, from = node, error = %e, "cluster ban not applied here")
             }
+        }
+    }
+}
+
+impl KernelSink {
+    /// An administrator's unban on a peer. Forgotten as ours first, so that this node's own
+    /// check does not take the missing entry for a local unban and announce it again.
+    fn apply_peer_unban(&mut self, node: &str, prefix: IpNet) {
+        self.written.remove(&enforce::canonical(prefix));
+        if let Some(publisher) = &mut self.cluster {
+            publisher.peer_unban(prefix);
+        }
+        match self.enforcer.unban(prefix) {
+            Ok(_) => {
+                tracing::info!(%prefix, from = node, "unban from the cluster (an administrator's)")
+            }
+            Err(e) => tracing::warn!(%prefix, from = node, error = %e, "cluster unban failed"),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use detector_testkit::redis::Redis;
+use detector_testkit::redis::{Options, Redis, Tls};
 use detector_tests::bin::{PinDir, detector_bin};
 use serde_json::Value;
 
@@ -61,13 +61,26 @@ struct Node {
 
 impl Node {
     fn new(work: &Path, test: &str, name: &str, files: &[&str]) -> Result<Node> {
+        Node::with_config(work, test, name, files, "")
+    }
+
+    /// `extra`: more TOML (a `[cluster]` table).
+    fn with_config(
+        work: &Path,
+        test: &str,
+        name: &str,
+        files: &[&str],
+        extra: &str,
+    ) -> Result<Node> {
         let dir = work.join(name);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(
             dir.join("detector.toml"),
-            "[daemon]\npersist_interval = \"1s\"\nsweep_interval = \"1s\"\n\n\
-             [sources]\nfile_start = \"beginning\"\n\n\
-             [engine]\ngrace_period = \"0s\"\n",
+            format!(
+                "[daemon]\npersist_interval = \"1s\"\nsweep_interval = \"1s\"\n\n\
+                 [sources]\nfile_start = \"beginning\"\n\n\
+                 [engine]\ngrace_period = \"0s\"\n\n{extra}"
+            ),
         )?;
         let files = files
             .iter()
@@ -392,6 +405,20 @@ fn a_probe_on_the_mx_and_a_login_on_the_imap_host_ban_the_bot_on_every_node() ->
     assert_eq!(replay(&config, &[dovecot])?, Vec::<Value>::new());
     assert_eq!(replay(&config, &[postfix, dovecot])?.len(), 1);
 
+    // An administrator's unban on one node lifts the ban on every node.
+    enforcer.detector(&["unban", bot])?;
+    for n in [&mx, &imap, &enforcer] {
+        wait_until(&format!("{bot} unbanned at {}", n.name), || {
+            Ok(n.kernel_ban(bot)?.is_none().then_some(()))
+        })
+        .with_context(|| n.logs())?;
+    }
+    assert!(
+        mx.logs().contains("unban from the cluster"),
+        "{}",
+        mx.logs()
+    );
+
     for n in [&mut mx, &mut imap, &mut enforcer] {
         n.stop()?;
     }
@@ -418,21 +445,50 @@ fn wait_failures(node: &Node, addr: &str, n: u64) -> Result<()> {
     .with_context(|| node.logs())
 }
 
-fn three_nodes(work: &Path, test: &str, url: &str) -> Result<[Node; 3]> {
+/// `imap_extra`: more `detector run` arguments for the IMAP node.
+fn three_nodes(work: &Path, test: &str, url: &str, imap_extra: &[&str]) -> Result<[Node; 3]> {
     let mut mx = Node::new(work, test, "mx", &["postfix.log"])?;
     let mut imap = Node::new(work, test, "imap", &["dovecot.log"])?;
     let mut edge = Node::new(work, test, "edge", &[])?;
-    for n in [&mut mx, &mut imap, &mut edge] {
-        n.start(url, &[])?;
-    }
+    mx.start(url, &[])?;
+    imap.start(url, imap_extra)?;
+    edge.start(url, &[])?;
     Ok([mx, imap, edge])
+}
+
+/// One sample of `/metrics` on `addr` (`name value` lines).
+fn metric(addr: &str, name: &str) -> Result<Option<f64>> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // One write: the endpoint answers the first segment it reads.
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .find_map(|v| v.trim().parse().ok()))
+}
+
+fn free_addr() -> Result<String> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .to_string())
 }
 
 #[test]
 fn with_redis_down_nodes_ban_on_their_own_and_share_it_when_it_returns() -> Result<()> {
     let mut redis = Redis::start()?;
     let work = TempDir::new("outage")?;
-    let [mut mx, mut imap, mut edge] = three_nodes(&work.0, "cl2", &redis.url())?;
+    let metrics = free_addr()?;
+    let [mut mx, mut imap, mut edge] = three_nodes(
+        &work.0,
+        "cl2",
+        &redis.url(),
+        &["--metrics-listen", &metrics],
+    )?;
+    assert_eq!(metric(&metrics, "detector_cluster_connected")?, Some(1.0));
 
     redis.kill();
     for n in [&mx, &imap, &edge] {
@@ -450,6 +506,7 @@ fn with_redis_down_nodes_ban_on_their_own_and_share_it_when_it_returns() -> Resu
     let status = imap.detector(&["status"])?;
     assert!(status.contains("NOT connected"), "{status}");
     assert_eq!(edge.kernel_ban(at_imap)?, None);
+    assert_eq!(metric(&metrics, "detector_cluster_connected")?, Some(0.0));
 
     // Redis returns (empty: no persistence): the buffered events and bans reach every node.
     redis.restart()?;
@@ -473,6 +530,15 @@ fn with_redis_down_nodes_ban_on_their_own_and_share_it_when_it_returns() -> Resu
                 .map(|_| ()))
         })?;
     }
+    assert_eq!(metric(&metrics, "detector_cluster_connected")?, Some(1.0));
+    assert!(metric(&metrics, "detector_cluster_reconnects_total")? >= Some(1.0));
+    // The imap node published its 2 events and its ban (and heartbeats are not counted).
+    assert!(metric(&metrics, "detector_cluster_published_total")? >= Some(3.0));
+    // mx's 2 events and its ban, each once.
+    assert_eq!(
+        metric(&metrics, "detector_cluster_consumed_total")?,
+        Some(3.0)
+    );
     for n in [&mut mx, &mut imap, &mut edge] {
         n.stop()?;
     }
@@ -483,7 +549,7 @@ fn with_redis_down_nodes_ban_on_their_own_and_share_it_when_it_returns() -> Resu
 fn a_node_killed_and_restarted_catches_up_without_escalating_twice() -> Result<()> {
     let redis = Redis::start()?;
     let work = TempDir::new("crash")?;
-    let [mut mx, mut imap, mut edge] = three_nodes(&work.0, "cl3", &redis.url())?;
+    let [mut mx, mut imap, mut edge] = three_nodes(&work.0, "cl3", &redis.url(), &[])?;
     let url = redis.url();
 
     let before = "198.18.7.1";
@@ -513,4 +579,55 @@ fn a_node_killed_and_restarted_catches_up_without_escalating_twice() -> Result<(
         n.stop()?;
     }
     Ok(())
+}
+
+/// Two nodes share a ban through `url`, each configured with `cluster` (TOML).
+fn share_one_ban(test: &str, url: &str, cluster: &str) -> Result<()> {
+    let work = TempDir::new(test)?;
+    let mut imap = Node::with_config(&work.0, test, "imap", &["dovecot.log"], cluster)?;
+    let mut edge = Node::with_config(&work.0, test, "edge", &[], cluster)?;
+    imap.start(url, &[])?;
+    edge.start(url, &[])?;
+    let bot = "198.18.8.1";
+    imap.append(0, &sasl_failures(bot, 2))?;
+    imap.wait_banned(bot)?;
+    edge.wait_banned(bot)?;
+    imap.stop()?;
+    edge.stop()?;
+    Ok(())
+}
+
+#[test]
+fn an_acl_user_in_the_url_and_the_password_from_a_file_work() -> Result<()> {
+    let redis = Redis::start_with(Options {
+        password: Some("s3cret-for-test".into()),
+        tls: None,
+    })?;
+    let work = TempDir::new("auth-files")?;
+    let pass = work.0.join("redis.pass");
+    std::fs::write(&pass, "s3cret-for-test\n")?;
+    // `default` is the ACL user requirepass sets the password of.
+    let url = format!("redis://default@127.0.0.1:{}/0", redis.port);
+    share_one_ban(
+        "auth",
+        &url,
+        &format!("[cluster]\npassword_file = \"{}\"\n", pass.display()),
+    )?;
+    Ok(())
+}
+
+#[test]
+fn rediss_with_a_private_ca_works() -> Result<()> {
+    let work = TempDir::new("tls-ca")?;
+    let tls = Tls::generate(&work.0)?;
+    let redis = Redis::start_with(Options {
+        password: None,
+        tls: Some(tls.clone()),
+    })?;
+    assert!(redis.url().starts_with("rediss://"));
+    share_one_ban(
+        "tls",
+        &redis.url(),
+        &format!("[cluster]\nca_file = \"{}\"\n", tls.ca.display()),
+    )
 }

@@ -314,15 +314,17 @@ fn print_human(s: &Status) {
         );
     }
     if let Some(c) = &s.cluster {
-        print_cluster(c);
+        print_cluster(c, s.daemon_pid.is_some());
     }
     for p in &s.problems {
         println!("problem      {p}");
     }
 }
 
-fn print_cluster(c: &crate::cluster::ClusterStatus) {
-    let link = if c.connected {
+fn print_cluster(c: &crate::cluster::ClusterStatus, running: bool) {
+    let link = if !running {
+        "as of the daemon's last run".to_string()
+    } else if c.connected {
         "connected".to_string()
     } else {
         match c.down_since {

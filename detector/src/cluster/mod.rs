@@ -19,7 +19,9 @@
 //!
 //! - `<prefix>:events`: every event this node's parsers produced from its own logs (not the
 //!   `other` kind), and a heartbeat every 5 s; see [`wire`] for the format.
-//! - `<prefix>:bans`: every ban this node decided with evidence of its own.
+//! - `<prefix>:bans`: every ban this node decided with evidence of its own, and every
+//!   `detector unban` an administrator ran on it (which every node then applies: a false ban
+//!   of a customer is lifted fleet-wide).
 //! - `<prefix>:active-bans`: a hash prefix -> its latest ban message; what a new node, or one
 //!   back from an outage, applies first.
 //!
@@ -55,6 +57,13 @@
 //! a group's acknowledged position lives in Redis, apart from the engine snapshot it must
 //! match after a crash. A node that was down catches up from its saved position.
 //!
+//! # Trust
+//!
+//! Whoever can write to the streams can make every node ban (never an address a node's own
+//! allowlist or interfaces protect: each node checks bans against its own before writing
+//! them). Give the nodes their own Redis ACL user limited to the `<prefix>:*` keys, and use
+//! TLS across hosts.
+//!
 //! # Redis down
 //!
 //! Sources, the engine and the kernel maps never wait for Redis: what is to be published goes
@@ -85,7 +94,7 @@ pub mod wire;
 
 pub use config::{ClusterConfig, DEFAULT_PREFIX, Keys};
 pub use consumer::Incoming;
-pub use outbox::{Outbox, Outgoing, StreamKind};
+pub use outbox::{Active, Outbox, Outgoing, StreamKind};
 pub use position::{BanOrigin, ClusterState};
 pub use status::{Board, ClusterStatus};
 pub use wire::{Body, Message, Stamp, WireBan, WireEvent};
@@ -115,6 +124,8 @@ pub enum Accepted {
     Event { node: Arc<str>, event: Event },
     /// A peer's ban, new (or from the active-bans hash): write it into the maps.
     Ban { node: Arc<str>, ban: WireBan },
+    /// An administrator lifted this ban on a peer: lift it here too.
+    Unban { node: Arc<str>, prefix: IpNet },
 }
 
 /// Starts the publisher, consumer and status tasks (inside a tokio runtime). `None` when no
@@ -292,7 +303,7 @@ impl Cluster {
                             peer.last_event = chrono::DateTime::from_timestamp_micros(e.t);
                         }
                         Body::Ban { .. } => peer.bans += 1,
-                        Body::Heartbeat { .. } => {}
+                        Body::Heartbeat { .. } | Body::Unban { .. } => {}
                     }
                     if !heartbeat {
                         s.consumed += 1;
@@ -309,6 +320,7 @@ impl Cluster {
                         None => Vec::new(),
                     },
                     Body::Ban { b } => vec![Accepted::Ban { node, ban: b }],
+                    Body::Unban { u } => vec![Accepted::Unban { node, prefix: u }],
                     Body::Heartbeat { .. } => Vec::new(),
                 }
             }
@@ -389,7 +401,7 @@ impl Publisher {
         self.outbox.push(Outgoing {
             stream: StreamKind::Events,
             payload: message.encode(),
-            prefix: None,
+            active: None,
         });
     }
 
@@ -443,8 +455,30 @@ impl Publisher {
         self.outbox.push(Outgoing {
             stream: StreamKind::Bans,
             payload: message.encode(),
-            prefix: Some(decision.prefix.to_string()),
+            active: Some(Active::Set(decision.prefix.to_string())),
         });
+    }
+
+    /// An administrator removed `prefix` from this node's maps: every node lifts it.
+    pub fn admin_unban(&mut self, prefix: IpNet) {
+        let prefix = crate::enforce::canonical(prefix);
+        self.bans.remove(&prefix);
+        let message = Message {
+            v: wire::VERSION,
+            n: self.node.to_string(),
+            o: self.stamp(),
+            body: Body::Unban { u: prefix },
+        };
+        self.outbox.push(Outgoing {
+            stream: StreamKind::Bans,
+            payload: message.encode(),
+            active: Some(Active::Remove(prefix.to_string())),
+        });
+    }
+
+    /// A peer's unban applied here.
+    pub fn peer_unban(&mut self, prefix: IpNet) {
+        self.bans.remove(&crate::enforce::canonical(prefix));
     }
 
     /// A peer's ban this node applied.
@@ -485,4 +519,164 @@ pub fn read_saved(state: &StateDir) -> (Option<ClusterState>, Option<ClusterStat
         read(position::FILE_NAME).and_then(|b| serde_json::from_slice(&b).ok()),
         read(status::FILE_NAME).and_then(|b| serde_json::from_slice(&b).ok()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Action, Evidence, Rule};
+
+    fn cluster(node: &str) -> Cluster {
+        let (_tx, incoming) = mpsc::channel(1);
+        Cluster {
+            node: node.into(),
+            state: ClusterState::default(),
+            incoming,
+            board: Arc::new(Board::new(node.into(), String::new())),
+            metrics: Arc::new(Metrics::new()),
+            outbox: Arc::new(Outbox::new(10)),
+            cancel: CancellationToken::new(),
+            tasks: Vec::new(),
+            decode_errors: 0,
+        }
+    }
+
+    fn publisher(node: &str, outbox: Arc<Outbox>) -> Publisher {
+        Publisher {
+            node: node.into(),
+            boot: 7,
+            seq: 0,
+            outbox,
+            origins: BTreeMap::new(),
+            bans: BTreeMap::new(),
+        }
+    }
+
+    fn event(line: u64) -> Event {
+        Event {
+            time: chrono::DateTime::from_timestamp(1_764_612_000, 0).unwrap(),
+            service: crate::event::Service::Dovecot,
+            kind: EventKind::AuthFailure,
+            ip: "198.18.0.9".parse().unwrap(),
+            user: Some("a@example.test".into()),
+            recipient: None,
+            protocol: None,
+            line,
+            session: None,
+            failures: 1,
+            smtp: None,
+            peer: None,
+        }
+    }
+
+    fn entry(id: &str, node: &str, stamp: Stamp, body: Body) -> Incoming {
+        Incoming::Entry {
+            stream: match body {
+                Body::Ban { .. } => StreamKind::Bans,
+                _ => StreamKind::Events,
+            },
+            id: id.into(),
+            message: Ok(Message {
+                v: wire::VERSION,
+                n: node.into(),
+                o: stamp,
+                body,
+            }),
+        }
+    }
+
+    fn ev_body() -> Body {
+        Body::Event {
+            e: WireEvent::from(&event(1)),
+        }
+    }
+
+    #[test]
+    fn an_event_delivered_twice_is_fed_once_and_our_own_never() {
+        let mut c = cluster("edge");
+        assert_eq!(
+            c.accept(entry("1-0", "mx", Stamp(1, 1), ev_body())).len(),
+            1
+        );
+        assert!(
+            c.accept(entry("2-0", "mx", Stamp(1, 1), ev_body()))
+                .is_empty()
+        );
+        assert!(
+            c.accept(entry("3-0", "edge", Stamp(9, 9), ev_body()))
+                .is_empty()
+        );
+        // A heartbeat marks the peer as seen and is not fed.
+        let hb = Body::Heartbeat { t: 1 };
+        assert!(c.accept(entry("4-0", "imap", Stamp(0, 1), hb)).is_empty());
+        // Every entry moves the position, taken or not.
+        assert_eq!(c.state.events_id, "4-0");
+        let status = c.board.snapshot();
+        assert_eq!(status.consumed, 1);
+        assert_eq!(status.peers["mx"].events, 1);
+        assert!(status.peers["imap"].last_seen.is_some());
+        assert!(!status.peers.contains_key("edge"));
+        // Undecodable: skipped, position still moves.
+        let bad = Incoming::Entry {
+            stream: StreamKind::Events,
+            id: "5-0".into(),
+            message: Err(wire::DecodeError::Version(9)),
+        };
+        assert!(c.accept(bad).is_empty());
+        assert_eq!(c.state.events_id, "5-0");
+    }
+
+    #[test]
+    fn a_ban_names_its_nodes_and_is_published_only_with_own_evidence() {
+        let outbox = Arc::new(Outbox::new(100));
+        let mut p = publisher("imap", Arc::clone(&outbox));
+        let mx: Arc<str> = "mx".into();
+        p.remote_event(1, &mx);
+        p.remote_event(2, &mx);
+        p.local_event(&event(3));
+        assert_eq!(outbox.take(10).len(), 1, "the local event is published");
+        let evidence = |lines: &[u64]| {
+            lines
+                .iter()
+                .map(|&line| Evidence {
+                    line,
+                    time: event(line).time,
+                    what: String::new(),
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut decision = Decision {
+            action: Action::Ban,
+            ip: "198.18.0.9".parse().unwrap(),
+            prefix: "198.18.0.9/32".parse().unwrap(),
+            time: event(1).time,
+            rule: Rule::ProbeLogin,
+            duration: std::time::Duration::from_secs(3600),
+            offence: 1,
+            dry_run: false,
+            evidence: evidence(&[1, 3]),
+            note: String::new(),
+            kind: None,
+            user: None,
+        };
+        let nodes = p.contributors(&decision);
+        assert_eq!(nodes, ["imap", "mx"]);
+        let until = Utc::now().timestamp_millis() + 60_000;
+        p.own_ban(&decision, until, &nodes);
+        let sent = outbox.take(10);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].stream, StreamKind::Bans);
+        assert_eq!(sent[0].active, Some(Active::Set("198.18.0.9/32".into())));
+        let Body::Ban { b } = Message::decode(sent[0].payload.as_bytes()).unwrap().body else {
+            panic!("not a ban")
+        };
+        assert_eq!(b.c, ["imap", "mx"]);
+        assert_eq!(p.origins_of(decision.ip)[0].1.nodes, ["imap", "mx"]);
+        // Resting on the peer's events alone: the peer publishes it, not us.
+        decision.evidence = evidence(&[1, 2]);
+        let nodes = p.contributors(&decision);
+        assert_eq!(nodes, ["mx"]);
+        p.own_ban(&decision, until, &nodes);
+        assert!(outbox.is_empty());
+    }
 }

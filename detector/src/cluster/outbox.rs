@@ -19,8 +19,17 @@ pub struct Outgoing {
     pub stream: StreamKind,
     /// The JSON of a [`super::wire::Message`].
     pub payload: String,
-    /// For bans: the prefix, the field of the active-bans hash.
-    pub prefix: Option<String>,
+    /// What it does to the active-bans hash.
+    pub active: Option<Active>,
+}
+
+/// A change of the active-bans hash (field: the prefix).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Active {
+    /// A ban: the field is set to the message.
+    Set(String),
+    /// An unban: the field goes.
+    Remove(String),
 }
 
 #[derive(Debug, Default)]
@@ -136,7 +145,7 @@ mod tests {
         Outgoing {
             stream,
             payload: n.to_string(),
-            prefix: None,
+            active: None,
         }
     }
 

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::Keys;
 use super::link::{self, Backoff};
-use super::outbox::{Outbox, StreamKind};
+use super::outbox::{Active, Outbox, StreamKind};
 use super::status::Board;
 use super::wire::{Body, Message, Stamp, VERSION};
 use crate::metrics::Metrics;
@@ -95,12 +95,18 @@ impl Task {
                         StreamKind::Bans => &self.keys.bans,
                     };
                     self.xadd(&mut pipe, key, &min_id, &m.payload);
-                    if let Some(prefix) = &m.prefix {
-                        pipe.cmd("HSET")
-                            .arg(&self.keys.active)
-                            .arg(prefix)
-                            .arg(&m.payload)
-                            .ignore();
+                    match &m.active {
+                        Some(Active::Set(prefix)) => {
+                            pipe.cmd("HSET")
+                                .arg(&self.keys.active)
+                                .arg(prefix)
+                                .arg(&m.payload)
+                                .ignore();
+                        }
+                        Some(Active::Remove(prefix)) => {
+                            pipe.cmd("HDEL").arg(&self.keys.active).arg(prefix).ignore();
+                        }
+                        None => {}
                     }
                 }
                 match pipe.query_async::<()>(&mut conn).await {

@@ -13,8 +13,9 @@
 //!   time in ms and a counter. A node's stamps only grow, so a consumer keeps one high-water
 //!   mark per node and stream and counts anything at or below it once already (at-least-once
 //!   delivery, retried publishes).
-//! - `k`: `ev` a parsed event (`e`), `ban` a ban decision (`b`), `hb` a heartbeat (`t`: wall
-//!   clock), so quiet peers still show in `detector status`.
+//! - `k`: `ev` a parsed event (`e`), `ban` a ban decision (`b`), `unban` an administrator's
+//!   unban of the prefix `u` (bans stream), `hb` a heartbeat (`t`: wall clock), so quiet
+//!   peers still show in `detector status`.
 //!
 //! Events carry only what the engine reads: the log time in µs, service, kind, client address,
 //! user, recipient, protocol, session, new failures, the SMTP counters and what an SMTP client
@@ -56,6 +57,9 @@ pub enum Body {
     Ban { b: WireBan },
     #[serde(rename = "hb")]
     Heartbeat { t: i64 },
+    /// An administrator lifted the ban of `u` (`detector unban` on the publishing node).
+    #[serde(rename = "unban")]
+    Unban { u: IpNet },
 }
 
 /// Why a stream entry was not taken.

@@ -26,6 +26,93 @@ pub struct Tls {
     pub ca: PathBuf,
 }
 
+impl Tls {
+    /// A private CA and a server certificate for 127.0.0.1 signed by it, made with the
+    /// `openssl` command in `dir`.
+    pub fn generate(dir: &Path) -> Result<Tls> {
+        std::fs::create_dir_all(dir)?;
+        let tls = Tls {
+            cert: dir.join("server.crt"),
+            key: dir.join("server.key"),
+            ca: dir.join("ca.crt"),
+        };
+        let ca_key = dir.join("ca.key");
+        let csr = dir.join("server.csr");
+        let ext = dir.join("server.ext");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )?;
+        let p = |p: &Path| p.to_string_lossy().into_owned();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=detector test CA",
+            "-keyout",
+            &p(&ca_key),
+            "-out",
+            &p(&tls.ca),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])?;
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &p(&tls.key),
+            "-out",
+            &p(&csr),
+        ])?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p(&csr),
+            "-CA",
+            &p(&tls.ca),
+            "-CAkey",
+            &p(&ca_key),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &p(&ext),
+            "-out",
+            &p(&tls.cert),
+        ])?;
+        Ok(tls)
+    }
+}
+
+fn openssl(args: &[&str]) -> Result<()> {
+    let out = Command::new("openssl")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running openssl")?;
+    if !out.status.success() {
+        bail!(
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Options {
     /// `requirepass`.
