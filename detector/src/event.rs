@@ -27,7 +27,7 @@ impl Service {
 }
 
 /// The protocol the client spoke, where the line tells.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// Postfix smtpd on port 25 (and postscreen).

@@ -11,8 +11,12 @@ use super::state::{IpState, PrefixState, ProbeMark, UserState};
 use super::{Engine, EngineConfig, EngineStats};
 use crate::Error;
 
-/// Bumped when the snapshot layout changes incompatibly.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// Bumped when the snapshot layout changes incompatibly. Version 2 keeps evidence as line
+/// references and session ids as hashes; a version-1 snapshot still loads (its evidence as
+/// the text it had), so an upgrade loses no ban, offence or correlation state.
+pub const SNAPSHOT_VERSION: u32 = 2;
+/// The oldest snapshot version [`Engine::restore`] reads.
+pub const OLDEST_SNAPSHOT_VERSION: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -65,10 +69,11 @@ impl Engine {
     /// An engine with `cfg` (possibly changed since the snapshot) and the snapshot's state.
     /// State beyond the new caps or horizon is dropped on the next event.
     pub fn restore(cfg: EngineConfig, snap: Snapshot) -> crate::Result<Engine> {
-        if snap.version != SNAPSHOT_VERSION {
+        if !(OLDEST_SNAPSHOT_VERSION..=SNAPSHOT_VERSION).contains(&snap.version) {
             return Err(Error::Store(format!(
-                "engine snapshot version {} is not supported (expected {SNAPSHOT_VERSION}); \
-                 remove it to start with empty state",
+                "engine snapshot version {} is not supported (this detector reads versions \
+                 {OLDEST_SNAPSHOT_VERSION} to {SNAPSHOT_VERSION}); remove it to start with \
+                 empty state",
                 snap.version
             )));
         }
@@ -76,6 +81,14 @@ impl Engine {
         engine.now = snap.now.unwrap_or(i64::MIN);
         engine.stats = snap.stats;
         engine.ips = snap.ips.into_iter().collect();
+        // Restored names are separate copies: share them again.
+        for s in engine.ips.values_mut() {
+            s.intern(&mut engine.names);
+        }
+        engine.clients = (engine.ips.iter())
+            .filter(|(_, s)| !s.successes().is_empty())
+            .map(|(k, _)| *k)
+            .collect();
         engine.users = snap.users.into_iter().collect();
         engine.prefixes = snap.prefixes.into_iter().collect();
         engine.marks = snap.marks.into_iter().collect();
@@ -83,7 +96,7 @@ impl Engine {
         engine.pending = engine
             .ips
             .iter()
-            .filter_map(|(k, s)| s.pending.as_ref().map(|p| (p.deadline, *k)))
+            .filter_map(|(k, s)| s.pending().map(|p| (p.deadline, *k)))
             .collect();
         if engine.now != i64::MIN {
             engine.sweep();
