@@ -431,9 +431,7 @@ impl Daemon {
             }
         }
         self.notice_admin_unbans();
-        self.metrics
-            .tracked_ips
-            .set(self.pipeline.engine().tracked().0 as i64);
+        self.count_engine_churn();
     }
 
     /// Tells the engine about bans that left the kernel before their end (`detector unban`).
@@ -494,6 +492,7 @@ impl Daemon {
     /// positions of exactly the lines it has seen. `None` when nothing changed.
     fn take_save_job(&mut self) -> Option<SaveJob> {
         self.count_untrusted();
+        self.count_engine_churn();
         if !self.unsaved {
             return None;
         }
@@ -508,6 +507,25 @@ impl Daemon {
             checkpoints: self.checkpoints.clone(),
             counters: self.counters.clone(),
         })
+    }
+
+    /// Copies the engine's size and eviction counts into the metrics and the counters file.
+    fn count_engine_churn(&mut self) {
+        let engine = self.pipeline.engine();
+        let stats = engine.stats();
+        let c = &mut self.counters;
+        self.metrics.tracked_ips.set(engine.tracked().0 as i64);
+        (self.metrics.evicted_for_space)
+            .inc_by(stats.evicted_for_space.saturating_sub(c.evicted_for_space));
+        (self.metrics.evicted_with_evidence).inc_by(
+            stats
+                .evicted_with_evidence
+                .saturating_sub(c.evicted_with_evidence),
+        );
+        c.tracked_ips = engine.tracked().0 as u64;
+        c.max_tracked_ips = engine.config().max_tracked_ips as u64;
+        c.evicted_for_space = stats.evicted_for_space;
+        c.evicted_with_evidence = stats.evicted_with_evidence;
     }
 
     /// Copies the sources' untrusted-entry counts into the metric and the counters file.

@@ -736,6 +736,11 @@ impl IpState {
         w
     }
 
+    /// The weight from which an address's state counts as evidence toward a ban (a counted
+    /// failed login, a held ban, a campaign tie) or a customer's leniency: evicting it is
+    /// churn that costs detection (`evicted_with_evidence`).
+    pub const WEIGHTY: u32 = 4;
+
     /// Replaces every name by its interned copy (after a restore).
     pub fn intern(&mut self, names: &mut Names) {
         for f in self.failures.iter_mut() {
@@ -966,7 +971,9 @@ pub fn evict_least_evidence(map: &mut IndexMap<IpAddr, IpState>, cap: usize) -> 
         order.select_nth_unstable(excess);
         order.truncate(excess);
     }
-    let weighty = order.iter().filter(|(w, _, _)| *w > 0).count();
+    let weighty = (order.iter())
+        .filter(|(w, _, _)| *w >= IpState::WEIGHTY)
+        .count();
     let gone: HashSet<IpAddr> = order.into_iter().map(|(_, _, k)| k).collect();
     map.retain(|k, _| !gone.contains(k));
     (excess, weighty)
