@@ -503,7 +503,8 @@ impl Daemon {
         self.counters.saved_at = Some(Utc::now());
         Some(SaveJob {
             state: self.state.clone(),
-            snapshot: self.pipeline.engine().snapshot(),
+            // Only the copy is made here; sorting and encoding run on the writer's thread.
+            snapshot: self.pipeline.engine().snapshot_unsorted(),
             checkpoints: self.checkpoints.clone(),
             counters: self.counters.clone(),
         })
@@ -582,6 +583,7 @@ impl SaveJob {
     fn write(mut self) -> SaveOutcome {
         let started = Instant::now();
         let result = (|| {
+            self.snapshot.sort();
             let bytes = serde_json::to_vec(&self.snapshot)
                 .map_err(|e| Error::Store(format!("encoding the engine state: {e}")))?;
             self.state.write_atomic(ENGINE_STATE_FILE, &bytes)?;

@@ -33,36 +33,46 @@ pub struct Snapshot {
     pub sites: Vec<(IpNet, VecDeque<(IpNet, i64)>)>,
 }
 
+impl Snapshot {
+    /// Sorts every list by key, so equal states give byte-identical snapshots.
+    pub fn sort(&mut self) {
+        self.ips.sort_unstable_by_key(|(k, _)| *k);
+        self.users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.prefixes.sort_unstable_by_key(|(k, _)| *k);
+        self.marks.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.sites.sort_unstable_by_key(|(k, _)| *k);
+    }
+}
+
 impl Engine {
-    /// The whole correlation state (serialise it with serde, e.g. `serde_json`).
+    /// The whole correlation state (serialise it with serde, e.g. `serde_json`), sorted.
     pub fn snapshot(&self) -> Snapshot {
-        let mut ips: Vec<_> = self.ips.iter().map(|(k, v)| (*k, v.clone())).collect();
-        ips.sort_by_key(|(k, _)| *k);
-        let mut users: Vec<_> = self
-            .users
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        users.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut prefixes: Vec<_> = self.prefixes.iter().map(|(k, v)| (*k, v.clone())).collect();
-        prefixes.sort_by_key(|(k, _)| *k);
-        let mut marks: Vec<_> = self
-            .marks
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        marks.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut sites: Vec<_> = self.sites.iter().map(|(k, v)| (*k, v.clone())).collect();
-        sites.sort_by_key(|(k, _)| *k);
+        let mut s = self.snapshot_unsorted();
+        s.sort();
+        s
+    }
+
+    /// The state as it lies in memory, unsorted: the part of [`Engine::snapshot`] that must
+    /// run where the engine is (the daemon's engine task); [`Snapshot::sort`] can run
+    /// elsewhere (the thread that writes it).
+    pub fn snapshot_unsorted(&self) -> Snapshot {
         Snapshot {
             version: SNAPSHOT_VERSION,
             now: (self.now != i64::MIN).then_some(self.now),
             stats: self.stats,
-            ips,
-            users,
-            prefixes,
-            marks,
-            sites,
+            ips: self.ips.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            users: self
+                .users
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            prefixes: self.prefixes.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            marks: self
+                .marks
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            sites: self.sites.iter().map(|(k, v)| (*k, v.clone())).collect(),
         }
     }
 
