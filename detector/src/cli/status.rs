@@ -291,6 +291,10 @@ fn print_human(s: &Status) {
                 String::new()
             }
         );
+        println!(
+            "untrusted    {} lines longer than the line limit (not parsed)",
+            c.truncated_lines
+        );
     }
     if let Some(c) = &s.untrusted
         && c.max_tracked_ips > 0

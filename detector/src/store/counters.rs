@@ -31,6 +31,8 @@ pub struct DaemonCounters {
     /// `EngineStats::evicted_with_evidence`).
     pub evicted_for_space: u64,
     pub evicted_with_evidence: u64,
+    /// Lines longer than the line limit: cut by their source and not parsed.
+    pub truncated_lines: u64,
 }
 
 impl DaemonCounters {
