@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::enforce::{self, AttachOptions, Capacity, Enforcer, Reason};
-use crate::engine::Snapshot;
+use crate::engine::StateCopy;
 use crate::engine::{Action, Decision, Rule};
 use crate::metrics::{FamilyLabel, KindLabel, Metrics, RuleLabel, SourceLabel};
 use crate::parse::{Format, LineParser};
@@ -504,8 +504,9 @@ impl Daemon {
         self.counters.saved_at = Some(Utc::now());
         Some(SaveJob {
             state: self.state.clone(),
-            // Only the copy is made here; sorting and encoding run on the writer's thread.
-            snapshot: self.pipeline.engine().snapshot_unsorted(),
+            // Only a shallow copy is made here (copy-on-write states); the snapshot is made,
+            // sorted and encoded on the writer's thread.
+            snapshot: self.pipeline.engine().state_copy(),
             checkpoints: self.checkpoints.clone(),
             counters: self.counters.clone(),
         })
@@ -566,7 +567,7 @@ impl Daemon {
 /// Everything one save writes, owned, so it can run away from the engine task.
 struct SaveJob {
     state: StateDir,
-    snapshot: Snapshot,
+    snapshot: StateCopy,
     checkpoints: Checkpoints,
     counters: DaemonCounters,
 }
@@ -584,8 +585,8 @@ impl SaveJob {
     fn write(mut self) -> SaveOutcome {
         let started = Instant::now();
         let result = (|| {
-            self.snapshot.sort();
-            let bytes = serde_json::to_vec(&self.snapshot)
+            let snapshot = self.snapshot.into_snapshot();
+            let bytes = serde_json::to_vec(&snapshot)
                 .map_err(|e| Error::Store(format!("encoding the engine state: {e}")))?;
             self.state.write_atomic(ENGINE_STATE_FILE, &bytes)?;
             self.checkpoints.save(&self.state)?;
@@ -762,7 +763,7 @@ mod tests {
         checkpoints.commit(&SourceId::stdin(), &Position::Stdin { line: 7 });
         SaveJob {
             state: state.clone(),
-            snapshot: Engine::new(EngineConfig::default()).snapshot(),
+            snapshot: Engine::new(EngineConfig::default()).state_copy(),
             checkpoints,
             counters: DaemonCounters::default(),
         }

@@ -24,6 +24,7 @@ pub mod state;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use indexmap::IndexMap;
@@ -33,7 +34,7 @@ pub use config::EngineConfig;
 pub use decision::{Action, AlertKind, Decision, Evidence, Rule};
 pub use explain::{Explanation, FailureView};
 pub use rules::{mailbox_key, typo_of};
-pub use snapshot::{OLDEST_SNAPSHOT_VERSION, SNAPSHOT_VERSION, Snapshot};
+pub use snapshot::{OLDEST_SNAPSHOT_VERSION, SNAPSHOT_VERSION, Snapshot, StateCopy};
 use state::{IpState, Names, PrefixState, ProbeMark, UserState};
 
 use crate::event::Event;
@@ -47,8 +48,10 @@ pub struct Engine {
     cfg: EngineConfig,
     /// Addresses of this host (never banned); see [`Engine::set_host_addrs`].
     host_addrs: Vec<IpAddr>,
-    /// Per address (IPv4, or the IPv6 /64): entries in one vector with a compact index.
-    ips: IndexMap<IpAddr, IpState>,
+    /// Per address (IPv4, or the IPv6 /64): entries in one vector with a compact index. Each
+    /// state is shared copy-on-write, so a save copies pointers, not states
+    /// ([`Engine::state_copy`]).
+    ips: IndexMap<IpAddr, Arc<IpState>>,
     /// Interned user names and recipients of every record.
     names: Names,
     /// State keys that had a trusted successful login (a superset: checked against `ips`
@@ -331,14 +334,10 @@ impl Engine {
             s.last_seen >= cutoff || s.successes().iter().any(|x| x.time >= lenient)
         });
         for s in self.ips.values_mut() {
-            s.failures.retain(|f| f.time >= cutoff);
-            s.probes.retain(|p| p.time >= cutoff);
-            s.evidence.retain(|e| e.time >= cutoff);
-            if let Some(x) = s.extra_mut_if_any() {
-                x.pending_rcpts.retain(|p| p.time >= cutoff);
-                x.successes.retain(|x| x.time >= lenient);
+            // Only what changes is written: a copy held by a save stays shared.
+            if s.needs_expiry(cutoff, lenient) {
+                Arc::make_mut(s).expire(cutoff, lenient);
             }
-            s.tidy();
         }
         self.stats.evicted_ips += (before - self.ips.len()) as u64;
         let ips = &self.ips;

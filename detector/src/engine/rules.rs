@@ -37,6 +37,7 @@
 //! `name` and `name+tag@domain` are one mailbox; [`typo_of`] maps a user-name typo to the
 //! mailbox meant.
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -65,7 +66,11 @@ pub(super) fn observe(engine: &mut Engine, ev: &Event) -> Vec<Decision> {
     }
     let cap = engine.cfg.max_evidence;
     let cite = Cite::of(ev, &mut engine.names);
-    let state = engine.ips.entry(ip).or_insert_with(|| IpState::new(t));
+    let state = engine
+        .ips
+        .entry(ip)
+        .or_insert_with(|| IpState::new(t).into());
+    let state = Arc::make_mut(state);
     state.last_seen = state.last_seen.max_with(t);
     state.push_evidence(cite, cap);
 
@@ -271,7 +276,7 @@ fn on_probe(
         "aborted an SMTP transaction to <{r}>, {why}; never logged in and no mail server \
          (banned before the login that follows)"
     );
-    if let Some(s) = engine.ips.get_mut(&ip) {
+    if let Some(s) = engine.ips.get_mut(&ip).map(Arc::make_mut) {
         s.extra_mut().campaign = Some(Ts::of(t));
     }
     ban(engine, ip, Rule::CampaignProbe, note, t, out);
@@ -319,7 +324,7 @@ fn login_read_before_its_probe(
     );
     ban(engine, ip, Rule::ProbeLogin, note, t, out);
     if !out.is_empty()
-        && let Some(s) = engine.ips.get_mut(&ip)
+        && let Some(s) = engine.ips.get_mut(&ip).map(Arc::make_mut)
     {
         // The weaker ban held for the grace period is superseded.
         s.clear_pending();
@@ -360,7 +365,7 @@ fn on_success(
     let suspicion = compromise_evidence(engine, ip, &user, t);
     let lenient_since = t.saturating_sub(engine.cfg.lenient_period.as_secs() as i64);
     let shared_users = engine.cfg.shared_ip_users as usize;
-    let Some(state) = engine.ips.get_mut(&ip) else {
+    let Some(state) = engine.ips.get_mut(&ip).map(Arc::make_mut) else {
         return;
     };
     let trusted = suspicion.is_none();
@@ -535,7 +540,7 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, addr: IpAddr, ev: &Event, out: &m
     let t = ev.time.timestamp();
     let user = ev.user.as_deref().map(|u| engine.names.intern(u));
     let lenient_since = t.saturating_sub(cfg.lenient_period.as_secs() as i64);
-    let Some(state) = engine.ips.get_mut(&ip) else {
+    let Some(state) = engine.ips.get_mut(&ip).map(Arc::make_mut) else {
         return;
     };
     // A known client: a failure is a typo or a stale device.
@@ -627,7 +632,7 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, addr: IpAddr, ev: &Event, out: &m
     }
     // Tied to a probe: a later success from here is not the owner's. (Failing on a mailbox
     // under attack is not enough: its owner mistypes during attacks too.)
-    if linked && let Some(s) = engine.ips.get_mut(&ip) {
+    if linked && let Some(s) = engine.ips.get_mut(&ip).map(Arc::make_mut) {
         s.extra_mut().campaign = Some(Ts::of(t));
     }
 
@@ -689,7 +694,7 @@ fn conclude(
     let grace = cfg.grace_period.as_secs() as i64;
     let shared = is_shared(engine, &engine.ips[&ip], t);
     let prefix = engine.ban_prefix(addr);
-    let Some(state) = engine.ips.get_mut(&ip) else {
+    let Some(state) = engine.ips.get_mut(&ip).map(Arc::make_mut) else {
         return;
     };
     if shared {
@@ -758,7 +763,8 @@ pub(super) fn fire_due(engine: &mut Engine, now: i64) -> Vec<Decision> {
         let Some(p) = engine
             .ips
             .get_mut(&ip)
-            .and_then(|s| s.take_pending_at(deadline))
+            .filter(|s| s.pending().is_some_and(|p| p.deadline == deadline))
+            .and_then(|s| Arc::make_mut(s).take_pending_at(deadline))
         else {
             continue;
         };
@@ -1195,7 +1201,7 @@ fn ban_prefix(
     let evidence = engine
         .ips
         .get(&ip)
-        .map(IpState::evidence_list)
+        .map(|s| s.evidence_list())
         .unwrap_or_default();
     Some(Decision {
         action: Action::Ban,

@@ -1,6 +1,7 @@
 //! Engine state export/import, so a daemon restart keeps correlation state and offences.
 //! Entries are sorted, so equal states give byte-identical snapshots.
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -33,6 +34,41 @@ pub struct Snapshot {
     pub sites: Vec<(IpNet, VecDeque<(IpNet, i64)>)>,
 }
 
+/// A copy of the engine's state taken at one instant, cheaply: the per-address states are
+/// shared with the engine (copy-on-write: the engine copies one only when it changes it while
+/// the copy lives), the smaller maps are copied. [`StateCopy::into_snapshot`] makes the
+/// [`Snapshot`] from it, away from the engine (the daemon's writer thread).
+#[derive(Clone, Debug)]
+pub struct StateCopy {
+    now: Option<i64>,
+    stats: EngineStats,
+    ips: Vec<(IpAddr, Arc<IpState>)>,
+    users: Vec<(Box<str>, UserState)>,
+    prefixes: Vec<(IpNet, PrefixState)>,
+    marks: Vec<(Box<str>, VecDeque<ProbeMark>)>,
+    sites: Vec<(IpNet, VecDeque<(IpNet, i64)>)>,
+}
+
+impl StateCopy {
+    /// The sorted snapshot of this copy.
+    pub fn into_snapshot(self) -> Snapshot {
+        let mut s = Snapshot {
+            version: SNAPSHOT_VERSION,
+            now: self.now,
+            stats: self.stats,
+            ips: (self.ips.into_iter())
+                .map(|(k, v)| (k, Arc::unwrap_or_clone(v)))
+                .collect(),
+            users: self.users,
+            prefixes: self.prefixes,
+            marks: self.marks,
+            sites: self.sites,
+        };
+        s.sort();
+        s
+    }
+}
+
 impl Snapshot {
     /// Sorts every list by key, so equal states give byte-identical snapshots.
     pub fn sort(&mut self) {
@@ -52,6 +88,26 @@ impl Engine {
         s
     }
 
+    /// A cheap copy of the state for a save (see [`StateCopy`]): what the daemon's engine
+    /// task pays per save is a pointer per address plus the small maps.
+    pub fn state_copy(&self) -> StateCopy {
+        StateCopy {
+            now: (self.now != i64::MIN).then_some(self.now),
+            stats: self.stats,
+            ips: self.ips.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            users: (self.users.iter())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            prefixes: self.prefixes.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            marks: self
+                .marks
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            sites: self.sites.iter().map(|(k, v)| (*k, v.clone())).collect(),
+        }
+    }
+
     /// The state as it lies in memory, unsorted: the part of [`Engine::snapshot`] that must
     /// run where the engine is (the daemon's engine task); [`Snapshot::sort`] can run
     /// elsewhere (the thread that writes it).
@@ -60,7 +116,9 @@ impl Engine {
             version: SNAPSHOT_VERSION,
             now: (self.now != i64::MIN).then_some(self.now),
             stats: self.stats,
-            ips: self.ips.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            ips: (self.ips.iter())
+                .map(|(k, v)| (*k, IpState::clone(v)))
+                .collect(),
             users: self
                 .users
                 .iter()
@@ -90,11 +148,13 @@ impl Engine {
         let mut engine = Engine::new(cfg);
         engine.now = snap.now.unwrap_or(i64::MIN);
         engine.stats = snap.stats;
-        engine.ips = snap.ips.into_iter().collect();
-        // Restored names are separate copies: share them again.
-        for s in engine.ips.values_mut() {
-            s.intern(&mut engine.names);
-        }
+        engine.ips = (snap.ips.into_iter())
+            .map(|(k, mut s)| {
+                // Restored names are separate copies: share them again.
+                s.intern(&mut engine.names);
+                (k, Arc::new(s))
+            })
+            .collect();
         engine.clients = (engine.ips.iter())
             .filter(|(_, s)| !s.successes().is_empty())
             .map(|(k, _)| *k)

@@ -619,6 +619,27 @@ impl IpState {
         self.extra.as_deref_mut()
     }
 
+    /// Something in it is older than `cutoff` (successful logins: than `lenient`).
+    pub fn needs_expiry(&self, cutoff: i64, lenient: i64) -> bool {
+        self.failures.iter().any(|f| f.time < cutoff)
+            || self.probes.iter().any(|p| p.time < cutoff)
+            || self.evidence.iter().any(|e| e.time < cutoff)
+            || self.pending_rcpts().iter().any(|p| p.time < cutoff)
+            || self.successes().iter().any(|x| x.time < lenient)
+    }
+
+    /// Forgets what is older than `cutoff` (successful logins: than `lenient`).
+    pub fn expire(&mut self, cutoff: i64, lenient: i64) {
+        self.failures.retain(|f| f.time >= cutoff);
+        self.probes.retain(|p| p.time >= cutoff);
+        self.evidence.retain(|e| e.time >= cutoff);
+        if let Some(x) = self.extra_mut_if_any() {
+            x.pending_rcpts.retain(|p| p.time >= cutoff);
+            x.successes.retain(|x| x.time >= lenient);
+        }
+        self.tidy();
+    }
+
     /// Frees the extra box when nothing is left in it.
     pub fn tidy(&mut self) {
         if self.extra.as_deref().is_some_and(Extra::is_empty) {
@@ -957,7 +978,10 @@ where
 /// on the key. Oldest-first alone would evict exactly the slow bots, and let a flood of
 /// cheap events from fresh addresses push out the evidence against them. What was evicted:
 /// (addresses, how many of them carried evidence that counts toward a ban).
-pub fn evict_least_evidence(map: &mut IndexMap<IpAddr, IpState>, cap: usize) -> (usize, usize) {
+pub fn evict_least_evidence(
+    map: &mut IndexMap<IpAddr, std::sync::Arc<IpState>>,
+    cap: usize,
+) -> (usize, usize) {
     if map.len() <= cap {
         return (0, 0);
     }

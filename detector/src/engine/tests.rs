@@ -1420,3 +1420,19 @@ fn names_are_interned_and_collected() {
     f.fail(3 * 86400, "198.18.10.2", "late@example.test");
     assert_eq!(f.engine.names.len(), 1, "only the name still referred to");
 }
+
+/// A save's copy shares the address states with the engine; what the engine changes after
+/// it (the same address, a new one) does not reach the copy.
+#[test]
+fn a_state_copy_is_the_state_at_its_instant() {
+    let mut f = Feed::new(cfg());
+    f.fail(0, BOT, "a@example.test");
+    f.probe(5, "2001:db8:5::1", "x@example.test");
+    let at_copy = f.engine.snapshot();
+    let copy = f.engine.state_copy();
+    f.fail(10, BOT, "b@example.test");
+    f.ok(20, "2001:db8:5::2", "x@example.test");
+    f.fail(30, "198.18.1.1", "c@example.test");
+    assert_ne!(f.engine.snapshot(), at_copy);
+    assert_eq!(copy.into_snapshot(), at_copy);
+}
