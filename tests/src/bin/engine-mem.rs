@@ -99,7 +99,7 @@ impl Rng {
 /// host in a distinct IPv6 /64 of 2001:db8::/32 with a random interface id.
 fn address(i: u32) -> IpAddr {
     let n = i / 2;
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         if n < 131_072 {
             IpAddr::V4(Ipv4Addr::from(0xc612_0000 + n))
         } else {
