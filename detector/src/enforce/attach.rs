@@ -107,8 +107,8 @@ fn load_and_attach(
     // The program reads SETTINGS as a global, whose map aya fills with the global's value on
     // every load, pinned or not: pass the pinned value, so adopting keeps the flags. (Another
     // process changing a flag during the few milliseconds of the load loses that change, as
-    // with any two processes' read-modify-writes of the flags; the prefix flags are repaired
-    // on the daemon's next sweep.)
+    // with any two processes' read-modify-writes of the flags; the prefix flags are set again
+    // from the tries whenever the daemon walks the maps.)
     let settings = if adopting {
         let current = read_pinned_settings(pins)?;
         verify::check_layout_version(pins, current.layout_version)?;
