@@ -23,7 +23,8 @@ pub enum Bench {
     /// filters) on the first 50,000 of those lines, when it is installed.
     Parse(parse::Options),
     /// ns/packet of the XDP program vs an empty and a bare-lookup program (BPF_PROG_TEST_RUN),
-    /// same key (hot cache) and random keys (cache-cold).
+    /// same key (hot cache) and random keys (cache-cold); ends with issue 14's targets, each
+    /// case beside the bare reference of the same run.
     Xdp(xdp::Options),
     /// Receiver CPU per packet on a veth pair under a UDP flood (paced and flat out): XDP vs
     /// an nftables set vs no filter.
