@@ -456,3 +456,78 @@ fn rebans_racing_a_flood_lose_no_counted_drop() {
     assert_eq!(entry.reason, Reason::SlowRepeat);
     assert!(entry.remaining.unwrap() > Duration::from_secs(100));
 }
+
+/// Walks in batches (BPF_MAP_LOOKUP_BATCH, BPF_MAP_DELETE_BATCH) see and remove exactly what
+/// the one-entry-at-a-time walk does: thousands of entries per map, several batches each,
+/// live and expired, exact and prefix, both families.
+#[test]
+fn batched_walks_list_and_sweep_what_per_key_walks_do() {
+    let fill = |obj: &mut TestObject| {
+        for i in 0..9_000u32 {
+            let [_, _, c, d] = i.to_be_bytes();
+            // Every third one expired long ago (monotonic ns 1).
+            let expires = if i % 3 == 0 { 1 } else { 0 };
+            obj.insert_exact_v4([198, 19, c, d], expires).unwrap();
+            let mut v6 = BANNED6;
+            v6[14] = c;
+            v6[15] = d;
+            obj.insert_exact_v6(v6, expires).unwrap();
+        }
+        let e = obj.enforcer();
+        for i in 0..300u32 {
+            let net = format!("198.18.{}.0/24", 100 + i % 100);
+            let net6 = format!("2001:db8:20:{i:x}::/64");
+            e.ban(net6.parse().unwrap(), None, Reason::Manual).unwrap();
+            if i < 100 {
+                e.ban(
+                    net.parse().unwrap(),
+                    Some(Duration::from_secs(60)),
+                    Reason::Burst,
+                )
+                .unwrap();
+            }
+        }
+    };
+    let capacity = Capacity {
+        exact: 16_384,
+        prefix: 1024,
+    };
+    let mut one_by_one = TestObject::load(capacity).unwrap();
+    let mut batched = TestObject::load(capacity).unwrap();
+    fill(&mut one_by_one);
+    fill(&mut batched);
+    one_by_one.enforcer().set_batch_walks(false);
+    // What a listing says, minus the time left (read at two different instants).
+    let listed = |obj: &mut TestObject| -> Vec<(String, bool, u64)> {
+        let bans = obj.enforcer().list().unwrap();
+        bans.iter()
+            .map(|b| (b.target(), b.remaining.is_some(), b.hits))
+            .collect()
+    };
+    let slow = listed(&mut one_by_one);
+    let fast = listed(&mut batched);
+    assert_eq!(slow.len(), 6_000 * 2 + 400);
+    assert!(fast == slow, "the batched listing differs");
+    let walks = batched.enforcer().batched_walks();
+    // The hashes have batch operations on every kernel this runs on (5.6+).
+    assert_eq!(walks[0], ("BANS_V4", Some(true)), "{walks:?}");
+    assert_eq!(walks[1], ("BANS_V6", Some(true)), "{walks:?}");
+    assert_eq!(one_by_one.enforcer().batched_walks()[0].1, Some(false));
+
+    let slow = one_by_one.enforcer().sweep_due().unwrap().unwrap();
+    let fast = batched.enforcer().sweep_due().unwrap().unwrap();
+    assert_eq!(slow.removed, 6_000);
+    assert_eq!(fast, slow);
+    assert_eq!(
+        (fast.live_v4, fast.live_v6),
+        (6_000 + 100, 6_000 + 300),
+        "{fast:?}"
+    );
+    // The expired entries are gone from the maps, not just hidden.
+    one_by_one.enforcer().set_batch_walks(true);
+    let again = batched.enforcer().sweep_expired().unwrap();
+    assert_eq!(again, 0);
+    assert_eq!(one_by_one.enforcer().sweep_expired().unwrap(), 0);
+    assert!(listed(&mut batched) == listed(&mut one_by_one));
+    assert_eq!(listed(&mut batched).len(), 6_000 * 2 + 400);
+}

@@ -369,6 +369,26 @@ impl Enforcer {
         self.sweep_all().map(Some)
     }
 
+    /// Walks (sweeps, `list`) one entry at a time, as before batched walks existed (`false`),
+    /// or in batches where the kernel can (`true`, the default). For `cargo xtask bench sweep`
+    /// and the tests that compare both.
+    pub fn set_batch_walks(&mut self, on: bool) {
+        self.bans_v4.set_batch_walks(on);
+        self.bans_v6.set_batch_walks(on);
+        self.prefix_v4.set_batch_walks(on);
+        self.prefix_v6.set_batch_walks(on);
+    }
+
+    /// Per map, whether its walks went in batches (`None`: not walked yet).
+    pub fn batched_walks(&self) -> [(&'static str, Option<bool>); 4] {
+        [
+            (self.bans_v4.name, self.bans_v4.batched()),
+            (self.bans_v6.name, self.bans_v6.batched()),
+            (self.prefix_v4.name, self.prefix_v4.batched()),
+            (self.prefix_v6.name, self.prefix_v6.batched()),
+        ]
+    }
+
     /// Sets how often [`Enforcer::sweep_due`] walks when nothing known is due (tests).
     pub fn set_full_walk_every(&mut self, every: Duration) {
         self.full_walk_every = every;
