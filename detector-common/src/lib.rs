@@ -262,6 +262,9 @@ pub mod reason {
     pub const CROWDSEC: u32 = 5;
     /// An entry of a blocklist loaded with `detector ban --from`.
     pub const BLOCKLIST: u32 = 6;
+    /// Several prefix bans folded into the one prefix that covers them all, by user space,
+    /// because the trie was full (see `detector::enforce::Enforcer::ban_making_room`).
+    pub const AGGREGATED: u32 = 7;
     pub const OTHER: u32 = 255;
 }
 

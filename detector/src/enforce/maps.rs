@@ -25,10 +25,12 @@ use crate::Error;
 pub struct Enforcer {
     pins: PinPaths,
     allow: Allowlist,
-    bans_v4: Table<HashMap<MapData, Ipv4Key, ExactBan>>,
-    bans_v6: Table<HashMap<MapData, Ipv6Key, ExactBan>>,
-    prefix_v4: Table<LpmTrie<MapData, [u8; 4], PrefixBan>>,
-    prefix_v6: Table<LpmTrie<MapData, [u8; 16], PrefixBan>>,
+    pub(super) bans_v4: Table<HashMap<MapData, Ipv4Key, ExactBan>>,
+    pub(super) bans_v6: Table<HashMap<MapData, Ipv6Key, ExactBan>>,
+    pub(super) prefix_v4: Table<LpmTrie<MapData, [u8; 4], PrefixBan>>,
+    pub(super) prefix_v6: Table<LpmTrie<MapData, [u8; 16], PrefixBan>>,
+    /// How a full IPv6 trie folds /64 bans into their site.
+    pub(super) aggregation: super::room::Aggregation,
     stats: PerCpuArray<MapData, Counters>,
     settings: Array<MapData, Settings>,
     /// Earliest end (monotonic ns) of a timed ban this process knows of: the last walk's
@@ -196,6 +198,7 @@ impl Enforcer {
             ),
             stats: typed(map(STATS)?, STATS)?,
             settings,
+            aggregation: super::room::Aggregation::default(),
             next_expiry: None,
             last_walk: None,
             full_walk_every: FULL_WALK_EVERY,
@@ -483,8 +486,13 @@ impl Enforcer {
         Ok(())
     }
 
+    /// How a full IPv6 prefix trie folds bans into their site (the engine's site rule).
+    pub fn set_aggregation(&mut self, aggregation: super::room::Aggregation) {
+        self.aggregation = aggregation;
+    }
+
     /// HAVE_PREFIX_V4/V6 = "that trie holds at least one entry".
-    fn refresh_prefix_flags(&mut self) -> crate::Result<()> {
+    pub(super) fn refresh_prefix_flags(&mut self) -> crate::Result<()> {
         let have4 = !self.prefix_v4.is_empty();
         let have6 = !self.prefix_v6.is_empty();
         self.update_flags(|f| {

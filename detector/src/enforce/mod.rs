@@ -18,6 +18,7 @@ pub mod infra;
 mod maps;
 mod pins;
 mod reban;
+mod room;
 mod sys;
 mod table;
 pub mod testrun;
@@ -30,6 +31,7 @@ pub use attach::{AttachOptions, AttachOutcome, AttachReport, DetachReport, attac
 pub use maps::canonical;
 pub use maps::{BulkOutcome, Enforcer, FULL_WALK_EVERY, SweepReport};
 pub use pins::PinPaths;
+pub use room::{Aggregation, MadeRoom};
 pub use types::{
     ActiveBan, AttachMode, BanEntry, BanOutcome, Capacity, Reason, Reconciled, Stats,
     display_target,
