@@ -71,6 +71,9 @@ impl std::fmt::Display for MadeRoom {
     }
 }
 
+/// One entry of the IPv6 trie.
+type Entry6 = (Key<[u8; 16]>, PrefixBan);
+
 /// What one walk of a full table found: expired keys, and the live timed ban ending soonest.
 struct Survey<K> {
     dead: Vec<K>,
@@ -178,7 +181,7 @@ impl Enforcer {
                 .ok()
         };
         // Live entries longer than a site, by site; and each site's own entry.
-        let mut inside: StdHashMap<Ipv6Net, Vec<(Key<[u8; 16]>, PrefixBan)>> = StdHashMap::new();
+        let mut inside: StdHashMap<Ipv6Net, Vec<Entry6>> = StdHashMap::new();
         let mut own: StdHashMap<Ipv6Net, PrefixBan> = StdHashMap::new();
         self.prefix_v6.walk(|k, v| {
             if !v.is_live(now_ns) {
