@@ -324,3 +324,54 @@ fn batched_walks_list_and_sweep_what_per_key_walks_do() {
     assert!(listed(&mut batched) == listed(&mut one_by_one));
     assert_eq!(listed(&mut batched).len(), 6_000 * 2 + 400);
 }
+
+/// The daemon's admin-unban check on many bans (one batched walk) finds exactly what looking
+/// each one up finds: bans removed are missing, bans covered by a live wider prefix are not.
+#[test]
+fn many_missing_bans_are_found_by_one_walk_as_by_lookups() {
+    let mut obj = TestObject::load(Capacity {
+        exact: 4096,
+        prefix: 64,
+    })
+    .unwrap();
+    let e = obj.enforcer();
+    let mut nets = Vec::new();
+    for i in 0..2_500u32 {
+        let [_, _, c, d] = i.to_be_bytes();
+        let n = net(&format!("198.19.{c}.{d}/32"));
+        e.ban(n, Some(HOUR), Reason::Burst).unwrap();
+        nets.push(n);
+    }
+    // Prefixes covered by wider bans (a /64 folded into its /48), never banned themselves.
+    e.ban(net("198.18.60.0/24"), Some(HOUR), Reason::Manual)
+        .unwrap();
+    e.ban(net("2001:db8:60::/48"), Some(HOUR), Reason::Aggregated)
+        .unwrap();
+    nets.push(net("198.18.60.128/25"));
+    nets.push(net("2001:db8:60:5::/64"));
+    // An address is looked up in its exact map only: a /24 over it does not make its own
+    // (removed) ban present.
+    nets.push(net("198.18.60.7/32"));
+    // Never banned, not covered.
+    nets.push(net("198.18.61.7/32"));
+    nets.push(net("2001:db8:61:5::/64"));
+    let gone: Vec<IpNet> = [3, 700, 2_499].iter().map(|&i: &usize| nets[i]).collect();
+    for n in &gone {
+        assert!(e.unban(*n).unwrap());
+    }
+    let mut want = gone.clone();
+    want.push(net("198.18.60.7/32"));
+    want.push(net("198.18.61.7/32"));
+    want.push(net("2001:db8:61:5::/64"));
+    want.sort();
+    assert!(nets.len() > detector::enforce::MISSING_BY_LOOKUP);
+    let mut by_walk = e.missing(nets.iter().copied()).unwrap();
+    by_walk.sort();
+    assert_eq!(by_walk, want);
+    let mut by_lookup = Vec::new();
+    for chunk in nets.chunks(1000) {
+        by_lookup.extend(e.missing(chunk.iter().copied()).unwrap());
+    }
+    by_lookup.sort();
+    assert_eq!(by_lookup, want);
+}
