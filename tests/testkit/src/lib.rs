@@ -6,6 +6,7 @@
 //! - [`loggen`]: the Postfix and Dovecot line formats and their envelopes;
 //! - [`cmd`], [`apt`], [`lock`]: the command runner, the apt installer and its lock.
 pub mod apt;
+pub mod bench;
 pub mod cmd;
 pub mod crowdsec;
 pub mod lock;
