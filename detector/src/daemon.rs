@@ -89,7 +89,15 @@ struct Daemon {
     sources: Vec<Arc<SourceCounters>>,
     /// CrowdSec bouncer state (`[crowdsec] lapi_url` set).
     crowdsec: Option<crate::crowdsec::Bouncer>,
+    /// When the admin-unban check last walked the maps (it does once the daemon holds more
+    /// bans than are worth looking up one by one; see [`BIG_UNBAN_CHECK_EVERY`]).
+    last_big_unban_check: Option<Instant>,
 }
+
+/// How often the admin-unban check runs once it walks the maps (the daemon holds more than
+/// [`enforce::MISSING_BY_LOOKUP`] bans): a walk of a million bans costs about a second of CPU,
+/// too much for every sweep tick.
+const BIG_UNBAN_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 impl Daemon {
     /// Attaches (or adopts) the XDP program, restores state. Fails early and clearly.
@@ -211,6 +219,7 @@ impl Daemon {
                 ..DaemonCounters::default()
             },
             sources: Vec::new(),
+            last_big_unban_check: None,
         };
         // A changed allowlist may now protect addresses banned before the restart.
         let decisions = daemon.pipeline.engine_mut().reconcile();
@@ -538,6 +547,15 @@ impl Daemon {
         let margin =
             chrono::Duration::from_std(self.config.daemon.sweep_interval).unwrap_or_default();
         self.kernel.written.retain(|_, end| *end > now + margin);
+        if self.kernel.written.len() > enforce::MISSING_BY_LOOKUP {
+            if self
+                .last_big_unban_check
+                .is_some_and(|t| t.elapsed() < BIG_UNBAN_CHECK_EVERY)
+            {
+                return;
+            }
+            self.last_big_unban_check = Some(Instant::now());
+        }
         // Only this daemon's own bans, one lookup each: no walk of maps that may hold a
         // million bulk-imported entries.
         let written: Vec<IpNet> = self.kernel.written.keys().copied().collect();
