@@ -533,6 +533,7 @@ impl Daemon {
                 .is_some()
             {
                 self.unsaved = true;
+                tracing::info!(prefix = %net, "evicted from the full map; the engine forgets the ban (offences kept)");
             }
         }
         self.metrics
