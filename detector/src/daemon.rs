@@ -227,6 +227,7 @@ impl Daemon {
         daemon.pipeline.deliver(decisions, &mut daemon.kernel);
         daemon.write_unwritten();
         daemon.reconcile_kernel()?;
+        daemon.write_unwritten();
         Ok(daemon)
     }
 
@@ -242,7 +243,7 @@ impl Daemon {
             let Ok(left) = (until - now).to_std() else {
                 continue;
             };
-            ends.insert(enforce::canonical(prefix), until);
+            ends.insert(enforce::canonical(prefix), (until, rule));
             bans.push(enforce::ActiveBan {
                 net: prefix,
                 remaining: Some(left),
@@ -251,7 +252,7 @@ impl Daemon {
         }
         let done = self.kernel.enforcer.reconcile(&bans)?;
         for net in done.restored.iter().chain(&done.present) {
-            if let Some(end) = ends.get(net) {
+            if let Some((end, _)) = ends.get(net) {
                 self.kernel.written.insert(*net, *end);
             }
         }
@@ -264,7 +265,16 @@ impl Daemon {
             }
         }
         for (net, e) in &done.failed {
-            tracing::error!(prefix = %net, error = %e, "ban not restored");
+            tracing::error!(prefix = %net, error = %e, "ban not restored yet; retried (a full map makes room)");
+            if let Some((end, rule)) = ends.get(net) {
+                self.kernel.unwritten.push(UnwrittenBan {
+                    prefix: *net,
+                    end: *end,
+                    reason: reason_of(*rule),
+                    rule: rule.name(),
+                    attempts: 0,
+                });
+            }
         }
         tracing::info!(
             restored = done.restored.len(),
