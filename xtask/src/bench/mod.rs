@@ -5,6 +5,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use detector_testkit::bench::{SUMMARY_ENV, read_summary};
 
+mod cluster;
 mod e2e;
 mod fail2ban;
 mod import;
@@ -41,12 +42,16 @@ pub enum Bench {
     /// The daemon's sweep at 1M bans: syscalls and wall time per sweep, one entry at a time
     /// (the old way) against batched, in the same run; and the maps' memory.
     Sweep(sweep::Options),
+    /// Several nodes through a private Redis: ban propagation from one node's kernel map to
+    /// another's (p50/p99 over 500 bans), events/s published and consumed per node, and Redis
+    /// memory per stored event and ban with the 48 h extrapolation.
+    Cluster(cluster::Options),
 }
 
 /// What `cargo xtask bench` runs, in this order, each with its default options: the
 /// subcommand names above. Adding a benchmark to the summary is adding its name here (and
 /// recording its figures with `detector_testkit::bench::summary`).
-const ALL: &[&str] = &["xdp", "parse", "import", "sweep", "veth", "e2e"];
+const ALL: &[&str] = &["xdp", "parse", "import", "sweep", "cluster", "veth", "e2e"];
 
 pub fn run(args: Args) -> Result<()> {
     match args.bench {
@@ -57,6 +62,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(Bench::E2e(o)) => e2e::run(o),
         Some(Bench::Import(o)) => import::run(o),
         Some(Bench::Sweep(o)) => sweep::run(o),
+        Some(Bench::Cluster(o)) => cluster::run(o),
     }
 }
 
