@@ -113,9 +113,12 @@ pub mod bench_programs {
 
 /// Default capacity of each exact ban map (per address family).
 pub const DEFAULT_EXACT_CAPACITY: u32 = 1 << 20;
-/// Default capacity of each prefix trie (per address family). LPM lookups get slower with
-/// depth, so prefix bans are meant to stay few.
-pub const DEFAULT_PREFIX_CAPACITY: u32 = 1 << 16;
+/// Default capacity of each prefix trie (per address family): the same million as the exact
+/// maps, because every IPv6 ban the engine makes is a /64, i.e. a trie entry, and the reference
+/// load is a million bans, half of them IPv6. The trie allocates per entry (LPM tries cannot be
+/// preallocated), so an unused capacity costs no memory; a full trie folds /64s into their /48
+/// or evicts (`detector::enforce::Enforcer::ban_making_room`).
+pub const DEFAULT_PREFIX_CAPACITY: u32 = 1 << 20;
 
 /// Key of the exact IPv4 ban map: the address in network byte order.
 #[repr(C)]
@@ -275,6 +278,9 @@ pub mod reason {
     pub const CROWDSEC: u32 = 5;
     /// An entry of a blocklist loaded with `detector ban --from`.
     pub const BLOCKLIST: u32 = 6;
+    /// Several prefix bans folded into the one prefix that covers them all, by user space,
+    /// because the trie was full (see `detector::enforce::Enforcer::ban_making_room`).
+    pub const AGGREGATED: u32 = 7;
     pub const OTHER: u32 = 255;
 }
 

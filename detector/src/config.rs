@@ -89,7 +89,7 @@ impl Default for XdpConfig {
             mode: AttachMode::Auto,
             pin_dir: PathBuf::from(detector_common::PIN_DIR),
             max_exact_bans: 1 << 20,
-            max_prefix_bans: 1 << 16,
+            max_prefix_bans: detector_common::DEFAULT_PREFIX_CAPACITY,
         }
     }
 }

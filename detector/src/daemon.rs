@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::enforce::{self, AttachOptions, Capacity, Enforcer, Reason};
 use crate::engine::StateCopy;
 use crate::engine::{Action, Decision, Rule};
-use crate::metrics::{FamilyLabel, KindLabel, Metrics, RuleLabel, SourceLabel};
+use crate::metrics::{FamilyLabel, HowLabel, KindLabel, Metrics, RuleLabel, SourceLabel};
 use crate::parse::{Format, LineParser};
 use crate::pipeline::{ClockGuard, DecisionRecord, Fed, Pipeline, Sink};
 use crate::source::{self, Position, SourceCounters, SourceLine, SourceStatus};
@@ -42,6 +42,10 @@ use crate::{Error, Result};
 
 /// Capacity of the line channel between the sources and the engine task.
 const LINE_CHANNEL: usize = 4096;
+
+/// Bans waiting to be written at most (see [`KernelSink::unwritten`]). Beyond it a failed ban is
+/// logged as lost: a kernel refusing a hundred thousand bans has a problem no retry fixes.
+const MAX_UNWRITTEN: usize = 100_000;
 
 /// Runs the daemon until SIGTERM/SIGINT (or until every source has ended, e.g. stdin).
 pub fn run(config: Config) -> Result<ExitCode> {
@@ -85,9 +89,17 @@ struct Daemon {
     sources: Vec<Arc<SourceCounters>>,
     /// CrowdSec bouncer state (`[crowdsec] lapi_url` set).
     crowdsec: Option<crate::crowdsec::Bouncer>,
+    /// When the admin-unban check last walked the maps (it does once the daemon holds more
+    /// bans than are worth looking up one by one; see [`BIG_UNBAN_CHECK_EVERY`]).
+    last_big_unban_check: Option<Instant>,
     /// `[cluster]`: peers' events and bans from Redis (the publisher sits in the sink).
     cluster: Option<crate::cluster::Cluster>,
 }
+
+/// How often the admin-unban check runs once it walks the maps (the daemon holds more than
+/// [`enforce::MISSING_BY_LOOKUP`] bans): checking a million bans costs 1.5 s of CPU here,
+/// too much for every sweep tick.
+const BIG_UNBAN_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 impl Daemon {
     /// Attaches (or adopts) the XDP program, restores state. Fails early and clearly.
@@ -130,6 +142,11 @@ impl Daemon {
                 .with_infrastructure(infrastructure.clone()),
         );
         enforcer.set_observe(engine_cfg.dry_run)?;
+        // A full IPv6 trie folds /64 bans into their site by the engine's own site rule.
+        enforcer.set_aggregation(enforce::Aggregation {
+            site_prefix: engine_cfg.ipv6_site_prefix,
+            min_prefixes: engine_cfg.ipv6_site_offenders,
+        });
         if engine_cfg.dry_run {
             tracing::warn!(
                 "dry run: bans are written but the XDP program only counts matches (observed)"
@@ -195,6 +212,7 @@ impl Daemon {
                 enforcer,
                 metrics: Arc::clone(&metrics),
                 written: HashMap::new(),
+                unwritten: Unwritten::default(),
                 pusher,
                 cluster: cluster_publisher,
             },
@@ -213,13 +231,16 @@ impl Daemon {
                 ..DaemonCounters::default()
             },
             sources: Vec::new(),
+            last_big_unban_check: None,
             cluster,
         };
         // A changed allowlist may now protect addresses banned before the restart.
         let decisions = daemon.pipeline.engine_mut().reconcile();
         daemon.unsaved |= !decisions.is_empty();
         daemon.pipeline.deliver(decisions, &mut daemon.kernel);
+        daemon.write_unwritten();
         daemon.reconcile_kernel()?;
+        daemon.write_unwritten();
         Ok(daemon)
     }
 
@@ -235,7 +256,7 @@ impl Daemon {
             let Ok(left) = (until - now).to_std() else {
                 continue;
             };
-            ends.insert(enforce::canonical(prefix), until);
+            ends.insert(enforce::canonical(prefix), (until, rule));
             bans.push(enforce::ActiveBan {
                 net: prefix,
                 remaining: Some(left),
@@ -244,7 +265,7 @@ impl Daemon {
         }
         let done = self.kernel.enforcer.reconcile(&bans)?;
         for net in done.restored.iter().chain(&done.present) {
-            if let Some(end) = ends.get(net) {
+            if let Some((end, _)) = ends.get(net) {
                 self.kernel.written.insert(*net, *end);
             }
         }
@@ -257,7 +278,16 @@ impl Daemon {
             }
         }
         for (net, e) in &done.failed {
-            tracing::error!(prefix = %net, error = %e, "ban not restored");
+            tracing::error!(prefix = %net, error = %e, "ban not restored yet; retried (a full map makes room)");
+            if let Some((end, rule)) = ends.get(net) {
+                self.kernel.unwritten.push(UnwrittenBan {
+                    prefix: *net,
+                    end: *end,
+                    reason: reason_of(*rule),
+                    rule: rule.name(),
+                    attempts: 0,
+                });
+            }
         }
         tracing::info!(
             restored = done.restored.len(),
@@ -417,7 +447,11 @@ impl Daemon {
                 }
             }
         }
-        // Only now is everything this line caused in the kernel map.
+        if !self.kernel.unwritten.is_empty() {
+            self.write_unwritten();
+        }
+        // Only now is everything this line caused in the kernel map (or, if the map had no
+        // room at all, queued for the next sweep and logged).
         self.checkpoints.commit(&line.origin, &line.position);
         self.unsaved = true;
     }
@@ -493,8 +527,89 @@ impl Daemon {
                 self.metrics.set_kernel_counter(counter, value);
             }
         }
+        self.write_unwritten();
         self.notice_admin_unbans();
         self.count_engine_churn();
+    }
+
+    /// Writes the bans a plain write could not store, making room in a full map (see
+    /// [`Enforcer::ban_making_room`]): the engine says which IPv6 sites may be banned whole.
+    /// Runs right after the line that caused them and again at every sweep; what still does
+    /// not fit stays queued.
+    fn write_unwritten(&mut self) {
+        let queue = std::mem::take(&mut self.kernel.unwritten.bans);
+        if queue.is_empty() {
+            self.metrics.bans_unwritten.set(0);
+            return;
+        }
+        let engine = self.pipeline.engine();
+        let may_widen = |site: IpNet| engine.may_widen(site);
+        let now = Utc::now();
+        let mut evicted = Vec::new();
+        for ban in queue.into_values() {
+            let Ok(ttl) = (ban.end - now).to_std() else {
+                tracing::info!(prefix = %ban.prefix, rule = ban.rule, "ban over before it could be written");
+                continue;
+            };
+            match self.kernel.enforcer.ban_making_room(
+                ban.prefix,
+                Some(ttl),
+                ban.reason,
+                &may_widen,
+            ) {
+                Ok((outcome, room)) => {
+                    if let Some(room) = &room {
+                        let how = match room {
+                            enforce::MadeRoom::Swept(_) => "swept",
+                            enforce::MadeRoom::Aggregated { .. } => "aggregated",
+                            enforce::MadeRoom::Evicted { net, .. } => {
+                                evicted.push(*net);
+                                "evicted"
+                            }
+                        };
+                        self.metrics
+                            .ban_room_made
+                            .get_or_create(&HowLabel { how })
+                            .inc();
+                        tracing::warn!(prefix = %ban.prefix, rule = ban.rule, %room, "ban map full: made room");
+                    }
+                    tracing::warn!(target: "detector::ban", prefix = %ban.prefix, rule = ban.rule, attempts = ban.attempts + 1, outcome = ?outcome, "ban written late");
+                    let slot = self
+                        .kernel
+                        .written
+                        .entry(enforce::canonical(ban.prefix))
+                        .or_insert(ban.end);
+                    *slot = (*slot).max(ban.end);
+                }
+                Err(e) => {
+                    if ban.attempts == 0 {
+                        tracing::error!(prefix = %ban.prefix, rule = ban.rule, error = %e, "ban not written; retried at every sweep");
+                    }
+                    self.kernel.unwritten.push(UnwrittenBan {
+                        attempts: ban.attempts + 1,
+                        ..ban
+                    });
+                }
+            }
+        }
+        // An evicted ban is no longer in the kernel: the engine forgets it, so that the next
+        // offence bans again (offences are kept).
+        let engine_now = self.pipeline.engine().now().unwrap_or(now);
+        for net in evicted {
+            self.kernel.written.remove(&net);
+            if self
+                .pipeline
+                .engine_mut()
+                .unban(net.network(), engine_now)
+                .is_some()
+            {
+                self.unsaved = true;
+                tracing::info!(prefix = %net, "evicted from the full map; the engine forgets the ban (offences kept)");
+            }
+        }
+        self.metrics
+            .bans_unwritten
+            .set(self.kernel.unwritten.len() as i64);
     }
 
     /// Tells the engine about bans that left the kernel before their end (`detector unban`).
@@ -504,6 +619,15 @@ impl Daemon {
         let margin =
             chrono::Duration::from_std(self.config.daemon.sweep_interval).unwrap_or_default();
         self.kernel.written.retain(|_, end| *end > now + margin);
+        if self.kernel.written.len() > enforce::MISSING_BY_LOOKUP {
+            if self
+                .last_big_unban_check
+                .is_some_and(|t| t.elapsed() < BIG_UNBAN_CHECK_EVERY)
+            {
+                return;
+            }
+            self.last_big_unban_check = Some(Instant::now());
+        }
         // Only this daemon's own bans, one lookup each: no walk of maps that may hold a
         // million bulk-imported entries.
         let written: Vec<IpNet> = self.kernel.written.keys().copied().collect();
@@ -688,10 +812,55 @@ struct KernelSink {
     /// its end, an administrator ran `detector unban`: the engine is told, so that address can be
     /// banned again on its next offence instead of only after the old ban's end.
     written: HashMap<IpNet, DateTime<Utc>>,
+    /// Bans a write failed for (a full map, a failed syscall), oldest first: the daemon makes
+    /// room for them after the line that caused them and retries them at every sweep, instead
+    /// of dropping them.
+    unwritten: Unwritten,
     /// `[crowdsec] push = true`: our bans go to the Local API as alerts.
     pusher: Option<crate::crowdsec::push::Pusher>,
     /// `[cluster]`: shares local events and bans, knows which node's events a ban rests on.
     cluster: Option<crate::cluster::Publisher>,
+}
+
+/// A ban decision that is not in the kernel yet.
+#[derive(Clone, Debug, PartialEq)]
+struct UnwrittenBan {
+    prefix: IpNet,
+    /// Wall-clock end.
+    end: DateTime<Utc>,
+    reason: Reason,
+    rule: &'static str,
+    /// Failed attempts after the first.
+    attempts: u32,
+}
+
+/// Bans waiting to be written: one per prefix, with the later end; at most [`MAX_UNWRITTEN`].
+#[derive(Debug, Default)]
+struct Unwritten {
+    bans: HashMap<IpNet, UnwrittenBan>,
+}
+
+impl Unwritten {
+    fn push(&mut self, ban: UnwrittenBan) {
+        if let Some(q) = self.bans.get_mut(&ban.prefix) {
+            q.end = q.end.max(ban.end);
+            q.attempts = q.attempts.max(ban.attempts);
+            return;
+        }
+        if self.bans.len() >= MAX_UNWRITTEN {
+            tracing::error!(prefix = %ban.prefix, rule = ban.rule, queued = self.bans.len(), "ban lost: too many bans waiting to be written");
+            return;
+        }
+        self.bans.insert(ban.prefix, ban);
+    }
+
+    fn len(&self) -> usize {
+        self.bans.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bans.is_empty()
+    }
 }
 
 impl Sink for KernelSink {
@@ -799,7 +968,22 @@ impl KernelSink {
                         )
                     }
                     Err(e) => {
-                        tracing::error!(prefix = %decision.prefix, rule, error = %e, "ban not written")
+                        // Never dropped: a full map makes room right after this line (the
+                        // daemon can ask the engine what may be folded), anything else is
+                        // retried at every sweep.
+                        if !matches!(e, Error::MapFull { .. }) {
+                            tracing::error!(prefix = %decision.prefix, rule, error = %e, "ban not written; retried at every sweep");
+                        }
+                        let end = Utc::now()
+                            .checked_add_signed(left)
+                            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                        self.unwritten.push(UnwrittenBan {
+                            prefix: decision.prefix,
+                            end,
+                            reason: reason_of(decision.rule),
+                            rule,
+                            attempts: 0,
+                        });
                     }
                 }
             }
@@ -987,5 +1171,33 @@ mod tests {
         let outcome = job(&state).write();
         assert!(outcome.result.is_err());
         assert!(!state.file(Checkpoints::FILE_NAME).exists());
+    }
+
+    fn unwritten(prefix: &str, end_h: i64) -> UnwrittenBan {
+        UnwrittenBan {
+            prefix: prefix.parse().unwrap(),
+            end: DateTime::<Utc>::UNIX_EPOCH + chrono::Duration::hours(end_h),
+            reason: Reason::Burst,
+            rule: "burst",
+            attempts: 0,
+        }
+    }
+
+    /// A ban that could not be written waits, once per prefix with its latest end, until the
+    /// next attempt; the queue is bounded.
+    #[test]
+    fn unwritten_bans_wait_once_per_prefix_with_the_later_end() {
+        let mut q = Unwritten::default();
+        q.push(unwritten("2001:db8:1:2::/64", 5));
+        q.push(unwritten("2001:db8:1:2::/64", 9));
+        q.push(unwritten("2001:db8:1:2::/64", 7));
+        q.push(unwritten("198.18.0.1/32", 1));
+        assert_eq!(q.len(), 2);
+        let kept = &q.bans[&"2001:db8:1:2::/64".parse::<IpNet>().unwrap()];
+        assert_eq!(kept.end, unwritten("::/0", 9).end);
+        for i in 0..MAX_UNWRITTEN as u32 {
+            q.push(unwritten(&format!("{}/32", std::net::Ipv4Addr::from(i)), 1));
+        }
+        assert_eq!(q.len(), MAX_UNWRITTEN);
     }
 }

@@ -39,6 +39,11 @@ pub struct FamilyLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HowLabel {
+    pub how: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerdictLabel {
     pub verdict: String,
 }
@@ -55,6 +60,11 @@ pub struct Metrics {
     /// Engine alerts (possible compromise, shared address spared), per kind.
     pub alerts: Family<KindLabel, Counter>,
     pub active_bans: Family<FamilyLabel, Gauge>,
+    /// Bans written into a full map, by what made room (swept, aggregated, evicted).
+    pub ban_room_made: Family<HowLabel, Counter>,
+    /// Bans not in the kernel yet (a full map where nothing could give way, a failed write):
+    /// retried every sweep.
+    pub bans_unwritten: Gauge,
     pub xdp_packets: Family<VerdictLabel, Counter>,
     /// One counter per byte-counting XDP counter (`xdp_dropped_bytes`), in COUNTERS order.
     xdp_bytes: Vec<(&'static str, Counter)>,
@@ -99,6 +109,8 @@ impl Metrics {
             decisions: Family::default(),
             alerts: Family::default(),
             active_bans: Family::default(),
+            ban_room_made: Family::default(),
+            bans_unwritten: Gauge::default(),
             xdp_packets: Family::default(),
             xdp_bytes: COUNTERS
                 .iter()
@@ -144,6 +156,16 @@ impl Metrics {
             "active_bans",
             "Bans in the kernel maps, per address family",
             m.active_bans.clone(),
+        );
+        registry.register(
+            "ban_room_made",
+            "Bans written into a full map, by what made room: swept (expired entries), aggregated (IPv6 /64 bans folded into their site), evicted (the timed ban ending soonest)",
+            m.ban_room_made.clone(),
+        );
+        registry.register(
+            "bans_unwritten",
+            "Bans not written into the kernel maps yet (a full map with nothing to give way, or a failed write); retried every sweep",
+            m.bans_unwritten.clone(),
         );
         registry.register(
             "xdp_packets",
@@ -333,6 +355,9 @@ mod tests {
         m.lines.get_or_create(&source).inc();
         m.unparsed.get_or_create(&source).inc();
         m.truncated.get_or_create(&source).inc();
+        m.ban_room_made
+            .get_or_create(&HowLabel { how: "aggregated" })
+            .inc();
         m.events
             .get_or_create(&KindLabel {
                 kind: "auth_failure",

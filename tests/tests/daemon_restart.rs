@@ -183,3 +183,51 @@ fn bans_are_written_again_after_a_detach_and_admin_unbans_stay_unbanned() -> Res
     detector_ok(&pins, None, &["detach"])?;
     Ok(())
 }
+
+/// The daemon never drops a ban the kernel has no room for: with room for two exact bans, a
+/// third bot's ban evicts the one ending soonest (logged, counted), and the evicted bot's
+/// ban is forgotten by the engine (so its next offence bans it again).
+#[test]
+fn a_full_map_makes_room_for_the_daemons_next_ban() -> Result<()> {
+    let pins = PinDir::new("full")?;
+    let dir = std::env::temp_dir().join(format!("detector-fullmap-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let dir = TempDir(dir);
+    std::fs::write(
+        dir.0.join("detector.toml"),
+        "[daemon]\npersist_interval = \"1h\"\nsweep_interval = \"1s\"\n\n\
+         [sources]\nfile_start = \"beginning\"\n\n\
+         [xdp]\nmax_exact_bans = 2\n\n\
+         [engine]\ngrace_period = \"0s\"\n",
+    )?;
+    // Three bots, two failures each (slow-repeat: 1 h): a second apart, so the first bot's
+    // ban ends first.
+    let bots = ["198.18.0.81", "198.18.0.82", "198.18.0.83"];
+    let mut lines = String::new();
+    for (i, bot) in bots.iter().enumerate() {
+        let at = chrono::Utc::now() - chrono::Duration::seconds(3 - i as i64);
+        let at = at.format("%Y-%m-%dT%H:%M:%S%.6f+00:00");
+        for pid in 0..2 {
+            lines.push_str(&format!(
+                "{at} mail postfix/submission/smtpd[2{i}{pid}]: warning: unknown[{bot}]: \
+                 SASL LOGIN authentication failed: UGFzc3dvcmQ6\n"
+            ));
+        }
+    }
+    std::fs::write(dir.0.join("mail.log"), lines)?;
+    let mut run = Run::start(&pins, &dir.0, 1)?;
+    wait_banned(&pins, bots[2])?;
+    run.wait_for("ban map full: made room")?;
+    assert!(kernel_ban(&pins, bots[1])?.is_some(), "{}", run.text());
+    assert_eq!(kernel_ban(&pins, bots[0])?, None, "{}", run.text());
+    let log = run.stop()?;
+    assert!(log.contains("evicted the ban of 198.18.0.81/32"), "{log}");
+    assert!(
+        log.contains("evicted from the full map; the engine forgets the ban"),
+        "{log}"
+    );
+    assert!(!log.contains("ban not written"), "{log}");
+    detector_ok(&pins, None, &["detach"])?;
+    Ok(())
+}

@@ -38,7 +38,8 @@ enum Task {
     /// Show detector on a real mail server: lab up, `detector run` attached, a remote MTA, a
     /// customer and a botnet; bans as they happen, dropped SYNs, list and stats; teardown.
     Demo(demo::Options),
-    /// Measure: `cargo xtask bench parse|xdp|e2e`.
+    /// Measure: `cargo xtask bench` (every benchmark, then one summary table) or
+    /// `cargo xtask bench xdp|parse|import|sweep|cluster|veth|e2e`.
     Bench(bench::Args),
     /// The mail lab (real Postfix + Dovecot in namespaces): `lab up [--journal] [--ipv6]
     /// [--bots N]`, `lab attack [--rounds N]`, `lab client`, `lab logs`, `lab status`, `lab down`.

@@ -23,7 +23,7 @@ pub struct Args {
     /// created; a different value for existing maps is refused. [default: 1048576]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_bans: Option<u32>,
-    /// Capacity of each prefix (CIDR) trie. [default: 65536]
+    /// Capacity of each prefix (CIDR) trie. [default: 1048576]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_prefix_bans: Option<u32>,
     #[command(flatten)]

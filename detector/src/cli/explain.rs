@@ -106,6 +106,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 labels.reason(b),
                 b.hits
             );
+            if b.reason == crate::enforce::Reason::Aggregated {
+                // The engine did not decide this prefix: the enforcer folded the engine's /64
+                // bans inside it into one entry because the trie was full.
+                println!(
+                    "kernel: {} replaces several prefix bans inside it (the trie was full); it lasts as long as the longest of them",
+                    b.net
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

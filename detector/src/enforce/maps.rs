@@ -17,7 +17,7 @@ use super::allow::Allowlist;
 use super::clock;
 use super::pins::PinPaths;
 use super::reban::RebanProgram;
-use super::table::{BanMap, BanValue, Table, Walk, earliest};
+use super::table::{BanKey, BanMap, BanValue, Table, Walk, earliest};
 use super::types::{ActiveBan, BanEntry, BanOutcome, Reason, Reconciled, Stats};
 use super::{sys, verify};
 use crate::Error;
@@ -25,10 +25,12 @@ use crate::Error;
 pub struct Enforcer {
     pins: PinPaths,
     allow: Allowlist,
-    bans_v4: Table<HashMap<MapData, Ipv4Key, ExactBan>>,
-    bans_v6: Table<HashMap<MapData, Ipv6Key, ExactBan>>,
-    prefix_v4: Table<LpmTrie<MapData, [u8; 4], PrefixBan>>,
-    prefix_v6: Table<LpmTrie<MapData, [u8; 16], PrefixBan>>,
+    pub(super) bans_v4: Table<HashMap<MapData, Ipv4Key, ExactBan>>,
+    pub(super) bans_v6: Table<HashMap<MapData, Ipv6Key, ExactBan>>,
+    pub(super) prefix_v4: Table<LpmTrie<MapData, [u8; 4], PrefixBan>>,
+    pub(super) prefix_v6: Table<LpmTrie<MapData, [u8; 16], PrefixBan>>,
+    /// How a full IPv6 trie folds /64 bans into their site.
+    pub(super) aggregation: super::room::Aggregation,
     stats: PerCpuArray<MapData, Counters>,
     settings: Array<MapData, Settings>,
     /// Earliest end (monotonic ns) of a timed ban this process knows of: the last walk's
@@ -41,6 +43,10 @@ pub struct Enforcer {
     /// this process does not see.
     full_walk_every: Duration,
 }
+
+/// Above this many nets, [`Enforcer::missing`] walks the maps (in batches) instead of looking
+/// each one up.
+pub const MISSING_BY_LOOKUP: usize = 2048;
 
 /// How often [`Enforcer::sweep_due`] walks the maps when nothing it knows of is due.
 pub const FULL_WALK_EVERY: Duration = Duration::from_secs(300);
@@ -196,6 +202,7 @@ impl Enforcer {
             ),
             stats: typed(map(STATS)?, STATS)?,
             settings,
+            aggregation: super::room::Aggregation::default(),
             next_expiry: None,
             last_walk: None,
             full_walk_every: FULL_WALK_EVERY,
@@ -218,6 +225,18 @@ impl Enforcer {
         value: ExactBan,
     ) -> crate::Result<()> {
         self.bans_v6.write(&Ipv6Key { addr }, &value)
+    }
+
+    /// Bulk insert for benchmarks: an IPv6 prefix ban with no allowlist check or merge (the
+    /// prefix flags are left alone: call [`Enforcer::sweep_expired`] or ban through the API once).
+    pub(crate) fn insert_prefix_v6_raw(
+        &mut self,
+        addr: [u8; 16],
+        len: u8,
+        value: PrefixBan,
+    ) -> crate::Result<()> {
+        self.prefix_v6
+            .write(&Key::new(u32::from(len), addr), &value)
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -369,21 +388,99 @@ impl Enforcer {
         self.sweep_all().map(Some)
     }
 
+    /// Walks (sweeps, `list`) one entry at a time, as before batched walks existed (`false`),
+    /// or in batches where the kernel can (`true`, the default). For `cargo xtask bench sweep`
+    /// and the tests that compare both.
+    pub fn set_batch_walks(&mut self, on: bool) {
+        self.bans_v4.set_batch_walks(on);
+        self.bans_v6.set_batch_walks(on);
+        self.prefix_v4.set_batch_walks(on);
+        self.prefix_v6.set_batch_walks(on);
+    }
+
+    /// Per map, whether its walks went in batches (`None`: not walked yet).
+    pub fn batched_walks(&self) -> [(&'static str, Option<bool>); 4] {
+        [
+            (self.bans_v4.name, self.bans_v4.batched()),
+            (self.bans_v6.name, self.bans_v6.batched()),
+            (self.prefix_v4.name, self.prefix_v4.batched()),
+            (self.prefix_v6.name, self.prefix_v6.batched()),
+        ]
+    }
+
     /// Sets how often [`Enforcer::sweep_due`] walks when nothing known is due (tests).
     pub fn set_full_walk_every(&mut self, every: Duration) {
         self.full_walk_every = every;
     }
 
-    /// Those of `nets` that have no live ban in the maps (one lookup each, no walk): how the
-    /// daemon notices that an administrator removed one of its bans.
+    /// Those of `nets` that have no live ban in the maps (a ban covered by a live wider prefix
+    /// is not missing): how the daemon notices that an administrator removed one of its bans.
+    /// Up to [`MISSING_BY_LOOKUP`] nets are looked up one by one; more are checked against one
+    /// batched walk of the maps, which at a million bans is a few hundred syscalls instead of a
+    /// million.
     pub fn missing(&mut self, nets: impl IntoIterator<Item = IpNet>) -> crate::Result<Vec<IpNet>> {
+        let nets: Vec<IpNet> = nets.into_iter().collect();
         let mut out = Vec::new();
+        if nets.len() <= MISSING_BY_LOOKUP {
+            for net in nets {
+                if self.entry(net)?.is_none() {
+                    out.push(net);
+                }
+            }
+            return Ok(out);
+        }
+        let live = self.live_nets()?;
+        // Prefix lengths present, to test "covered by a wider ban" with a few set lookups.
+        let mut lens: Vec<(bool, u8)> = live
+            .iter()
+            .map(|n| (matches!(n, IpNet::V4(_)), n.prefix_len()))
+            .collect();
+        lens.sort_unstable();
+        lens.dedup();
         for net in nets {
-            if self.entry(net)?.is_none() {
+            let net = canonical(net);
+            let v4 = matches!(net, IpNet::V4(_));
+            // As a lookup: an address is looked up in its exact map only; a prefix in its
+            // trie, where a live wider prefix covers it.
+            let prefix = net.prefix_len() < net.max_prefix_len();
+            let covered = live.contains(&net)
+                || prefix
+                    && lens.iter().any(|&(fam, len)| {
+                        fam == v4
+                            && len < net.prefix_len()
+                            && IpNet::new(net.network(), len)
+                                .is_ok_and(|wide| live.contains(&wide.trunc()))
+                    });
+            if !covered {
                 out.push(net);
             }
         }
         Ok(out)
+    }
+
+    /// Every live ban's target, from one (batched) walk of each table; cheaper than
+    /// [`Enforcer::list`], which also builds, dates and sorts an entry per ban.
+    fn live_nets(&self) -> crate::Result<std::collections::HashSet<IpNet>> {
+        let now = clock::monotonic_ns();
+        let mut live = std::collections::HashSet::new();
+        fn add<M: BanMap>(
+            t: &Table<M>,
+            now: u64,
+            live: &mut std::collections::HashSet<IpNet>,
+        ) -> crate::Result<()> {
+            t.walk(|k, v| {
+                if v.is_live(now)
+                    && let Some(net) = k.net()
+                {
+                    live.insert(net);
+                }
+            })
+        }
+        add(&self.bans_v4, now, &mut live)?;
+        add(&self.bans_v6, now, &mut live)?;
+        add(&self.prefix_v4, now, &mut live)?;
+        add(&self.prefix_v6, now, &mut live)?;
+        Ok(live)
     }
 
     /// One walk over every table: removes what ended, summarises what is left.
@@ -463,8 +560,13 @@ impl Enforcer {
         Ok(())
     }
 
+    /// How a full IPv6 prefix trie folds bans into their site (the engine's site rule).
+    pub fn set_aggregation(&mut self, aggregation: super::room::Aggregation) {
+        self.aggregation = aggregation;
+    }
+
     /// HAVE_PREFIX_V4/V6 = "that trie holds at least one entry".
-    fn refresh_prefix_flags(&mut self) -> crate::Result<()> {
+    pub(super) fn refresh_prefix_flags(&mut self) -> crate::Result<()> {
         let have4 = !self.prefix_v4.is_empty();
         let have6 = !self.prefix_v6.is_empty();
         self.update_flags(|f| {

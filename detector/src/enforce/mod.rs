@@ -18,6 +18,7 @@ pub mod infra;
 mod maps;
 mod pins;
 mod reban;
+mod room;
 mod sys;
 mod table;
 pub mod testrun;
@@ -28,8 +29,9 @@ mod verify;
 pub use allow::{Allowlist, host_infrastructure, local_addresses};
 pub use attach::{AttachOptions, AttachOutcome, AttachReport, DetachReport, attach, detach};
 pub use maps::canonical;
-pub use maps::{BulkOutcome, Enforcer, FULL_WALK_EVERY, SweepReport};
+pub use maps::{BulkOutcome, Enforcer, FULL_WALK_EVERY, MISSING_BY_LOOKUP, SweepReport};
 pub use pins::PinPaths;
+pub use room::{Aggregation, MadeRoom};
 pub use types::{
     ActiveBan, AttachMode, BanEntry, BanOutcome, Capacity, Reason, Reconciled, Stats,
     display_target,

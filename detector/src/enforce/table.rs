@@ -4,14 +4,17 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
+use std::cell::Cell;
+use std::os::fd::AsFd;
+
 use aya::Pod;
-use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
+use aya::maps::{HashMap, IterableMap, LpmTrie, MapData, MapError, lpm_trie::Key};
 use detector_common::{ExactBan, Ipv4Key, Ipv6Key, PrefixBan, RebanRequest, reason, reban};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::clock;
 use super::reban::{RebanProgram, Rebanned};
 use super::types::{BanEntry, BanOutcome, Reason};
+use super::{clock, sys};
 use crate::Error;
 
 /// A map key that names a ban target.
@@ -153,6 +156,8 @@ pub(crate) trait BanMap {
     fn remove(&mut self, key: &Self::Key) -> Result<(), MapError>;
     fn entries(&self) -> impl Iterator<Item = Result<(Self::Key, Self::Value), MapError>> + '_;
     fn is_empty(&self) -> bool;
+    /// The map itself, for the batched walks aya does not wrap.
+    fn data(&self) -> &MapData;
 }
 
 impl<K: BanKey, V: BanValue> BanMap for HashMap<MapData, K, V> {
@@ -172,6 +177,9 @@ impl<K: BanKey, V: BanValue> BanMap for HashMap<MapData, K, V> {
     }
     fn is_empty(&self) -> bool {
         self.keys().next().is_none()
+    }
+    fn data(&self) -> &MapData {
+        IterableMap::map(self)
     }
 }
 
@@ -196,6 +204,9 @@ where
     fn is_empty(&self) -> bool {
         self.keys().next().is_none()
     }
+    fn data(&self) -> &MapData {
+        IterableMap::map(self)
+    }
 }
 
 /// One pinned ban map with its name and capacity (for messages).
@@ -206,6 +217,9 @@ pub(crate) struct Table<M> {
     /// Rewrites an existing exact entry's expiry in place (None: pins from a build without
     /// the program, or a trie; a re-ban then replaces the element).
     pub in_place: Option<RebanProgram>,
+    /// Whether walks use BPF_MAP_LOOKUP_BATCH: `None` until the first walk finds out (a kernel
+    /// or map type without batch operations falls back to two syscalls per entry).
+    batch: Cell<Option<bool>>,
 }
 
 /// What a walk over a table found.
@@ -242,7 +256,81 @@ impl<M: BanMap> Table<M> {
             name,
             capacity,
             in_place: None,
+            batch: Cell::new(None),
         }
+    }
+
+    /// Walks with one syscall per entry (two, with the key) instead of in batches: the old way,
+    /// kept as the fallback and for `cargo xtask bench sweep` to compare against.
+    pub fn set_batch_walks(&mut self, on: bool) {
+        self.batch.set(if on { None } else { Some(false) });
+    }
+
+    /// Whether walks of this table go in batches (`None`: not walked yet).
+    pub fn batched(&self) -> Option<bool> {
+        self.batch.get()
+    }
+
+    /// Calls `each` with every entry: a few thousand per BPF_MAP_LOOKUP_BATCH where the kernel
+    /// supports it for this map, else through aya's iterator (get-next-key + lookup per entry).
+    pub fn walk(&self, mut each: impl FnMut(M::Key, M::Value)) -> crate::Result<()> {
+        if self.batch.get() != Some(false) {
+            let fd = self.map.data().fd().as_fd();
+            let (ks, vs) = (size_of::<M::Key>(), size_of::<M::Value>());
+            let mut seen = 0u64;
+            let result = sys::lookup_batch(fd, ks, vs, |k, v| {
+                seen += 1;
+                // SAFETY: the kernel wrote `ks`/`vs` bytes of this map's key and value type,
+                // which are Pod (any bytes are a valid value); the reads are unaligned-safe.
+                let key = unsafe { std::ptr::read_unaligned(k.as_ptr().cast::<M::Key>()) };
+                let value = unsafe { std::ptr::read_unaligned(v.as_ptr().cast::<M::Value>()) };
+                each(key, value);
+            });
+            match result {
+                Ok(_) => {
+                    self.batch.set(Some(true));
+                    return Ok(());
+                }
+                Err(e) if seen == 0 && sys::batch_unsupported(&e) => self.batch.set(Some(false)),
+                Err(e) => return Err(Error::bpf(format!("reading {} in batches", self.name), e)),
+            }
+        }
+        for kv in self.map.entries() {
+            let (k, v) = kv.map_err(|e| Error::bpf(format!("reading {}", self.name), e))?;
+            each(k, v);
+        }
+        Ok(())
+    }
+
+    /// Removes `keys`: in batches (BPF_MAP_DELETE_BATCH) where the walk found batches work,
+    /// else one syscall each. Returns how many were there.
+    pub fn remove_all(&mut self, keys: &[M::Key]) -> crate::Result<usize> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        if self.batch.get() == Some(true) {
+            // SAFETY: Pod keys have no padding or invalid bytes; the slice covers exactly the
+            // keys' memory, borrowed for this call.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(keys.as_ptr().cast::<u8>(), size_of_val(keys))
+            };
+            let fd = self.map.data().fd().as_fd();
+            match sys::delete_batch(fd, size_of::<M::Key>(), bytes) {
+                Ok((deleted, _)) => return Ok(deleted),
+                Err(e) if !sys::batch_unsupported(&e) => {
+                    return Err(Error::bpf(
+                        format!("deleting from {} in batches", self.name),
+                        e,
+                    ));
+                }
+                Err(_) => {} // this map has lookup batches but no delete batches
+            }
+        }
+        let mut removed = 0;
+        for k in keys {
+            removed += usize::from(self.remove(k)?);
+        }
+        Ok(removed)
     }
 
     pub fn get(&self, key: &M::Key) -> crate::Result<Option<M::Value>> {
@@ -353,13 +441,11 @@ impl<M: BanMap> Table<M> {
 
     /// Appends every live ban to `out`.
     pub fn list(&self, now_ns: u64, out: &mut Vec<BanEntry>) -> crate::Result<()> {
-        for kv in self.map.entries() {
-            let (k, v) = kv.map_err(|e| Error::bpf(format!("reading {}", self.name), e))?;
+        self.walk(|k, v| {
             if let Some(entry) = k.net().and_then(|net| to_entry(net, &v, now_ns)) {
                 out.push(entry);
             }
-        }
-        Ok(())
+        })
     }
 
     /// Deletes the entries that ended at or before `now_ns` and summarises the rest, in one
@@ -368,8 +454,7 @@ impl<M: BanMap> Table<M> {
     pub fn sweep(&mut self, now_ns: u64) -> crate::Result<(usize, Walk)> {
         let mut dead = Vec::new();
         let mut walk = Walk::default();
-        for kv in self.map.entries() {
-            let (k, v) = kv.map_err(|e| Error::bpf(format!("reading {}", self.name), e))?;
+        self.walk(|k, v| {
             if v.is_live(now_ns) {
                 walk.live += 1;
                 walk.hits = walk.hits.wrapping_add(v.hits());
@@ -379,11 +464,8 @@ impl<M: BanMap> Table<M> {
             } else {
                 dead.push(k);
             }
-        }
-        let mut removed = 0;
-        for k in dead {
-            removed += usize::from(self.remove(&k)?);
-        }
+        })?;
+        let removed = self.remove_all(&dead)?;
         Ok((removed, walk))
     }
 

@@ -114,6 +114,25 @@ impl TestObject {
         )
     }
 
+    /// Fast bulk insert of an IPv6 prefix ban (no allowlist check), for benchmarks. `expires_s`
+    /// is CLOCK_MONOTONIC seconds (0 = permanent).
+    pub fn insert_prefix_v6(
+        &mut self,
+        addr: [u8; 16],
+        len: u8,
+        expires_s: u32,
+    ) -> crate::Result<()> {
+        self.enforcer.insert_prefix_v6_raw(
+            addr,
+            len,
+            detector_common::PrefixBan {
+                expires_s,
+                hits: 0,
+                reason: 0,
+            },
+        )
+    }
+
     /// Runs `program` on `frame` `repeat` times on another thread while `meanwhile` works on
     /// the maps here: races between user-space map updates and the XDP program.
     pub fn run_while<R>(

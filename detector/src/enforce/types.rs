@@ -63,11 +63,13 @@ pub enum Reason {
     Burst,
     CrowdSec,
     Blocklist,
+    /// Prefix bans the enforcer folded into the prefix covering them (a full trie).
+    Aggregated,
     Other,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Manual,
         Reason::ProbeLogin,
         Reason::SlowRepeat,
@@ -75,6 +77,7 @@ impl Reason {
         Reason::Burst,
         Reason::CrowdSec,
         Reason::Blocklist,
+        Reason::Aggregated,
         Reason::Other,
     ];
 
@@ -87,6 +90,7 @@ impl Reason {
             Reason::Burst => reason::BURST,
             Reason::CrowdSec => reason::CROWDSEC,
             Reason::Blocklist => reason::BLOCKLIST,
+            Reason::Aggregated => reason::AGGREGATED,
             Reason::Other => reason::OTHER,
         }
     }
@@ -108,6 +112,7 @@ impl Reason {
             Reason::Burst => "burst",
             Reason::CrowdSec => "crowdsec",
             Reason::Blocklist => "blocklist",
+            Reason::Aggregated => "aggregated",
             Reason::Other => "other",
         }
     }

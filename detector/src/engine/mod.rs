@@ -205,6 +205,13 @@ impl Engine {
         }
     }
 
+    /// Whether `site` may be banned as a whole now, by the same test the engine's own site
+    /// escalation applies (no host address, allowlisted range or known client in it). The
+    /// enforcer asks before folding /64 bans into their site in a full map.
+    pub fn may_widen(&self, site: IpNet) -> bool {
+        self.site_unsafe(site, self.now).is_none()
+    }
+
     /// Why `site` may not be banned as a whole: it covers a host address, loopback, an
     /// allowlisted range, or a known client.
     fn site_unsafe(&self, site: IpNet, t: i64) -> Option<&'static str> {

@@ -501,6 +501,26 @@ fn main() -> Result<()> {
         );
     }
     print_targets(&rows, &o);
+    // For `cargo xtask bench`'s summary: the same-key rows without prefix bans.
+    for r in rows
+        .iter()
+        .filter(|r| r.prefixes == 0 && matches!(r.case, "miss" | "hit-drop"))
+    {
+        let target = if r.case == "miss" {
+            "<= 1.3x"
+        } else {
+            "<= 1.6x"
+        };
+        detector_testkit::bench::summary(
+            &format!(
+                "XDP {} {} at {} bans (same key)",
+                r.family, r.case, r.entries
+            ),
+            &format!("{:.0} ns: {:.2}x", r.real, r.ratio),
+            &format!("bare lookup {:.0} ns", r.bare),
+            target,
+        );
+    }
     if !random_rows.is_empty() {
         println!();
         println!(

@@ -7,6 +7,7 @@
 //! - [`cmd`], [`apt`], [`lock`]: the command runner, the apt installer and its lock.
 //! - [`redis`]: a private redis-server for the cluster tests.
 pub mod apt;
+pub mod bench;
 pub mod cmd;
 pub mod crowdsec;
 pub mod lock;
