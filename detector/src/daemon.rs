@@ -634,16 +634,21 @@ impl SaveJob {
     /// Writes the engine snapshot, then the positions (blocking: encodes and fsyncs). The
     /// positions are written only once the snapshot is: after a crash between the two, the
     /// old positions replay a few lines into the new snapshot (at least once), never skip any.
+    /// The cluster's position is the exception (see below).
     fn write(mut self) -> SaveOutcome {
         let started = Instant::now();
         let result = (|| {
             let bytes = serde_json::to_vec(&self.snapshot)
                 .map_err(|e| Error::Store(format!("encoding the engine state: {e}")))?;
-            self.state.write_atomic(ENGINE_STATE_FILE, &bytes)?;
-            self.checkpoints.save(&self.state)?;
+            // The cluster's position and marks go first, unlike the log positions: after a
+            // crash between the two writes, peers' events fed again would be counted twice
+            // (their marks older than the snapshot) and could ban early; this way a few are
+            // missed instead, the safer error for a node that bans.
             if let Some(cluster) = &self.cluster {
                 cluster.save(&self.state)?;
             }
+            self.state.write_atomic(ENGINE_STATE_FILE, &bytes)?;
+            self.checkpoints.save(&self.state)?;
             self.counters.save(&self.state)?;
             Ok(bytes.len())
         })();
