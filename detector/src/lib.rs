@@ -18,6 +18,7 @@ pub mod event;
 pub mod metrics;
 pub mod parse;
 pub mod pipeline;
+pub mod policy;
 pub mod replay;
 pub mod report;
 pub mod source;
