@@ -34,7 +34,17 @@ struct Status {
     engine_state_age_s: Option<u64>,
     /// What the daemon counted and did not trust, as of its last save.
     untrusted: Option<DaemonCounters>,
+    /// Configured policy services and whether something accepts connections there.
+    policy_listeners: Vec<PolicyListener>,
     problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct PolicyListener {
+    /// "postfix".
+    service: &'static str,
+    address: String,
+    listening: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,7 +76,7 @@ struct SourceState {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (_config, state_dir) = args.state.load()?;
+    let (config, state_dir) = args.state.load()?;
     let pin_dir = args.state.pin.pin_dir.clone();
     let mut problems = Vec::new();
 
@@ -137,6 +147,26 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .push("the daemon is not running (bans in the kernel still drop and expire)".into());
     }
 
+    let policy_listeners: Vec<PolicyListener> = [("postfix", &config.postfix_policy.listen)]
+        .into_iter()
+        .filter_map(|(service, addr)| {
+            let addr = addr.as_ref()?;
+            Some(PolicyListener {
+                service,
+                address: addr.to_string(),
+                listening: accepts_connections(addr),
+            })
+        })
+        .collect();
+    for l in &policy_listeners {
+        if !l.listening {
+            problems.push(format!(
+                "nothing accepts connections on the {} policy address {} (the mail server falls back to its default action)",
+                l.service, l.address
+            ));
+        }
+    }
+
     let status = Status {
         pin_dir: pin_dir.display().to_string(),
         attached,
@@ -145,6 +175,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         sources,
         engine_state_age_s,
         untrusted,
+        policy_listeners,
         problems,
     };
     if args.json {
@@ -153,6 +184,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         print_human(&status);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a connect to `addr` succeeds within a second (the policy service sees a
+/// connection that closes without a request, which it ignores).
+fn accepts_connections(addr: &crate::policy::ListenAddr) -> bool {
+    use crate::policy::ListenAddr;
+    match addr {
+        ListenAddr::Tcp(a) => {
+            std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(1)).is_ok()
+        }
+        ListenAddr::Unix(p) => std::os::unix::net::UnixStream::connect(p).is_ok(),
+    }
 }
 
 fn map_fill(enforcer: &Enforcer) -> Result<MapFill> {
@@ -291,6 +334,14 @@ fn print_human(s: &Status) {
                 String::new()
             }
         );
+    }
+    for l in &s.policy_listeners {
+        let state = if l.listening {
+            "listening"
+        } else {
+            "NOT listening"
+        };
+        println!("policy       {} on {} ({state})", l.service, l.address);
     }
     for p in &s.problems {
         println!("problem      {p}");

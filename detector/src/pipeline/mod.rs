@@ -16,6 +16,9 @@
 //! than its tolerance is counted and dropped, never given to the engine. The engine's clock is
 //! the latest log time it has seen and never runs backwards, so a single trusted far-future
 //! line would stop sweeps, reset offences and make `explain` lie for good.
+//!
+//! With a policy service beside the logs, [`cross_source`] drops the second report of a fact
+//! both gave (an RCPT, a session end), so the engine counts it once.
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,8 +28,10 @@ use crate::engine::{Decision, Engine};
 use crate::event::{Event, EventKind};
 use crate::parse::{LineParser, Outcome};
 
+pub mod cross_source;
 mod evidence;
 
+use cross_source::{CrossSource, Origin};
 use evidence::LineStore;
 pub use evidence::RawLine;
 
@@ -93,6 +98,8 @@ pub struct PipelineStats {
     pub max_ahead_s: u64,
     /// Decisions handed to the sink.
     pub decisions: u64,
+    /// Events dropped because another origin (policy service or log) reported the same fact.
+    pub cross_source_duplicates: u64,
 }
 
 /// Drops events whose log time runs ahead of the wall clock by more than `max_ahead`.
@@ -146,6 +153,8 @@ pub struct Pipeline {
     /// evidence summaries and need not hold hours of log text.
     evidence: Option<LineStore>,
     guard: Option<ClockGuard>,
+    /// Pairs reports of policy services and logs (`None`: no policy service runs).
+    cross: Option<CrossSource>,
     /// Sequence number of the last event: the `line` the engine records in its evidence.
     seq: u64,
     stats: PipelineStats,
@@ -159,6 +168,7 @@ impl Pipeline {
             engine,
             evidence: None,
             guard: None,
+            cross: None,
             seq: 0,
             stats: PipelineStats::default(),
         }
@@ -175,6 +185,13 @@ impl Pipeline {
     /// Drop events too far ahead of the wall clock (live input).
     pub fn with_clock_guard(mut self, guard: ClockGuard) -> Self {
         self.guard = Some(guard);
+        self
+    }
+
+    /// A policy service feeds events too ([`Pipeline::feed_policy_event`]): count each fact
+    /// it and the logs both report once.
+    pub fn with_cross_source(mut self) -> Self {
+        self.cross = Some(CrossSource::default());
         self
     }
 
@@ -215,7 +232,7 @@ impl Pipeline {
                     line: line_no,
                     text: String::from_utf8_lossy(bytes).into_owned(),
                 };
-                self.feed(event, raw, sink)
+                self.feed(event, Origin::Log, raw, sink)
             }
             Outcome::Ignored => Fed::Ignored,
             Outcome::Unparsed => Fed::Unparsed,
@@ -231,12 +248,20 @@ impl Pipeline {
 
     /// Feeds an event parsed elsewhere, with the raw line it came from.
     pub fn feed_event(&mut self, event: Event, raw: RawLine, sink: &mut dyn Sink) -> Fed {
-        self.feed(event, || raw, sink)
+        self.feed(event, Origin::Log, || raw, sink)
+    }
+
+    /// Feeds an event a policy service made from a request; `raw` describes the request.
+    /// A fact the logs already reported is dropped ([`Fed::Ignored`]) when
+    /// [`Pipeline::with_cross_source`] is on.
+    pub fn feed_policy_event(&mut self, event: Event, raw: RawLine, sink: &mut dyn Sink) -> Fed {
+        self.feed(event, Origin::Policy, || raw, sink)
     }
 
     fn feed(
         &mut self,
         mut event: Event,
+        origin: Origin,
         raw: impl FnOnce() -> RawLine,
         sink: &mut dyn Sink,
     ) -> Fed {
@@ -248,6 +273,12 @@ impl Pipeline {
             self.stats.ahead_of_clock += 1;
             self.stats.max_ahead_s = self.stats.max_ahead_s.max(ahead.as_secs());
             return Fed::AheadOfClock { ahead };
+        }
+        if let Some(cross) = &mut self.cross
+            && !cross.admit(&event, origin)
+        {
+            self.stats.cross_source_duplicates += 1;
+            return Fed::Ignored;
         }
         self.seq += 1;
         // One sequence over every input, so evidence maps back to file and line.

@@ -49,6 +49,37 @@ impl Default for UnixSocketOptions {
     }
 }
 
+impl UnixSocketOptions {
+    /// Options from configuration: `mode` bits and a group given as a name from /etc/group
+    /// or a numeric gid; `key` names the group setting in errors.
+    pub fn new(key: &str, mode: u32, group: Option<&str>) -> Result<Self> {
+        let gid = match group {
+            None => None,
+            Some(g) => Some(match g.parse::<u32>() {
+                Ok(gid) => gid,
+                Err(_) => gid_of(g).map_err(|m| Error::config(key, m))?,
+            }),
+        };
+        Ok(Self { mode, gid })
+    }
+}
+
+/// The gid of group `name` in /etc/group (the groups a mail host's packages create live
+/// there; NSS sources are not consulted).
+fn gid_of(name: &str) -> std::result::Result<u32, String> {
+    let text = std::fs::read_to_string("/etc/group")
+        .map_err(|e| format!("cannot read /etc/group to look up {name:?}: {e}"))?;
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split(':');
+            let group = f.next()?;
+            let gid = f.nth(1)?.parse().ok()?;
+            (group == name).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| format!("no group {name:?} in /etc/group"))
+}
+
 impl ListenAddr {
     /// Reads `text` as the value of `key` (a config key or flag, named in the error).
     pub fn parse(key: &str, text: &str) -> Result<Self> {
@@ -110,11 +141,20 @@ impl ListenAddr {
 
     /// Binds the address. A unix socket gets `unix`'s mode and group.
     pub async fn bind(&self, unix: &UnixSocketOptions) -> Result<Listener> {
+        self.bind_now(unix)
+    }
+
+    /// [`ListenAddr::bind`] for synchronous start-up code; must run inside a tokio runtime
+    /// (the listener registers with its reactor).
+    pub fn bind_now(&self, unix: &UnixSocketOptions) -> Result<Listener> {
         match self {
             ListenAddr::Tcp(addr) => {
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| listen_error(self, "binding", e))?;
+                let bind = || {
+                    let l = std::net::TcpListener::bind(addr)?;
+                    l.set_nonblocking(true)?;
+                    TcpListener::from_std(l)
+                };
+                let listener = bind().map_err(|e| listen_error(self, "binding", e))?;
                 Ok(Listener::Tcp(listener))
             }
             ListenAddr::Unix(path) => bind_unix(self, path, unix),
@@ -306,6 +346,19 @@ mod tests {
         let long = format!("/{}", "x".repeat(120));
         assert!(err(&long).contains("longer"));
         assert!(err("127.0.0.1").starts_with("invalid postfix_policy.listen: "));
+    }
+
+    #[test]
+    fn a_socket_group_is_a_gid_or_a_name_from_etc_group() {
+        let o = UnixSocketOptions::new("k", 0o660, Some("0")).unwrap();
+        assert_eq!(o.gid, Some(0));
+        let o = UnixSocketOptions::new("k", 0o660, Some("root")).unwrap();
+        assert_eq!(o.gid, Some(0));
+        let e = UnixSocketOptions::new("k", 0o660, Some("no-such-group-here"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("invalid k: no group"), "{e}");
+        assert_eq!(UnixSocketOptions::new("k", 0o600, None).unwrap().gid, None);
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //!
 //! [`listen`] is the socket plumbing both share: an address that is a TCP socket address or a
 //! unix socket path, and a listener that accepts either.
+pub mod bans;
 pub mod listen;
+pub mod postfix;
 
+pub use bans::BanView;
 pub use listen::{ListenAddr, Listener, Stream, UnixSocketOptions};
