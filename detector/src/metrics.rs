@@ -271,6 +271,12 @@ mod tests {
     /// then take the sample names (`_total` included) from the text format.
     fn exported_names() -> std::collections::BTreeSet<String> {
         let m = Metrics::new();
+        m.postfix_policy
+            .answers
+            .get_or_create(&VerdictLabel {
+                verdict: "dunno".into(),
+            })
+            .inc();
         let source = SourceLabel {
             source: "journal".into(),
         };
