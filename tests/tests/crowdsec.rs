@@ -161,10 +161,34 @@ fn decisions_are_enforced_at_xdp_and_removed_when_deleted() -> Result<()> {
     assert!(find(&list(&pins, &state)?, &other.to_string()).is_none());
     assert!(t.connects(other, PORT)?, "a captcha decision must not drop");
 
-    // Deleted: gone from the map and the address connects again.
+    // An admin bans the IPv6 address too (shorter than CrowdSec's 4 h): the entry is shared,
+    // and CrowdSec's delete must leave the admin's ban in place.
+    detector_ok(
+        &pins,
+        None,
+        &[
+            "ban",
+            &bot6.to_string(),
+            "--for",
+            "1h",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    )?;
+    lapi.cscli(&["decisions", "delete", "--ip", &bot6.to_string()])?;
+
+    // Deleted: gone from the map and the address connects again. Deltas arrive in order, so
+    // once this delete is applied the IPv6 one before it is too.
     lapi.cscli(&["decisions", "delete", "--ip", &bot.to_string()])?;
     wait_gone(&pins, &state, &bot.to_string())?;
     assert!(t.connects(bot, PORT)?, "deleted decision still drops");
+    let kept = list(&pins, &state)?;
+    let kept6 = find(&kept, &bot6.to_string()).expect("CrowdSec's delete lifted the admin's ban");
+    assert_eq!(kept6["reason"].as_str(), Some("manual"), "{kept6}");
+    assert!(
+        !t.can_connect(bot6, PORT)?,
+        "the admin's IPv6 ban no longer drops"
+    );
 
     // A range becomes a prefix ban; the allowlisted .40 inside it is cut out.
     let range = format!("198.18.{}.0/24", t.net);

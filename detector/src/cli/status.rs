@@ -334,6 +334,10 @@ fn print_human(s: &Status) {
                 String::new()
             }
         );
+        println!(
+            "untrusted    {} lines longer than the line limit (not parsed)",
+            c.truncated_lines
+        );
     }
     for l in &s.policy_listeners {
         let state = if l.listening {
