@@ -5,6 +5,7 @@ mod e2e;
 mod fail2ban;
 mod import;
 mod parse;
+mod postfix_policy;
 mod veth;
 mod xdp;
 
@@ -32,6 +33,9 @@ pub enum Bench {
     /// Bulk blocklist load: `detector ban --from` entries/s for a generated 1M-entry list,
     /// against one `detector ban` process per entry (the old way) in the same run.
     Import(import::Options),
+    /// Postfix policy service: reply round trip at a paced rate (p50/p99) and flat-out
+    /// requests/s, against a trivial echo-DUNNO server on the same runtime.
+    PostfixPolicy(postfix_policy::Options),
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -41,5 +45,6 @@ pub fn run(args: Args) -> Result<()> {
         Bench::Veth(o) => veth::run(o),
         Bench::E2e(o) => e2e::run(o),
         Bench::Import(o) => import::run(o),
+        Bench::PostfixPolicy(o) => postfix_policy::run(o),
     }
 }

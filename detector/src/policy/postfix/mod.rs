@@ -27,6 +27,8 @@ use crate::metrics::VerdictLabel;
 use crate::policy::bans::BanView;
 use crate::policy::listen::{ListenAddr, UnixSocketOptions};
 
+#[cfg(test)]
+mod pipeline_tests;
 pub mod protocol;
 mod server;
 pub mod transaction;

@@ -202,6 +202,17 @@ mod tests {
         }
     }
 
+    /// Guards against a hang (a broken server that never answers): the test fails instead.
+    async fn within<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(30), f)
+            .await
+            .expect("no answer within 30 s")
+    }
+
+    async fn next(events: &mut mpsc::Receiver<Event>) -> Event {
+        within(events.recv()).await.expect("event channel closed")
+    }
+
     struct Client(BufReader<tokio::net::TcpStream>);
 
     impl Client {
@@ -218,7 +229,7 @@ mod tests {
             let mut reply = String::new();
             loop {
                 let mut l = String::new();
-                let n = self.0.read_line(&mut l).await.unwrap();
+                let n = within(self.0.read_line(&mut l)).await.unwrap();
                 assert!(n > 0, "closed after {reply:?}");
                 reply.push_str(&l);
                 if l == "\n" {
@@ -257,12 +268,12 @@ mod tests {
             c.ask(&rcpt("198.18.0.10", "b@x.test")).await,
             "action=DUNNO\n\n"
         );
-        let ev = s.events.recv().await.unwrap();
+        let ev = next(&mut s.events).await;
         assert_eq!(ev.kind, EventKind::Rcpt);
         assert_eq!(ev.recipient.as_deref(), Some("a@x.test"));
         assert_eq!(ev.session.as_deref(), Some("pid:42"));
         assert_eq!(
-            s.events.recv().await.unwrap().recipient.as_deref(),
+            next(&mut s.events).await.recipient.as_deref(),
             Some("b@x.test")
         );
         assert_eq!(s.metrics.requests.get(), 4);
@@ -331,7 +342,7 @@ mod tests {
         let flood = vec![b'x'; super::super::protocol::MAX_REQUEST + 10];
         bad.0.get_mut().write_all(&flood).await.unwrap();
         let mut rest = Vec::new();
-        let n = tokio::io::AsyncReadExt::read_to_end(&mut bad.0, &mut rest)
+        let n = within(tokio::io::AsyncReadExt::read_to_end(&mut bad.0, &mut rest))
             .await
             .unwrap_or(0);
         assert_eq!(n, 0, "no reply, just the close");
@@ -340,7 +351,7 @@ mod tests {
             good.ask(&rcpt("198.18.0.12", "a@x.test")).await,
             "action=DUNNO\n\n"
         );
-        assert_eq!(s.events.recv().await.unwrap().ip.to_string(), "198.18.0.12");
+        assert_eq!(next(&mut s.events).await.ip.to_string(), "198.18.0.12");
         s.cancel.cancel();
     }
 }
