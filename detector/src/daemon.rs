@@ -272,6 +272,16 @@ impl Daemon {
         let (status_tx, mut statuses) = mpsc::unbounded_channel::<SourceStatus>();
         let (policy_task, mut policy_events) = match self.postfix_policy.take() {
             Some(bound) => {
+                let listeners = [crate::policy::ListenerRecord {
+                    service: "postfix".into(),
+                    address: bound.local_addr().to_string(),
+                }];
+                if let Err(e) = self
+                    .state
+                    .write_json(crate::policy::LISTENERS_FILE, &listeners)
+                {
+                    tracing::warn!(error = %e, "cannot record the policy listener for `detector status`");
+                }
                 let (task, events) = bound.spawn(
                     Arc::clone(&self.kernel.bans),
                     self.metrics.postfix_policy.clone(),
@@ -373,6 +383,7 @@ impl Daemon {
             self.saved(outcome);
         }
         let _ = std::fs::remove_file(self.state.file(PID_FILE));
+        let _ = std::fs::remove_file(self.state.file(crate::policy::LISTENERS_FILE));
         tracing::info!("stopped; state saved");
         Ok(ExitCode::SUCCESS)
     }

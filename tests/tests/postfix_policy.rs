@@ -5,6 +5,7 @@
 //! - Test 3: with the `INFO` access-map recipe removed from Postfix's configuration, the log
 //!   names no recipient; the seed bot's probe evidence (the probed mailbox) arrives through
 //!   the policy service and the bot is still banned by `probe-login`.
+//! - With the `INFO` recipe kept as well, each probed recipient reaches the engine once.
 //! - Test 4: with `detector` stopped, mail is still accepted on port 25 and on submission
 //!   (`default_action=DUNNO`, `try_limit=1`: a refused connection costs nothing).
 //!
@@ -12,6 +13,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use detector_tests::bin::detector_bin;
 use detector_tests::e2e::{E2e, E2eOptions};
 use detector_tests::lab::{self, LogMode, Peer, PostfixOptions};
 use detector_tests::mailclient::{Outcome, Report, random_token};
@@ -132,6 +134,25 @@ fn probe_evidence_arrives_through_the_policy_service_without_the_info_recipe() {
         0.0,
         "{m:#?}"
     );
+
+    // `detector status`, run where Postfix runs, shows the listener the daemon was given by
+    // flag, and that it accepts connections.
+    let out = lab::command_in_net_ns(e.lab.mail_ns(), detector_bin())
+        .unwrap()
+        .args(["status", "--json", "--state-dir"])
+        .arg(e.state_dir())
+        .arg("--pin-dir")
+        .arg(&e.pins.path)
+        .env_remove("DETECTOR_PIN_DIR")
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|err| panic!("{err}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        status["policy_listeners"],
+        serde_json::json!([{"service": "postfix", "address": "127.0.0.1:9479", "listening": true}]),
+        "{status}"
+    );
 }
 
 #[test]
@@ -163,5 +184,52 @@ fn mail_is_still_accepted_when_detector_is_down() {
     assert!(
         log.contains(&format!("127.0.0.1:{POLICY_PORT}")),
         "Postfix never noticed the policy service was down:\n{log}"
+    );
+}
+
+/// Polls the metrics until `key` reaches `at_least`.
+fn wait_metric(e: &E2e, key: &str, at_least: f64) -> std::collections::HashMap<String, f64> {
+    let deadline = Instant::now() + BAN_WAIT;
+    loop {
+        let m = e.metrics().unwrap();
+        if m.get(key).copied().unwrap_or(0.0) >= at_least {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key} below {at_least}: {m:#?}\n{}",
+            e.daemon_logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_recipient_both_the_log_and_the_policy_service_report_counts_once() {
+    require_root();
+    let mut o = opts("ppb", LogMode::File);
+    o.postfix.rcpt_info_log = true;
+    let e = E2e::up(o).expect("e2e up");
+    let bot = e.lab.bots()[0].clone();
+    let rcpt = format!("r{}@example.test", random_token(9));
+    let r = e.lab.probe(&bot, &rcpt, false).expect("probe");
+    assert_eq!(r.outcome, Outcome::Ok, "{r:#?}");
+    // The log's disconnect line comes after its RCPT line: once it is counted, both reports
+    // of the recipient have reached the pipeline.
+    let m = wait_metric(
+        &e,
+        r#"detector_events_total{kind="transaction_aborted"}"#,
+        1.0,
+    );
+    let log = postfix_log(&e);
+    assert!(
+        log.contains(&format!("to=<{rcpt}>")),
+        "the INFO recipe is off:\n{log}"
+    );
+    assert!(m["detector_postfix_policy_requests_total"] >= 1.0, "{m:#?}");
+    assert_eq!(
+        m.get(r#"detector_events_total{kind="rcpt"}"#).copied(),
+        Some(1.0),
+        "{m:#?}"
     );
 }

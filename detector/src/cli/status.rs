@@ -42,7 +42,7 @@ struct Status {
 #[derive(Debug, Serialize)]
 struct PolicyListener {
     /// "postfix".
-    service: &'static str,
+    service: String,
     address: String,
     listening: bool,
 }
@@ -106,9 +106,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut sources = Vec::new();
     let mut engine_state_age_s = None;
     let mut untrusted = None;
+    let mut running_listeners: Vec<crate::policy::ListenerRecord> = Vec::new();
     match StateDir::open_read_only(&state_dir) {
         Ok(Some(state)) => {
             daemon_pid = state.running_pid();
+            if daemon_pid.is_some()
+                && let Ok(Loaded::Found(l)) = state.read_json(crate::policy::LISTENERS_FILE)
+            {
+                running_listeners = l;
+            }
             match Checkpoints::read(&state) {
                 Ok(Loaded::Found(c)) => {
                     sources = c.iter().map(|(id, pos)| source_state(id, pos)).collect();
@@ -147,14 +153,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .push("the daemon is not running (bans in the kernel still drop and expire)".into());
     }
 
-    let policy_listeners: Vec<PolicyListener> = [("postfix", &config.postfix_policy.listen)]
+    // What the running daemon listens on (flags included), else what the config names.
+    let mut wanted: Vec<(String, String)> = (running_listeners.into_iter())
+        .map(|l| (l.service, l.address))
+        .collect();
+    if let Some(addr) = &config.postfix_policy.listen
+        && !wanted.iter().any(|(s, _)| s == "postfix")
+    {
+        wanted.push(("postfix".into(), addr.to_string()));
+    }
+    let policy_listeners: Vec<PolicyListener> = wanted
         .into_iter()
-        .filter_map(|(service, addr)| {
-            let addr = addr.as_ref()?;
+        .filter_map(|(service, address)| {
+            let addr = crate::policy::ListenAddr::parse("policy listener", &address).ok()?;
             Some(PolicyListener {
                 service,
-                address: addr.to_string(),
-                listening: accepts_connections(addr),
+                listening: accepts_connections(&addr),
+                address,
             })
         })
         .collect();

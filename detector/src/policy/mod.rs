@@ -13,3 +13,15 @@ pub mod postfix;
 
 pub use bans::BanView;
 pub use listen::{ListenAddr, Listener, Stream, UnixSocketOptions};
+
+/// The running daemon's policy listeners, in the state directory (`detector status` reads it;
+/// the daemon removes it when it stops).
+pub const LISTENERS_FILE: &str = "policy-listeners.json";
+
+/// One entry of [`LISTENERS_FILE`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListenerRecord {
+    /// "postfix".
+    pub service: String,
+    pub address: String,
+}
