@@ -341,3 +341,51 @@ fn detectors_own_bans_are_pushed_as_alerts_and_not_reimported() -> Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// An `https://` Local API whose certificate a private CA signed, authenticating the bouncer
+/// by its client certificate: detector trusts `ca_file`, presents `cert_file` and `key_file`
+/// (no API key at all) and applies the decisions.
+#[test]
+fn an_https_local_api_with_a_private_ca_and_a_client_certificate() -> Result<()> {
+    let lapi = Lapi::start_tls("tls")?;
+    let tls = lapi.tls.clone().context("a TLS Local API has TLS files")?;
+    let pins = PinDir::new("cstls")?;
+    let dir = work_dir("tls")?;
+    let state = dir.join("state");
+    let config = config(
+        &dir,
+        &format!(
+            "lapi_url = \"{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            lapi.url(),
+            tls.ca.display(),
+            tls.client_cert.display(),
+            tls.client_key.display()
+        ),
+    )?;
+    let args: Vec<&OsStr> = vec![
+        OsStr::new("--config"),
+        config.as_os_str(),
+        OsStr::new("--pin-dir"),
+        pins.path.as_os_str(),
+        OsStr::new("--state-dir"),
+        state.as_os_str(),
+    ];
+    let mut daemon = DetectorRun::start(&args, dir.join("detector.log"))?;
+    daemon.wait_log("CrowdSec decisions applied", 1, WAIT)?;
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "198.18.21.7",
+        "--duration",
+        "1h",
+    ])?;
+    let ban = wait_listed(&pins, &state, "198.18.21.7")?;
+    let reason = ban["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("crowdsec/cscli/"), "{ban}");
+
+    daemon.stop()?;
+    detector_ok(&pins, None, &["detach"])?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

@@ -1,6 +1,7 @@
 //! `cargo xtask bench <what>`: throughput measurements (never timed assertions in tests).
 use anyhow::Result;
 
+mod cluster;
 mod e2e;
 mod fail2ban;
 mod import;
@@ -36,6 +37,10 @@ pub enum Bench {
     /// Postfix policy service: reply round trip at a paced rate (p50/p99) and flat-out
     /// requests/s, against a trivial echo-DUNNO server on the same runtime.
     PostfixPolicy(postfix_policy::Options),
+    /// Several nodes through a private Redis: ban propagation from one node's kernel map to
+    /// another's (p50/p99 over 500 bans), events/s published and consumed per node, and Redis
+    /// memory per stored event and ban with the 48 h extrapolation.
+    Cluster(cluster::Options),
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -46,5 +51,6 @@ pub fn run(args: Args) -> Result<()> {
         Bench::E2e(o) => e2e::run(o),
         Bench::Import(o) => import::run(o),
         Bench::PostfixPolicy(o) => postfix_policy::run(o),
+        Bench::Cluster(o) => cluster::run(o),
     }
 }
