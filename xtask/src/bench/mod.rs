@@ -3,6 +3,7 @@ use anyhow::Result;
 
 mod cluster;
 mod e2e;
+mod engine;
 mod fail2ban;
 mod import;
 mod parse;
@@ -31,6 +32,10 @@ pub enum Bench {
     /// Log line written -> ban in the kernel map through `detector run`, p50/p99 over 250
     /// bans, for the file and the journal source (with journald's own share).
     E2e(e2e::Options),
+    /// Engine memory: bytes per tracked address from the allocator's own counters, for 1M
+    /// distinct addresses (half IPv6 /64s; probes, failures, customers, lost connections),
+    /// against a bare HashMap<IpAddr, u64> with the same keys; and the snapshot copy time.
+    Engine(engine::Options),
     /// Bulk blocklist load: `detector ban --from` entries/s for a generated 1M-entry list,
     /// against one `detector ban` process per entry (the old way) in the same run.
     Import(import::Options),
@@ -49,6 +54,7 @@ pub fn run(args: Args) -> Result<()> {
         Bench::Xdp(o) => xdp::run(o),
         Bench::Veth(o) => veth::run(o),
         Bench::E2e(o) => e2e::run(o),
+        Bench::Engine(o) => engine::run(o),
         Bench::Import(o) => import::run(o),
         Bench::PostfixPolicy(o) => postfix_policy::run(o),
         Bench::Cluster(o) => cluster::run(o),
