@@ -24,6 +24,7 @@ pub struct Config {
     pub sources: crate::source::SourceConfig,
     pub engine: crate::engine::EngineConfig,
     pub crowdsec: crate::crowdsec::CrowdsecConfig,
+    pub postfix_policy: crate::policy::postfix::PostfixPolicyConfig,
     pub cluster: crate::cluster::ClusterConfig,
 }
 
@@ -212,9 +213,12 @@ impl Config {
         self.engine.validate()?;
         self.crowdsec.validate()?;
         self.cluster.validate()?;
-        // A CrowdSec bouncer alone, or a cluster node that only enforces (no log source), is a
-        // complete configuration.
-        if !(self.sources.is_empty() && (self.crowdsec.enabled() || self.cluster.enabled())) {
+        self.postfix_policy.validate()?;
+        // A CrowdSec bouncer alone, a cluster node that only enforces, or a policy service (no
+        // log source) is a complete configuration.
+        let other_input =
+            self.crowdsec.enabled() || self.cluster.enabled() || self.postfix_policy.enabled();
+        if !(self.sources.is_empty() && other_input) {
             self.sources.validate()?;
         }
         Ok(())
@@ -288,6 +292,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("invalid xdp.max_exact_bans"), "{err}");
+    }
+
+    #[test]
+    fn a_postfix_policy_listener_alone_is_a_complete_configuration() {
+        // An empty `[sources]` table: no journal, no file.
+        let c = Config::from_toml("[sources]\n[postfix_policy]\nlisten = \"127.0.0.1:9479\"\n")
+            .unwrap();
+        assert!(c.sources.is_empty());
+        assert_eq!(
+            c.postfix_policy.listen.unwrap().to_string(),
+            "127.0.0.1:9479"
+        );
+        let err = Config::from_toml("[postfix_policy]\nlisten = \"9479\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("invalid postfix_policy.listen: "), "{err}");
+        let err = Config::from_toml(
+            "[postfix_policy]\nlisten = \"/run/p.sock\"\nbanned_action = \"451\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("postfix_policy.banned_action"), "{err}");
     }
 
     /// The example documents the defaults: loading it must give exactly `Config::default()`,

@@ -92,6 +92,8 @@ struct Daemon {
     /// When the admin-unban check last walked the maps (it does once the daemon holds more
     /// bans than are worth looking up one by one; see [`BIG_UNBAN_CHECK_EVERY`]).
     last_big_unban_check: Option<Instant>,
+    /// `[postfix_policy] listen` set: bound at start, served once running.
+    postfix_policy: Option<crate::policy::postfix::Bound>,
     /// `[cluster]`: peers' events and bans from Redis (the publisher sits in the sink).
     cluster: Option<crate::cluster::Cluster>,
 }
@@ -111,6 +113,7 @@ impl Daemon {
             .listen
             .map(crate::metrics::bind)
             .transpose()?;
+        let postfix_policy = crate::policy::postfix::Bound::bind(&config.postfix_policy)?;
         let xdp = &config.xdp;
         // With no interface configured this adopts what `detector attach` pinned, or loads
         // and pins the maps so bans are recorded until an interface is attached.
@@ -201,11 +204,17 @@ impl Daemon {
             Some((c, p)) => (Some(c), Some(p)),
             None => (None, None),
         };
-        let pipeline = Pipeline::new(LineParser::new(Format::Auto), engine)
+        let mut pipeline = Pipeline::new(LineParser::new(Format::Auto), engine)
             .with_clock_guard(ClockGuard::wall(config.daemon.max_clock_ahead));
+        if postfix_policy.is_some() {
+            pipeline = pipeline.with_cross_source();
+        }
+        let bans = Arc::new(crate::policy::BanView::default());
+        bans.set_xdp_attached(!enforcer.attached_interfaces().is_empty());
         let (saved_tx, saved) = mpsc::unbounded_channel();
         let mut daemon = Daemon {
             crowdsec,
+            postfix_policy,
             config,
             pipeline,
             kernel: KernelSink {
@@ -214,6 +223,7 @@ impl Daemon {
                 written: HashMap::new(),
                 unwritten: Unwritten::default(),
                 pusher,
+                bans,
                 cluster: cluster_publisher,
             },
             state,
@@ -266,6 +276,7 @@ impl Daemon {
         let done = self.kernel.enforcer.reconcile(&bans)?;
         for net in done.restored.iter().chain(&done.present) {
             if let Some((end, _)) = ends.get(net) {
+                self.kernel.bans.ban(*net, *end);
                 self.kernel.written.insert(*net, *end);
             }
         }
@@ -302,10 +313,31 @@ impl Daemon {
     async fn run(mut self) -> Result<ExitCode> {
         let (line_tx, mut lines) = mpsc::channel::<SourceLine>(LINE_CHANNEL);
         let (status_tx, mut statuses) = mpsc::unbounded_channel::<SourceStatus>();
-        // A CrowdSec bouncer may run with no log source at all.
-        let handles = if self.config.sources.is_empty()
-            && (self.crowdsec.is_some() || self.cluster.is_some())
-        {
+        let (policy_task, mut policy_events) = match self.postfix_policy.take() {
+            Some(bound) => {
+                let listeners = [crate::policy::ListenerRecord {
+                    service: "postfix".into(),
+                    address: bound.local_addr().to_string(),
+                }];
+                if let Err(e) = self
+                    .state
+                    .write_json(crate::policy::LISTENERS_FILE, &listeners)
+                {
+                    tracing::warn!(error = %e, "cannot record the policy listener for `detector status`");
+                }
+                let (task, events) = bound.spawn(
+                    Arc::clone(&self.kernel.bans),
+                    self.metrics.postfix_policy.clone(),
+                    self.cancel.clone(),
+                );
+                (Some(task), Some(events))
+            }
+            None => (None, None),
+        };
+        // A CrowdSec bouncer, a cluster node or a policy service may run with no log source.
+        let other_input =
+            self.crowdsec.is_some() || self.cluster.is_some() || policy_events.is_some();
+        let handles = if self.config.sources.is_empty() && other_input {
             drop(line_tx); // no line will come: the shutdown drain must not wait for one
             Vec::new()
         } else {
@@ -342,12 +374,15 @@ impl Daemon {
                 biased;
                 line = lines.recv(), if lines_open => match line {
                     Some(line) => self.handle_line(line),
-                    None if pulls.is_some() || self.cluster.is_some() => lines_open = false,
+                    None if pulls.is_some() || self.cluster.is_some() || policy_events.is_some() => lines_open = false,
                     None => {
                         tracing::info!("every source has ended");
                         break;
                     }
                 },
+                Some(event) = crate::policy::postfix::next_event(&mut policy_events) => {
+                    self.handle_policy_event(event);
+                }
                 Some(pull) = crate::crowdsec::next_pull(&mut pulls) => {
                     if let Some(bouncer) = &mut self.crowdsec {
                         crate::crowdsec::status::apply_pull(bouncer, pull, &mut self.kernel.enforcer, &self.state);
@@ -379,6 +414,9 @@ impl Daemon {
         if let Some(task) = metrics_task {
             let _ = task.await;
         }
+        if let Some(task) = policy_task {
+            let _ = task.await;
+        }
         // The last save: after any save still running, and with everything handled above.
         if self.saving
             && let Some(outcome) = self.saved.recv().await
@@ -394,6 +432,7 @@ impl Daemon {
             cluster.stop(Duration::from_secs(2)).await;
         }
         let _ = std::fs::remove_file(self.state.file(PID_FILE));
+        let _ = std::fs::remove_file(self.state.file(crate::policy::LISTENERS_FILE));
         tracing::info!("stopped; state saved");
         Ok(ExitCode::SUCCESS)
     }
@@ -456,6 +495,26 @@ impl Daemon {
         self.unsaved = true;
     }
 
+    /// An event from the Postfix policy service: into the same pipeline as the log lines
+    /// (a fact the logs already gave is dropped there).
+    fn handle_policy_event(&mut self, event: crate::event::Event) {
+        self.line_no += 1;
+        let raw = crate::pipeline::RawLine {
+            file: "postfix-policy".into(),
+            line: self.line_no,
+            text: String::new(),
+        };
+        if let Fed::Event { kind, .. } =
+            (self.pipeline).feed_policy_event(event, raw, &mut self.kernel)
+        {
+            self.metrics
+                .events
+                .get_or_create(&KindLabel { kind: kind.name() })
+                .inc();
+            self.unsaved = true;
+        }
+    }
+
     /// A peer's event goes through the same pipeline as a local line; a peer's ban into the
     /// maps (this node's allowlist and own addresses apply, in the enforcer).
     fn handle_cluster(&mut self, incoming: crate::cluster::Incoming) {
@@ -501,6 +560,8 @@ impl Daemon {
 
     /// Removes expired bans and copies kernel counters into the metrics.
     fn sweep(&mut self) {
+        self.kernel.bans.purge(Utc::now());
+        (self.kernel.bans).set_xdp_attached(!self.kernel.enforcer.attached_interfaces().is_empty());
         self.count_untrusted();
         // Walks the maps only when a ban is due to end (or every few minutes, for bans other
         // processes wrote); the gauges below are as fresh as the last walk.
@@ -646,6 +707,7 @@ impl Daemon {
         );
         for prefix in gone {
             self.kernel.written.remove(&prefix);
+            self.kernel.bans.unban(prefix);
             if let Some(publisher) = &mut self.kernel.cluster {
                 // The administrator's word goes for every node.
                 publisher.admin_unban(prefix);
@@ -818,6 +880,8 @@ struct KernelSink {
     unwritten: Unwritten,
     /// `[crowdsec] push = true`: our bans go to the Local API as alerts.
     pusher: Option<crate::crowdsec::push::Pusher>,
+    /// The bans in force, as the policy services read them.
+    bans: Arc<crate::policy::BanView>,
     /// `[cluster]`: shares local events and bans, knows which node's events a ban rests on.
     cluster: Option<crate::cluster::Publisher>,
 }
@@ -944,6 +1008,7 @@ impl KernelSink {
                             .entry(enforce::canonical(decision.prefix))
                             .or_insert(end);
                         *slot = (*slot).max(end);
+                        self.bans.ban(decision.prefix, end);
                         if let Some(pusher) = &self.pusher
                             && outcome != enforce::BanOutcome::Unchanged
                         {
@@ -1004,6 +1069,7 @@ impl KernelSink {
             }
             Action::Unban => {
                 self.written.remove(&enforce::canonical(decision.prefix));
+                self.bans.unban(decision.prefix);
                 match self.enforcer.unban(decision.prefix) {
                     Ok(_) => {
                         tracing::info!(prefix = %decision.prefix, note = %decision.note, "unban")

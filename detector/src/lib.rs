@@ -19,6 +19,7 @@ pub mod event;
 pub mod metrics;
 pub mod parse;
 pub mod pipeline;
+pub mod policy;
 pub mod replay;
 pub mod report;
 pub mod source;

@@ -80,6 +80,8 @@ pub struct Metrics {
     pub lines_ahead_of_clock: Counter,
     /// Journal entries that named a mail server but came from another process.
     pub journal_untrusted: Counter,
+    /// The Postfix policy service (`detector_postfix_policy_*`).
+    pub postfix_policy: crate::policy::postfix::PolicyMetrics,
     /// `[cluster]`: messages sent to and taken from Redis, consumer lag, reconnects, link state,
     /// messages dropped from the full publish buffer.
     pub cluster_published: Counter,
@@ -125,6 +127,7 @@ impl Metrics {
             state_bytes: Gauge::default(),
             lines_ahead_of_clock: Counter::default(),
             journal_untrusted: Counter::default(),
+            postfix_policy: Default::default(),
             cluster_published: Counter::default(),
             cluster_consumed: Counter::default(),
             cluster_lag_seconds: Gauge::default(),
@@ -219,6 +222,7 @@ impl Metrics {
             "Journal entries that named Postfix or Dovecot but came from another process; dropped",
             m.journal_untrusted.clone(),
         );
+        m.postfix_policy.register(&mut registry);
         registry.register(
             "cluster_published",
             "Messages (events, bans) this node published to the cluster's Redis streams",
@@ -349,6 +353,12 @@ mod tests {
     /// then take the sample names (`_total` included) from the text format.
     fn exported_names() -> std::collections::BTreeSet<String> {
         let m = Metrics::new();
+        m.postfix_policy
+            .answers
+            .get_or_create(&VerdictLabel {
+                verdict: "dunno".into(),
+            })
+            .inc();
         let source = SourceLabel {
             source: "journal".into(),
         };

@@ -61,6 +61,9 @@ pub struct E2eOptions {
     pub source_args: Option<Vec<String>>,
     /// Serve the daemon's metrics on this port of 127.0.0.1 inside the mail namespace.
     pub metrics_port: Option<u16>,
+    /// Postfix's recipient checks; with `policy_port` the daemon serves the Postfix policy
+    /// service there (`--postfix-policy-listen 127.0.0.1:PORT`).
+    pub postfix: lab::PostfixOptions,
 }
 
 impl E2eOptions {
@@ -76,6 +79,7 @@ impl E2eOptions {
             pin_dir: None,
             source_args: None,
             metrics_port: None,
+            postfix: lab::PostfixOptions::default(),
         }
     }
 }
@@ -99,6 +103,7 @@ pub struct E2e {
     config: PathBuf,
     source_args: Option<Vec<String>>,
     metrics_port: Option<u16>,
+    policy_port: Option<u16>,
     runs: u32,
 }
 
@@ -121,6 +126,7 @@ impl E2e {
             tag: Some(opts.tag.clone()),
             install: true,
             mailbot: opts.mailbot.clone(),
+            postfix: opts.postfix.clone(),
         })?;
         let pin_dir = opts
             .pin_dir
@@ -138,6 +144,7 @@ impl E2e {
             config,
             source_args: opts.source_args,
             metrics_port: opts.metrics_port,
+            policy_port: opts.postfix.policy_port,
             runs: 0,
         })
     }
@@ -174,6 +181,10 @@ impl E2e {
         }
         if let Some(port) = self.metrics_port {
             cmd.arg("--metrics-listen").arg(format!("127.0.0.1:{port}"));
+        }
+        if let Some(port) = self.policy_port {
+            cmd.arg("--postfix-policy-listen")
+                .arg(format!("127.0.0.1:{port}"));
         }
         match self.lab.log_mode() {
             _ if self.source_args.is_some() => {

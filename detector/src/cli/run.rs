@@ -60,6 +60,10 @@ pub struct Args {
     /// File holding the CrowdSec bouncer API key (overrides `crowdsec.api_key_file`).
     #[arg(long, value_name = "FILE")]
     pub crowdsec_key_file: Option<PathBuf>,
+    /// Serve the Postfix policy service on IP:PORT or a unix socket path (overrides
+    /// `postfix_policy.listen`); with no log source, the policy service is the only input.
+    #[arg(long, value_name = "ADDR")]
+    pub postfix_policy_listen: Option<crate::policy::ListenAddr>,
     /// Join the cluster through this Redis (`redis://` or `rediss://`; overrides
     /// `cluster.redis`); with no log source, the node only enforces the cluster's bans.
     #[arg(long = "cluster", value_name = "URL")]
@@ -120,6 +124,9 @@ impl Args {
         }
         if let Some(file) = &self.crowdsec_key_file {
             config.crowdsec.api_key_file = Some(file.clone());
+        }
+        if let Some(addr) = &self.postfix_policy_listen {
+            config.postfix_policy.listen = Some(addr.clone());
         }
         if let Some(url) = &self.cluster {
             config.cluster.redis = Some(url.clone());

@@ -34,10 +34,20 @@ struct Status {
     engine_state_age_s: Option<u64>,
     /// What the daemon counted and did not trust, as of its last save.
     untrusted: Option<DaemonCounters>,
+    /// Configured policy services and whether something accepts connections there.
+    policy_listeners: Vec<PolicyListener>,
     /// `[cluster]`: as the running daemon last wrote it.
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster: Option<crate::cluster::ClusterStatus>,
     problems: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct PolicyListener {
+    /// "postfix".
+    service: String,
+    address: String,
+    listening: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,7 +79,7 @@ struct SourceState {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let (_config, state_dir) = args.state.load()?;
+    let (config, state_dir) = args.state.load()?;
     let pin_dir = args.state.pin.pin_dir.clone();
     let mut problems = Vec::new();
 
@@ -99,11 +109,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut sources = Vec::new();
     let mut engine_state_age_s = None;
     let mut untrusted = None;
+    let mut running_listeners: Vec<crate::policy::ListenerRecord> = Vec::new();
     let mut cluster = None;
     match StateDir::open_read_only(&state_dir) {
         Ok(Some(state)) => {
             daemon_pid = state.running_pid();
             cluster = crate::cluster::read_saved(&state).1;
+            if daemon_pid.is_some()
+                && let Ok(Loaded::Found(l)) = state.read_json(crate::policy::LISTENERS_FILE)
+            {
+                running_listeners = l;
+            }
             match Checkpoints::read(&state) {
                 Ok(Loaded::Found(c)) => {
                     sources = c.iter().map(|(id, pos)| source_state(id, pos)).collect();
@@ -142,6 +158,35 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .push("the daemon is not running (bans in the kernel still drop and expire)".into());
     }
 
+    // What the running daemon listens on (flags included), else what the config names.
+    let mut wanted: Vec<(String, String)> = (running_listeners.into_iter())
+        .map(|l| (l.service, l.address))
+        .collect();
+    if let Some(addr) = &config.postfix_policy.listen
+        && !wanted.iter().any(|(s, _)| s == "postfix")
+    {
+        wanted.push(("postfix".into(), addr.to_string()));
+    }
+    let policy_listeners: Vec<PolicyListener> = wanted
+        .into_iter()
+        .filter_map(|(service, address)| {
+            let addr = crate::policy::ListenAddr::parse("policy listener", &address).ok()?;
+            Some(PolicyListener {
+                service,
+                listening: accepts_connections(&addr),
+                address,
+            })
+        })
+        .collect();
+    for l in &policy_listeners {
+        if !l.listening {
+            problems.push(format!(
+                "nothing accepts connections on the {} policy address {} (the mail server falls back to its default action)",
+                l.service, l.address
+            ));
+        }
+    }
+
     if let Some(c) = &cluster
         && daemon_pid.is_some()
         && !c.connected
@@ -162,6 +207,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         sources,
         engine_state_age_s,
         untrusted,
+        policy_listeners,
         problems,
     };
     if args.json {
@@ -170,6 +216,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         print_human(&status);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a connect to `addr` succeeds within a second (the policy service sees a
+/// connection that closes without a request, which it ignores).
+fn accepts_connections(addr: &crate::policy::ListenAddr) -> bool {
+    use crate::policy::ListenAddr;
+    match addr {
+        ListenAddr::Tcp(a) => {
+            std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(1)).is_ok()
+        }
+        ListenAddr::Unix(p) => std::os::unix::net::UnixStream::connect(p).is_ok(),
+    }
 }
 
 fn map_fill(enforcer: &Enforcer) -> Result<MapFill> {
@@ -312,6 +370,14 @@ fn print_human(s: &Status) {
             "untrusted    {} lines longer than the line limit (not parsed)",
             c.truncated_lines
         );
+    }
+    for l in &s.policy_listeners {
+        let state = if l.listening {
+            "listening"
+        } else {
+            "NOT listening"
+        };
+        println!("policy       {} on {} ({state})", l.service, l.address);
     }
     if let Some(c) = &s.untrusted
         && c.max_tracked_ips > 0

@@ -16,6 +16,9 @@
 //! than its tolerance is counted and dropped, never given to the engine. The engine's clock is
 //! the latest log time it has seen and never runs backwards, so a single trusted far-future
 //! line would stop sweeps, reset offences and make `explain` lie for good.
+//!
+//! With a policy service beside the logs, [`cross_source`] drops the second report of a fact
+//! both gave (an RCPT, a session end), so the engine counts it once.
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -25,8 +28,10 @@ use crate::engine::{Decision, Engine};
 use crate::event::{Event, EventKind};
 use crate::parse::{LineParser, Outcome};
 
+pub mod cross_source;
 mod evidence;
 
+use cross_source::{CrossSource, Origin};
 use evidence::LineStore;
 pub use evidence::{DEFAULT_TEXT_BYTES, LineAt, LineReader, RawLine};
 
@@ -97,6 +102,8 @@ pub struct PipelineStats {
     pub max_ahead_s: u64,
     /// Decisions handed to the sink.
     pub decisions: u64,
+    /// Events dropped because another origin (policy service or log) reported the same fact.
+    pub cross_source_duplicates: u64,
     /// Citable lines of inputs that cannot be read again (stdin) whose text was dropped to
     /// stay within the text bound before the horizon let them go: decisions citing them show
     /// fewer raw lines (the engine's own evidence summaries are complete).
@@ -156,6 +163,8 @@ pub struct Pipeline {
     /// Reads lines kept by reference back from their files (replay).
     reader: Option<Box<dyn LineReader + Send>>,
     guard: Option<ClockGuard>,
+    /// Pairs reports of policy services and logs (`None`: no policy service runs).
+    cross: Option<CrossSource>,
     /// Sequence number of the last event: the `line` the engine records in its evidence.
     seq: u64,
     stats: PipelineStats,
@@ -170,6 +179,7 @@ impl Pipeline {
             evidence: None,
             reader: None,
             guard: None,
+            cross: None,
             seq: 0,
             stats: PipelineStats::default(),
         }
@@ -199,6 +209,13 @@ impl Pipeline {
     /// Drop events too far ahead of the wall clock (live input).
     pub fn with_clock_guard(mut self, guard: ClockGuard) -> Self {
         self.guard = Some(guard);
+        self
+    }
+
+    /// A policy service feeds events too ([`Pipeline::feed_policy_event`]): count each fact
+    /// it and the logs both report once.
+    pub fn with_cross_source(mut self) -> Self {
+        self.cross = Some(CrossSource::default());
         self
     }
 
@@ -244,7 +261,7 @@ impl Pipeline {
                     };
                     store.push(seq, time, raw)
                 };
-                self.feed(event, raw, sink)
+                self.feed(event, Origin::Log, raw, sink)
             }
             Outcome::Ignored => Fed::Ignored,
             Outcome::Unparsed => Fed::Unparsed,
@@ -260,18 +277,41 @@ impl Pipeline {
 
     /// Feeds an event parsed elsewhere, with the raw line it came from.
     pub fn feed_event(&mut self, event: Event, raw: RawLine, sink: &mut dyn Sink) -> Fed {
-        self.feed(event, |store, seq, time| store.push(seq, time, raw), sink)
+        self.feed(
+            event,
+            Origin::Log,
+            |store, seq, time| store.push(seq, time, raw),
+            sink,
+        )
+    }
+
+    /// Feeds an event a policy service made from a request; `raw` describes the request.
+    /// A fact the logs already reported is dropped ([`Fed::Ignored`]) when
+    /// [`Pipeline::with_cross_source`] is on.
+    pub fn feed_policy_event(&mut self, event: Event, raw: RawLine, sink: &mut dyn Sink) -> Fed {
+        self.feed(
+            event,
+            Origin::Policy,
+            |store, seq, time| store.push(seq, time, raw),
+            sink,
+        )
     }
 
     /// Feeds an event parsed elsewhere from a line of a file that can be read again: only
     /// where the line lies is kept, its text is read back if a decision cites it.
     pub fn feed_event_at(&mut self, event: Event, at: LineAt, sink: &mut dyn Sink) -> Fed {
-        self.feed(event, |store, seq, time| store.push_at(seq, time, at), sink)
+        self.feed(
+            event,
+            Origin::Log,
+            |store, seq, time| store.push_at(seq, time, at),
+            sink,
+        )
     }
 
     fn feed(
         &mut self,
         mut event: Event,
+        origin: Origin,
         keep: impl FnOnce(&mut LineStore, u64, i64),
         sink: &mut dyn Sink,
     ) -> Fed {
@@ -283,6 +323,12 @@ impl Pipeline {
             self.stats.ahead_of_clock += 1;
             self.stats.max_ahead_s = self.stats.max_ahead_s.max(ahead.as_secs());
             return Fed::AheadOfClock { ahead };
+        }
+        if let Some(cross) = &mut self.cross
+            && !cross.admit(&event, origin)
+        {
+            self.stats.cross_source_duplicates += 1;
+            return Fed::Ignored;
         }
         self.seq += 1;
         // One sequence over every input, so evidence maps back to file and line.

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, Result};
 
 use super::sys::run;
-use super::{DOMAIN, LogMode, USERS};
+use super::{DOMAIN, LogMode, PostfixOptions, USERS};
 
 const MAIN_CF: &str = include_str!("../../lab/main.cf.in");
 const MASTER_CF: &str = include_str!("../../lab/master.cf");
@@ -29,6 +29,28 @@ fn ids_of(user: &str) -> Result<(u32, u32)> {
     }
 }
 
+/// The `smtpd_recipient_restrictions` (and `smtpd_end_of_data_restrictions`) lines.
+fn recipient_checks(postfix: &PostfixOptions) -> String {
+    let mut rcpt = Vec::new();
+    if postfix.rcpt_info_log {
+        rcpt.push("check_recipient_access regexp:{{LAB_DIR}}/postfix/rcpt_log.regexp".to_string());
+    }
+    let mut out = String::new();
+    if let Some(port) = postfix.policy_port {
+        // The README's recommended setting: fail open at once when detector is down.
+        let policy = format!(
+            "check_policy_service {{ inet:127.0.0.1:{port}, timeout=2s, try_limit=1, default_action=DUNNO }}"
+        );
+        rcpt.push(policy.clone());
+        out.push_str(&format!("smtpd_end_of_data_restrictions = {policy}\n"));
+    }
+    out.push_str(&format!(
+        "smtpd_recipient_restrictions = {}\n",
+        rcpt.join(", ")
+    ));
+    out
+}
+
 pub struct Rendered {
     pub dovecot_conf: std::path::PathBuf,
     pub journald_conf: std::path::PathBuf,
@@ -36,7 +58,12 @@ pub struct Rendered {
 }
 
 /// Writes every configuration file below `dir` and creates the directories the daemons use.
-pub fn write_all(dir: &Path, mode: LogMode, ipv6: bool) -> Result<Rendered> {
+pub fn write_all(
+    dir: &Path,
+    mode: LogMode,
+    ipv6: bool,
+    postfix: &PostfixOptions,
+) -> Result<Rendered> {
     // The mailboxes belong to Debian's `mail` user, so nothing is added to /etc/passwd.
     let (vmail_uid, vmail_gid) = ids_of("mail")?;
     for sub in [
@@ -63,6 +90,7 @@ pub fn write_all(dir: &Path, mode: LogMode, ipv6: bool) -> Result<Rendered> {
         LogMode::Journal => String::new(),
     };
     let main_cf = MAIN_CF
+        .replace("{{RECIPIENT_CHECKS}}", &recipient_checks(postfix))
         .replace("{{LAB_DIR}}", lab_dir)
         .replace("{{INET_PROTOCOLS}}", if ipv6 { "all" } else { "ipv4" })
         .replace("{{MAILLOG_FILE}}", &maillog)

@@ -175,6 +175,28 @@ pub struct LabOptions {
     pub install: bool,
     /// The mailbot binary; default: `$MAILBOT_BIN`, else next to the running test binary.
     pub mailbot: Option<PathBuf>,
+    /// How Postfix checks recipients (the `INFO` log recipe, a policy service).
+    pub postfix: PostfixOptions,
+}
+
+/// Postfix's recipient checks in the lab.
+#[derive(Clone, Debug)]
+pub struct PostfixOptions {
+    /// Log every accepted RCPT with the `INFO` access-map recipe (default true). Without it the
+    /// log names no recipient of a probe.
+    pub rcpt_info_log: bool,
+    /// Ask the policy service on 127.0.0.1:PORT (inside the mail namespace) at each RCPT and
+    /// end of message, failing open (`default_action=DUNNO`, one try, 2 s timeout).
+    pub policy_port: Option<u16>,
+}
+
+impl Default for PostfixOptions {
+    fn default() -> Self {
+        PostfixOptions {
+            rcpt_info_log: true,
+            policy_port: None,
+        }
+    }
 }
 
 impl Default for LabOptions {
@@ -187,6 +209,7 @@ impl Default for LabOptions {
             tag: None,
             install: true,
             mailbot: None,
+            postfix: PostfixOptions::default(),
         }
     }
 }
@@ -326,13 +349,18 @@ impl Lab {
         };
         lab.save_state()?;
         // On any error below, dropping `lab` tears down what was built so far.
-        lab.start()
+        lab.start(&opts.postfix)
             .with_context(|| format!("bringing up lab {}", lab.state.tag))?;
         Ok(lab)
     }
 
-    fn start(&mut self) -> Result<()> {
-        let rendered = config::write_all(&self.state.dir, self.state.log_mode, self.state.ipv6)?;
+    fn start(&mut self, postfix: &PostfixOptions) -> Result<()> {
+        let rendered = config::write_all(
+            &self.state.dir,
+            self.state.log_mode,
+            self.state.ipv6,
+            postfix,
+        )?;
         self.create_network()?;
         for host in 0..self.state.hosts.len() {
             self.start_anchor(host)?;

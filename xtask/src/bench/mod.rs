@@ -11,6 +11,7 @@ mod engine;
 mod fail2ban;
 mod import;
 mod parse;
+mod postfix_policy;
 mod sweep;
 mod veth;
 mod xdp;
@@ -48,6 +49,9 @@ pub enum Bench {
     /// The daemon's sweep at 1M bans: syscalls and wall time per sweep, one entry at a time
     /// (the old way) against batched, in the same run; and the maps' memory.
     Sweep(sweep::Options),
+    /// Postfix policy service: reply round trip at a paced rate (p50/p99) and flat-out
+    /// requests/s, against a trivial echo-DUNNO server on the same runtime.
+    PostfixPolicy(postfix_policy::Options),
     /// Several nodes through a private Redis: ban propagation from one node's kernel map to
     /// another's (p50/p99 over 500 bans), events/s published and consumed per node, and Redis
     /// memory per stored event and ban with the 48 h extrapolation.
@@ -57,7 +61,17 @@ pub enum Bench {
 /// What `cargo xtask bench` runs, in this order, each with its default options: the
 /// subcommand names above. Adding a benchmark to the summary is adding its name here (and
 /// recording its figures with `detector_testkit::bench::summary`).
-const ALL: &[&str] = &["xdp", "parse", "engine", "import", "sweep", "cluster", "veth", "e2e"];
+const ALL: &[&str] = &[
+    "xdp",
+    "parse",
+    "engine",
+    "import",
+    "sweep",
+    "postfix-policy",
+    "cluster",
+    "veth",
+    "e2e",
+];
 
 pub fn run(args: Args) -> Result<()> {
     match args.bench {
@@ -69,6 +83,7 @@ pub fn run(args: Args) -> Result<()> {
         Some(Bench::Engine(o)) => engine::run(o),
         Some(Bench::Import(o)) => import::run(o),
         Some(Bench::Sweep(o)) => sweep::run(o),
+        Some(Bench::PostfixPolicy(o)) => postfix_policy::run(o),
         Some(Bench::Cluster(o)) => cluster::run(o),
     }
 }
