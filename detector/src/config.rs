@@ -24,6 +24,7 @@ pub struct Config {
     pub sources: crate::source::SourceConfig,
     pub engine: crate::engine::EngineConfig,
     pub crowdsec: crate::crowdsec::CrowdsecConfig,
+    pub dovecot_policy: crate::policy::dovecot::DovecotPolicyConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -210,8 +211,11 @@ impl Config {
         }
         self.engine.validate()?;
         self.crowdsec.validate()?;
-        // A CrowdSec bouncer alone (no log source) is a complete configuration.
-        if !(self.sources.is_empty() && self.crowdsec.enabled()) {
+        self.dovecot_policy.validate()?;
+        // A CrowdSec bouncer or a policy listener alone (no log source) is a complete
+        // configuration.
+        if !(self.sources.is_empty() && (self.crowdsec.enabled() || self.dovecot_policy.enabled()))
+        {
             self.sources.validate()?;
         }
         Ok(())

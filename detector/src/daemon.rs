@@ -85,6 +85,8 @@ struct Daemon {
     sources: Vec<Arc<SourceCounters>>,
     /// CrowdSec bouncer state (`[crowdsec] lapi_url` set).
     crowdsec: Option<crate::crowdsec::Bouncer>,
+    /// The Dovecot auth-policy server (`[dovecot_policy] listen` set).
+    dovecot: Option<crate::policy::dovecot::Running>,
 }
 
 impl Daemon {
@@ -173,11 +175,18 @@ impl Daemon {
         let crowdsec = (config.crowdsec.enabled())
             .then(|| crate::crowdsec::Bouncer::new(config.crowdsec.filter()));
         let metrics = Arc::new(Metrics::new());
-        let pipeline = Pipeline::new(LineParser::new(Format::Auto), engine)
+        let mut pipeline = Pipeline::new(LineParser::new(Format::Auto), engine)
             .with_clock_guard(ClockGuard::wall(config.daemon.max_clock_ahead));
+        let dovecot = (config.dovecot_policy.enabled())
+            .then(|| crate::policy::dovecot::Running::new(&config.dovecot_policy, &config.engine));
+        if let Some(d) = &dovecot {
+            let view = crate::policy::dovecot::ViewUpdater(Arc::clone(&d.view));
+            pipeline = pipeline.with_policy_reports().with_observer(Box::new(view));
+        }
         let (saved_tx, saved) = mpsc::unbounded_channel();
         let mut daemon = Daemon {
             crowdsec,
+            dovecot,
             config,
             pipeline,
             kernel: KernelSink {
@@ -257,10 +266,17 @@ impl Daemon {
     }
 
     async fn run(mut self) -> Result<ExitCode> {
+        if let Some(d) = &mut self.dovecot {
+            d.start(&self.metrics, self.cancel.clone()).await?;
+            d.view
+                .rebuild(self.pipeline.engine(), Utc::now().timestamp());
+            self.unsaved = true; // `detector status` shows the listener from the first save
+        }
         let (line_tx, mut lines) = mpsc::channel::<SourceLine>(LINE_CHANNEL);
         let (status_tx, mut statuses) = mpsc::unbounded_channel::<SourceStatus>();
-        // A CrowdSec bouncer may run with no log source at all.
-        let handles = if self.config.sources.is_empty() && self.crowdsec.is_some() {
+        // A CrowdSec bouncer or a policy listener may run with no log source at all.
+        let no_logs_needed = self.crowdsec.is_some() || self.dovecot.is_some();
+        let handles = if self.config.sources.is_empty() && no_logs_needed {
             drop(line_tx); // no line will come: the shutdown drain must not wait for one
             Vec::new()
         } else {
@@ -297,7 +313,7 @@ impl Daemon {
                 biased;
                 line = lines.recv(), if lines_open => match line {
                     Some(line) => self.handle_line(line),
-                    None if pulls.is_some() => lines_open = false,
+                    None if pulls.is_some() || self.dovecot.is_some() => lines_open = false,
                     None => {
                         tracing::info!("every source has ended");
                         break;
@@ -308,6 +324,7 @@ impl Daemon {
                         crate::crowdsec::status::apply_pull(bouncer, pull, &mut self.kernel.enforcer, &self.state);
                     }
                 }
+                Some(report) = next_report(&mut self.dovecot) => self.handle_report(report),
                 // Sources log their own status through tracing; the channel only has to be
                 // drained so it does not grow.
                 _ = statuses.recv() => {}
@@ -332,6 +349,9 @@ impl Daemon {
         }
         if let Some(task) = metrics_task {
             let _ = task.await;
+        }
+        if let Some(d) = &mut self.dovecot {
+            d.stopped().await;
         }
         // The last save: after any save still running, and with everything handled above.
         if self.saving
@@ -402,9 +422,34 @@ impl Daemon {
         self.unsaved = true;
     }
 
+    /// A Dovecot `report`: an event like a log line's, through the same pipeline.
+    fn handle_report(&mut self, report: crate::policy::dovecot::Received) {
+        let Some(event) = self.dovecot.as_mut().and_then(|d| d.event(&report)) else {
+            return;
+        };
+        let what = crate::policy::dovecot::describe(&event);
+        let fed = self.pipeline.feed_policy_event(
+            event,
+            "dovecot-policy",
+            move || what,
+            &mut self.kernel,
+        );
+        if let Fed::Event { kind, .. } = fed {
+            self.metrics
+                .events
+                .get_or_create(&KindLabel { kind: kind.name() })
+                .inc();
+        }
+        self.unsaved = true;
+    }
+
     /// Removes expired bans and copies kernel counters into the metrics.
     fn sweep(&mut self) {
         self.count_untrusted();
+        if let Some(d) = &self.dovecot {
+            d.view
+                .rebuild(self.pipeline.engine(), Utc::now().timestamp());
+        }
         // Walks the maps only when a ban is due to end (or every few minutes, for bans other
         // processes wrote); the gauges below are as fresh as the last walk.
         match self.kernel.enforcer.sweep_due() {
@@ -501,6 +546,8 @@ impl Daemon {
         let stats = self.pipeline.stats();
         self.counters.lines_ahead_of_clock = stats.ahead_of_clock;
         self.counters.max_ahead_s = stats.max_ahead_s;
+        self.counters.dovecot_policy =
+            (self.dovecot.as_ref()).and_then(|d| d.status(&self.metrics));
         self.counters.saved_at = Some(Utc::now());
         Some(SaveJob {
             state: self.state.clone(),
@@ -727,6 +774,16 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+/// The next Dovecot policy report, or never when there is no policy server.
+async fn next_report(
+    dovecot: &mut Option<crate::policy::dovecot::Running>,
+) -> Option<crate::policy::dovecot::Received> {
+    match dovecot {
+        Some(d) => d.next().await,
+        None => std::future::pending().await,
     }
 }
 

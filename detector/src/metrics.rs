@@ -66,6 +66,8 @@ pub struct Metrics {
     pub lines_ahead_of_clock: Counter,
     /// Journal entries that named a mail server but came from another process.
     pub journal_untrusted: Counter,
+    /// The Dovecot auth-policy server (`[dovecot_policy]`).
+    pub dovecot_policy: crate::policy::dovecot::PolicyMetrics,
     /// Last kernel values copied, to turn absolute kernel counters into counter increments.
     kernel_last: Mutex<std::collections::HashMap<&'static str, u64>>,
 }
@@ -99,6 +101,7 @@ impl Metrics {
             state_bytes: Gauge::default(),
             lines_ahead_of_clock: Counter::default(),
             journal_untrusted: Counter::default(),
+            dovecot_policy: Default::default(),
             kernel_last: Mutex::default(),
             registry: Registry::default(),
         };
@@ -167,6 +170,7 @@ impl Metrics {
             "Journal entries that named Postfix or Dovecot but came from another process; dropped",
             m.journal_untrusted.clone(),
         );
+        m.dovecot_policy.register(&mut registry);
         Metrics { registry, ..m }
     }
 

@@ -60,6 +60,10 @@ pub struct Args {
     /// File holding the CrowdSec bouncer API key (overrides `crowdsec.api_key_file`).
     #[arg(long, value_name = "FILE")]
     pub crowdsec_key_file: Option<PathBuf>,
+    /// Serve Dovecot's auth policy on this address, IP:PORT or a unix socket path (overrides
+    /// `dovecot_policy.listen`); with no log source, detector runs on the policy alone.
+    #[arg(long, value_name = "ADDR")]
+    pub dovecot_policy_listen: Option<String>,
     /// Log format on stderr (overrides `daemon.log_format`).
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -116,6 +120,10 @@ impl Args {
         }
         if let Some(format) = self.log_format {
             config.daemon.log_format = format;
+        }
+        if let Some(addr) = &self.dovecot_policy_listen {
+            let addr = crate::policy::ListenAddr::parse("--dovecot-policy-listen", addr)?;
+            config.dovecot_policy.listen = Some(addr);
         }
         config.validate()?;
         Ok(config)

@@ -25,8 +25,10 @@ use crate::engine::{Decision, Engine};
 use crate::event::{Event, EventKind};
 use crate::parse::{LineParser, Outcome};
 
+pub mod attempts;
 mod evidence;
 
+use attempts::{AttemptDedup, Keep};
 use evidence::LineStore;
 pub use evidence::RawLine;
 
@@ -95,6 +97,12 @@ pub struct PipelineStats {
     pub decisions: u64,
 }
 
+/// Told of every event the engine observed, with the decisions it caused (the Dovecot policy
+/// server keeps its read-only view of the engine current this way).
+pub trait Observer: std::fmt::Debug + Send {
+    fn observed(&mut self, engine: &Engine, event: &Event, decisions: &[Decision]);
+}
+
 /// Drops events whose log time runs ahead of the wall clock by more than `max_ahead`.
 pub struct ClockGuard {
     max_ahead: Duration,
@@ -149,6 +157,9 @@ pub struct Pipeline {
     /// Sequence number of the last event: the `line` the engine records in its evidence.
     seq: u64,
     stats: PipelineStats,
+    /// With in-band policy reports: one attempt reported by a report and by the log counts once.
+    attempts: Option<AttemptDedup>,
+    observer: Option<Box<dyn Observer>>,
 }
 
 impl Pipeline {
@@ -161,7 +172,22 @@ impl Pipeline {
             guard: None,
             seq: 0,
             stats: PipelineStats::default(),
+            attempts: None,
+            observer: None,
         }
+    }
+
+    /// Policy reports come too ([`Pipeline::feed_policy_event`]): count an attempt that both
+    /// a report and the log describe once (see [`attempts`]).
+    pub fn with_policy_reports(mut self) -> Self {
+        self.attempts = Some(AttemptDedup::default());
+        self
+    }
+
+    /// Tell `observer` of every event the engine observes.
+    pub fn with_observer(mut self, observer: Box<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Keep the raw text of lines the engine may cite, so decisions carry their raw evidence.
@@ -234,7 +260,43 @@ impl Pipeline {
         self.feed(event, || raw, sink)
     }
 
+    /// Feeds an event from an in-band policy report (Dovecot's `report`); `what` describes
+    /// it where a raw line would be (`RawLine::file` is `origin`).
+    pub fn feed_policy_event(
+        &mut self,
+        mut event: Event,
+        origin: &str,
+        what: impl FnOnce() -> String,
+        sink: &mut dyn Sink,
+    ) -> Fed {
+        if let Some(d) = &mut self.attempts
+            && d.policy(&mut event) == Keep::Duplicate
+        {
+            return Fed::Ignored;
+        }
+        let raw = || RawLine {
+            file: origin.to_string(),
+            line: 0,
+            text: what(),
+        };
+        self.feed_checked(event, raw, sink)
+    }
+
     fn feed(
+        &mut self,
+        mut event: Event,
+        raw: impl FnOnce() -> RawLine,
+        sink: &mut dyn Sink,
+    ) -> Fed {
+        if let Some(d) = &mut self.attempts
+            && d.log(&mut event) == Keep::Duplicate
+        {
+            return Fed::Ignored;
+        }
+        self.feed_checked(event, raw, sink)
+    }
+
+    fn feed_checked(
         &mut self,
         mut event: Event,
         raw: impl FnOnce() -> RawLine,
@@ -260,6 +322,9 @@ impl Pipeline {
             }
         }
         let decisions = self.engine.observe(&event);
+        if let Some(o) = &mut self.observer {
+            o.observed(&self.engine, &event, &decisions);
+        }
         self.deliver(decisions, sink);
         Fed::Event {
             kind: event.kind,
