@@ -301,6 +301,9 @@ impl Daemon {
             ))
         });
 
+        // Log failures waiting for their Dovecot policy report (pipeline::attempts::HOLD).
+        let mut held = tokio::time::interval(Duration::from_millis(250));
+        held.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweep = tokio::time::interval(self.config.daemon.sweep_interval);
         let mut persist = tokio::time::interval(self.config.daemon.persist_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -339,6 +342,9 @@ impl Daemon {
                     break;
                 }
                 Some(outcome) = self.saved.recv() => self.saved(outcome),
+                _ = held.tick(), if self.dovecot.is_some() => {
+                    self.pipeline.release_held(&mut self.kernel);
+                }
                 _ = sweep.tick() => self.sweep(),
                 _ = persist.tick() => self.persist(),
             }

@@ -269,17 +269,46 @@ impl Pipeline {
         what: impl FnOnce() -> String,
         sink: &mut dyn Sink,
     ) -> Fed {
-        if let Some(d) = &mut self.attempts
-            && d.policy(&mut event) == Keep::Duplicate
-        {
-            return Fed::Ignored;
+        let mut held = None;
+        if let Some(d) = &mut self.attempts {
+            let (keep, h) = d.policy(&mut event);
+            if keep == Keep::Duplicate {
+                return Fed::Ignored;
+            }
+            held = h;
         }
         let raw = || RawLine {
             file: origin.to_string(),
             line: 0,
             text: what(),
         };
-        self.feed_checked(event, raw, sink)
+        let fed = self.feed_checked(event, raw, sink);
+        // The log's description of the same attempt, which waited for this report.
+        if let Some(h) = held {
+            self.feed_held(h, sink);
+        }
+        fed
+    }
+
+    /// Feeds log failures that waited [`attempts::HOLD`] for a policy report that did not
+    /// come (the daemon calls this on a short timer when policy reports are on).
+    pub fn release_held(&mut self, sink: &mut dyn Sink) {
+        let due = match &mut self.attempts {
+            Some(d) => d.due(Utc::now()),
+            None => return,
+        };
+        for h in due {
+            self.feed_held(h, sink);
+        }
+    }
+
+    fn feed_held(&mut self, h: attempts::Held, sink: &mut dyn Sink) {
+        let raw = h.raw.unwrap_or_else(|| RawLine {
+            file: String::new(),
+            line: 0,
+            text: String::new(),
+        });
+        self.feed_checked(h.event, || raw, sink);
     }
 
     fn feed(
@@ -288,10 +317,24 @@ impl Pipeline {
         raw: impl FnOnce() -> RawLine,
         sink: &mut dyn Sink,
     ) -> Fed {
-        if let Some(d) = &mut self.attempts
-            && d.log(&mut event) == Keep::Duplicate
-        {
-            return Fed::Ignored;
+        if let Some(d) = &mut self.attempts {
+            let wall = Utc::now();
+            match d.log(&mut event, wall) {
+                Keep::Yes => {}
+                Keep::Duplicate => return Fed::Ignored,
+                Keep::Hold => {
+                    let fed = Fed::Event {
+                        kind: event.kind,
+                        time: event.time,
+                    };
+                    let raw = self.evidence.is_some().then(raw);
+                    if let Some(h) = d.hold(event, raw, wall) {
+                        self.feed_held(h, sink);
+                    }
+                    // It reaches the engine within HOLD, with or without its report.
+                    return fed;
+                }
+            }
         }
         self.feed_checked(event, raw, sink)
     }

@@ -222,3 +222,6 @@ pub fn describe(ev: &Event) -> String {
         ev.protocol.map_or("-", |p| p.name())
     )
 }
+
+#[cfg(test)]
+mod tests;
