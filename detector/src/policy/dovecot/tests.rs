@@ -74,7 +74,6 @@ fn run(attempts: &[(&str, String, i64)], with_reports: bool) -> Vec<DecisionReco
             pipeline.feed_line("dovecot.log", (2 * n + i) as u64, line.as_bytes(), &mut sink);
         }
     }
-    drop(sink);
     decisions
 }
 
