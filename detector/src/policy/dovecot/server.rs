@@ -340,3 +340,145 @@ mod tests {
         assert!(!same_key(b"", b"secret"));
     }
 }
+
+/// The server over a real socket: what Dovecot's HTTP client sees.
+#[cfg(test)]
+mod http_tests {
+    use super::*;
+    use crate::engine::EngineConfig;
+    use crate::policy::dovecot::CampaignAction;
+    use crate::policy::{ListenAddr, UnixSocketOptions};
+
+    struct Running {
+        url: String,
+        reports: mpsc::Receiver<Received>,
+        metrics: PolicyMetrics,
+        cancel: CancellationToken,
+    }
+
+    async fn start(api_key: Option<&str>) -> Running {
+        let view = Arc::new(PolicyView::new(
+            EngineConfig::default(),
+            CampaignAction::Reject,
+        ));
+        view.test_ban("198.18.2.66/32".parse().unwrap(), i64::MAX);
+        let addr = ListenAddr::parse("test", "127.0.0.1:0").unwrap();
+        let listener = addr.bind(&UnixSocketOptions::default()).await.unwrap();
+        let url = format!("http://{}/", listener.local_addr());
+        let (tx, rx) = mpsc::channel(16);
+        let metrics = PolicyMetrics::default();
+        let server = Arc::new(Server {
+            view,
+            api_key: api_key.map(|k| k.as_bytes().to_vec()),
+            reports: tx,
+            metrics: metrics.clone(),
+        });
+        let cancel = CancellationToken::new();
+        tokio::spawn(server.serve(listener, cancel.clone()));
+        Running {
+            url,
+            reports: rx,
+            metrics,
+            cancel,
+        }
+    }
+
+    async fn post(
+        url: &str,
+        query: &str,
+        key: Option<&str>,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        let mut req = client()
+            .post(format!("{url}{query}"))
+            .header("Content-Type", "application/json")
+            .body(body.to_string());
+        if let Some(k) = key {
+            // As Dovecot sends `auth_policy_server_api_header = X-API-Key: KEY` (the space kept).
+            req = req.header("X-API-Key", format!(" {k}"));
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        (status, json)
+    }
+
+    /// Loopback only: never through a proxy from the environment.
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder().no_proxy().build().unwrap()
+    }
+
+    const ALLOW: &str = r#"{"device_id":"","login":"a@example.test","protocol":"imap","pwhash":"0a1","remote":"198.18.2.1","session_id":"s","tls":false}"#;
+
+    #[tokio::test]
+    async fn allow_report_and_errors_over_http() {
+        let mut s = start(Some("k3y")).await;
+        let (code, v) = post(&s.url, "?command=allow", Some("k3y"), ALLOW).await;
+        assert_eq!((code, v["status"].as_i64()), (200, Some(0)), "{v}");
+        let banned = ALLOW.replace("198.18.2.1", "198.18.2.66");
+        let (code, v) = post(&s.url, "?command=allow", Some("k3y"), &banned).await;
+        assert_eq!((code, v["status"].as_i64()), (200, Some(-1)), "{v}");
+        assert_eq!(v["msg"], "address banned");
+
+        let report = ALLOW.replace(
+            r#""tls":false"#,
+            r#""tls":false,"success":false,"policy_reject":false"#,
+        );
+        let (code, _) = post(&s.url, "?command=report", Some("k3y"), &report).await;
+        assert_eq!(code, 200);
+        let got = s.reports.recv().await.unwrap();
+        assert_eq!(got.request.success, Some(false));
+        assert_eq!(got.request.user().as_deref(), Some("a@example.test"));
+
+        // The key: missing or wrong is 401, and nothing is judged or reported.
+        assert_eq!(post(&s.url, "?command=allow", None, ALLOW).await.0, 401);
+        assert_eq!(
+            post(&s.url, "?command=report", Some("k3Y"), &report)
+                .await
+                .0,
+            401
+        );
+        assert!(s.reports.try_recv().is_err());
+
+        // Bad requests say what is wrong.
+        let (code, v) = post(&s.url, "?command=allow", Some("k3y"), "{not json").await;
+        assert_eq!(code, 400);
+        assert!(
+            v["msg"].as_str().unwrap().contains("not a JSON object"),
+            "{v}"
+        );
+        let (code, v) = post(&s.url, "", Some("k3y"), ALLOW).await;
+        assert_eq!(code, 400);
+        assert!(v["msg"].as_str().unwrap().contains("command=allow"), "{v}");
+        let (code, _) = post(&s.url, "?command=nuke", Some("k3y"), ALLOW).await;
+        assert_eq!(code, 400);
+        let huge = format!(r#"{{"login":"{}"}}"#, "x".repeat(MAX_BODY));
+        assert_eq!(
+            post(&s.url, "?command=allow", Some("k3y"), &huge).await.0,
+            413
+        );
+        let get = reqwest::get(format!("{}?command=allow", s.url))
+            .await
+            .unwrap();
+        assert_eq!(get.status().as_u16(), 405);
+
+        let status = s.metrics.status("x".into());
+        assert_eq!((status.requests_allow, status.requests_report), (4, 1));
+        assert_eq!(status.unauthorized, 2);
+        assert_eq!(status.bad_requests, 4);
+        assert_eq!(
+            status.answers,
+            vec![("accept".to_string(), 1), ("reject_banned".to_string(), 1)]
+        );
+        s.cancel.cancel();
+    }
+
+    #[tokio::test]
+    async fn without_a_key_configured_any_request_is_served() {
+        let s = start(None).await;
+        let (code, v) = post(&s.url, "?command=allow", None, ALLOW).await;
+        assert_eq!((code, v["status"].as_i64()), (200, Some(0)));
+        s.cancel.cancel();
+    }
+}

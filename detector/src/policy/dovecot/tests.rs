@@ -71,7 +71,12 @@ fn run(attempts: &[(&str, String, i64)], with_reports: bool) -> Vec<DecisionReco
             pipeline.feed_policy_event(event, "dovecot-policy", String::new, &mut sink);
         }
         for (i, line) in lines.iter().enumerate() {
-            pipeline.feed_line("dovecot.log", (2 * n + i) as u64, line.as_bytes(), &mut sink);
+            pipeline.feed_line(
+                "dovecot.log",
+                (2 * n + i) as u64,
+                line.as_bytes(),
+                &mut sink,
+            );
         }
     }
     decisions

@@ -205,6 +205,12 @@ impl PolicyView {
         s.known.retain(|_, t| *t >= now.saturating_sub(lenient));
     }
 
+    /// Adds a ban directly (tests and benchmarks without an engine).
+    #[doc(hidden)]
+    pub fn test_ban(&self, net: IpNet, until: i64) {
+        self.write().add_ban(net, until);
+    }
+
     /// Sizes (bans, campaigns, known clients), for `detector status` and tests.
     pub fn sizes(&self) -> (usize, usize, usize) {
         let s = self.read();
