@@ -61,6 +61,8 @@ pub struct E2eOptions {
     pub source_args: Option<Vec<String>>,
     /// Serve the daemon's metrics on this port of 127.0.0.1 inside the mail namespace.
     pub metrics_port: Option<u16>,
+    /// Lines appended to the lab's dovecot.conf (`lab::dovecot_policy_conf`).
+    pub dovecot_extra: String,
 }
 
 impl E2eOptions {
@@ -76,6 +78,7 @@ impl E2eOptions {
             pin_dir: None,
             source_args: None,
             metrics_port: None,
+            dovecot_extra: String::new(),
         }
     }
 }
@@ -120,6 +123,7 @@ impl E2e {
             tag: Some(opts.tag.clone()),
             install: true,
             mailbot: opts.mailbot.clone(),
+            dovecot_extra: opts.dovecot_extra.clone(),
         })?;
         let pin_dir = opts
             .pin_dir

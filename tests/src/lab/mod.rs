@@ -39,6 +39,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 pub use clients::{find_mailbot, run_mailbot};
+pub use config::dovecot_policy_conf;
 pub use detector_testkit::cmd::is_root;
 pub use detector_testkit::lock::FileLock;
 pub use install::{DEBCONF_TXT, PACKAGES_TXT, ensure_installed, packages};
@@ -89,6 +90,8 @@ pub struct LabOptions {
     pub install: bool,
     /// The mailbot binary; default: `$MAILBOT_BIN`, else next to the running test binary.
     pub mailbot: Option<PathBuf>,
+    /// Lines appended to dovecot.conf (e.g. [`dovecot_policy_conf`]).
+    pub dovecot_extra: String,
 }
 
 impl Default for LabOptions {
@@ -100,6 +103,7 @@ impl Default for LabOptions {
             tag: None,
             install: true,
             mailbot: None,
+            dovecot_extra: String::new(),
         }
     }
 }
@@ -122,6 +126,7 @@ pub struct Lab {
     dev_log_lock: Option<FileLock>,
     mailbot: PathBuf,
     torn_down: bool,
+    dovecot_extra: String,
 }
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
@@ -215,6 +220,7 @@ impl Lab {
             dev_log_lock: None,
             mailbot,
             torn_down: false,
+            dovecot_extra: opts.dovecot_extra.clone(),
         };
         lab.save_state()?;
         // On any error below, dropping `lab` tears down what was built so far.
@@ -224,7 +230,12 @@ impl Lab {
     }
 
     fn start(&mut self) -> Result<()> {
-        let rendered = config::write_all(&self.state.dir, self.state.log_mode, self.state.ipv6)?;
+        let rendered = config::write_all(
+            &self.state.dir,
+            self.state.log_mode,
+            self.state.ipv6,
+            &self.dovecot_extra,
+        )?;
         self.create_network()?;
         self.start_anchor()?;
         self.mount_lab_files(&rendered)?;
