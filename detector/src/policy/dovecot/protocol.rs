@@ -139,9 +139,11 @@ impl Answer {
 mod tests {
     use super::*;
 
-    /// Shaped as Dovecot 2.3.19's `auth_policy_create_json` writes it with the default
-    /// attributes (the lab test checks the real one end to end).
-    const ALLOW_23: &str = r#"{"device_id":"","login":"alice@example.test","protocol":"imap","pwhash":"0a1f","remote":"198.18.1.2","session_id":"Lq3mG0AWvpHGEgEC","tls":false}"#;
+    /// What the lab's Dovecot 2.3.19.1 sent with the default attributes (`auth_debug = yes`
+    /// logs "Policy server request JSON: ..."; session id shortened).
+    const ALLOW_23: &str = r#"{"device_id":"","login":"alice@example.test","protocol":"imap","pwhash":"01fb","remote":"198.18.0.2","session_id":"2D8WH5dhgpXGEgAC","tls":false}"#;
+    /// Its report after a login the policy refused.
+    const REPORT_23: &str = r#"{"device_id":"","login":"alice@example.test","protocol":"pop3","pwhash":"01fb","remote":"198.18.0.13","session_id":"RSNpIJdhvqzGEgAN","success":false,"policy_reject":true,"tls":false}"#;
     /// 2.4 writes the attributes sorted, then `success`, `policy_reject` and `tls`; here with
     /// `fail_type` configured.
     const REPORT_24: &str = r#"{"device_id":"","fail_type":"account","login":"Nobody@Example.Test","protocol":"pop3","pwhash":"0c3","remote":"::ffff:198.18.1.3","session_id":"abc","success":false,"policy_reject":false,"tls":true}"#;
@@ -162,13 +164,16 @@ mod tests {
     fn a_23_allow_request_is_read() {
         let r = Request::parse(ALLOW_23.as_bytes()).unwrap();
         assert_eq!(r.user().as_deref(), Some("alice@example.test"));
-        assert_eq!(r.remote_ip(), Some("198.18.1.2".parse().unwrap()));
+        assert_eq!(r.remote_ip(), Some("198.18.0.2".parse().unwrap()));
         assert_eq!(r.protocol.as_deref(), Some("imap"));
-        assert_eq!(r.session_id.as_deref(), Some("Lq3mG0AWvpHGEgEC"));
-        assert_eq!(r.pwhash.as_deref(), Some("0a1f"));
+        assert_eq!(r.session_id.as_deref(), Some("2D8WH5dhgpXGEgAC"));
+        assert_eq!(r.pwhash.as_deref(), Some("01fb"));
         assert_eq!(r.tls, Some(false));
         assert_eq!(r.success, None);
         assert_eq!(r.fail_type, None);
+        let r = Request::parse(REPORT_23.as_bytes()).unwrap();
+        assert_eq!((r.success, r.policy_reject), (Some(false), Some(true)));
+        assert_eq!(r.protocol.as_deref(), Some("pop3"));
     }
 
     #[test]
