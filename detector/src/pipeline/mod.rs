@@ -159,6 +159,8 @@ pub struct Pipeline {
     stats: PipelineStats,
     /// With in-band policy reports: one attempt reported by a report and by the log counts once.
     attempts: Option<AttemptDedup>,
+    /// The wall clock the hold of [`attempts`] runs on (tests set their own).
+    wall: fn() -> DateTime<Utc>,
     observer: Option<Box<dyn Observer>>,
 }
 
@@ -173,6 +175,7 @@ impl Pipeline {
             seq: 0,
             stats: PipelineStats::default(),
             attempts: None,
+            wall: Utc::now,
             observer: None,
         }
     }
@@ -181,6 +184,12 @@ impl Pipeline {
     /// a report and the log describe once (see [`attempts`]).
     pub fn with_policy_reports(mut self) -> Self {
         self.attempts = Some(AttemptDedup::default());
+        self
+    }
+
+    /// Another wall clock for the hold of [`attempts`] (tests).
+    pub fn with_wall_clock(mut self, wall: fn() -> DateTime<Utc>) -> Self {
+        self.wall = wall;
         self
     }
 
@@ -294,7 +303,7 @@ impl Pipeline {
     /// come (the daemon calls this on a short timer when policy reports are on).
     pub fn release_held(&mut self, sink: &mut dyn Sink) {
         let due = match &mut self.attempts {
-            Some(d) => d.due(Utc::now()),
+            Some(d) => d.due((self.wall)()),
             None => return,
         };
         for h in due {
@@ -318,7 +327,7 @@ impl Pipeline {
         sink: &mut dyn Sink,
     ) -> Fed {
         if let Some(d) = &mut self.attempts {
-            let wall = Utc::now();
+            let wall = (self.wall)();
             match d.log(&mut event, wall) {
                 Keep::Yes => {}
                 Keep::Duplicate => return Fed::Ignored,
@@ -486,6 +495,33 @@ mod tests {
         let far = wall() + chrono::Duration::days(3650);
         p.feed_event(failure(far), raw(1), &mut NullSink);
         assert_eq!(p.engine().now(), Some(far));
+    }
+
+    static WALL_S: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+    fn fake_wall() -> DateTime<Utc> {
+        wall() + chrono::Duration::seconds(WALL_S.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// A live log failure waits for its policy report and reaches the engine when none came.
+    #[test]
+    fn a_held_log_failure_reaches_the_engine_after_the_hold() {
+        let mut p = Pipeline::new(
+            LineParser::new(Format::Auto),
+            Engine::new(EngineConfig::default()),
+        )
+        .with_policy_reports()
+        .with_wall_clock(fake_wall);
+        let fed = p.feed_event(failure(wall()), raw(1), &mut NullSink);
+        assert!(matches!(fed, Fed::Event { .. }), "{fed:?}");
+        assert_eq!(p.engine().stats().events, 0, "held, not yet observed");
+        p.release_held(&mut NullSink);
+        assert_eq!(p.engine().stats().events, 0, "still within the hold");
+        WALL_S.store(attempts::HOLD.num_seconds(), std::sync::atomic::Ordering::SeqCst);
+        p.release_held(&mut NullSink);
+        assert_eq!(p.engine().stats().events, 1);
+        let ip = "198.18.0.9".parse().unwrap();
+        assert_eq!(p.engine().explain(ip).failures.len(), 1, "counted as the log said");
     }
 
     #[test]
