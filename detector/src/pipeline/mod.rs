@@ -517,11 +517,18 @@ mod tests {
         assert_eq!(p.engine().stats().events, 0, "held, not yet observed");
         p.release_held(&mut NullSink);
         assert_eq!(p.engine().stats().events, 0, "still within the hold");
-        WALL_S.store(attempts::HOLD.num_seconds(), std::sync::atomic::Ordering::SeqCst);
+        WALL_S.store(
+            attempts::HOLD.num_seconds(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
         p.release_held(&mut NullSink);
         assert_eq!(p.engine().stats().events, 1);
         let ip = "198.18.0.9".parse().unwrap();
-        assert_eq!(p.engine().explain(ip).failures.len(), 1, "counted as the log said");
+        assert_eq!(
+            p.engine().explain(ip).failures.len(),
+            1,
+            "counted as the log said"
+        );
     }
 
     #[test]
