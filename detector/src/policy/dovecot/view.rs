@@ -211,6 +211,12 @@ impl PolicyView {
         self.write().add_ban(net, until);
     }
 
+    /// Puts a mailbox under a campaign directly (benchmarks without an engine).
+    #[doc(hidden)]
+    pub fn test_campaign(&self, user: &str, until: i64) {
+        self.write().campaigns.insert(mailbox_key(user), until);
+    }
+
     /// Sizes (bans, campaigns, known clients), for `detector status` and tests.
     pub fn sizes(&self) -> (usize, usize, usize) {
         let s = self.read();
