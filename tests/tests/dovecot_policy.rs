@@ -24,8 +24,13 @@ fn require_root() {
     );
 }
 
-/// A lab whose Dovecot asks the daemon, and the daemon (not yet started).
+/// A lab whose Dovecot asks the daemon, and the daemon following the lab's logs.
 fn up(tag: &str) -> E2e {
+    up_with(tag, None)
+}
+
+/// The same; `source_args: Some(vec![])` runs the daemon on the policy alone (no log source).
+fn up_with(tag: &str, source_args: Option<Vec<String>>) -> E2e {
     let opts = E2eOptions::new(tag, LogMode::File);
     let key_file = PathBuf::from(WORK_ROOT).join(&opts.tag).join("api-key");
     let mut e = E2e::up_without_daemon(E2eOptions {
@@ -37,6 +42,7 @@ fn up(tag: &str) -> E2e {
             "[dovecot_policy]\nlisten = \"{POLICY}\"\napi_key_file = \"{}\"\n",
             key_file.display()
         ),
+        source_args,
         ..opts
     })
     .expect("e2e up");
@@ -128,11 +134,32 @@ fn one_shot_botnet_is_refused_by_policy_and_the_owner_is_not() {
 #[test]
 fn a_stale_password_is_not_banned_and_a_guesser_is() {
     require_root();
-    let e = up("dp2");
+    stale_phone_and_guesser(up("dp2"));
+}
+
+/// The same with no log source at all: the reports are a complete event source.
+#[test]
+fn on_the_policy_alone_a_guesser_is_banned_and_the_stale_phone_is_not() {
+    require_root();
+    let e = up_with("dp3", Some(Vec::new()));
+    assert!(
+        e.daemon_logs().contains(r#""sources":0"#),
+        "{}",
+        e.daemon_logs()
+    );
+    stale_phone_and_guesser(e);
+}
+
+fn stale_phone_and_guesser(e: E2e) {
     let bots: Vec<_> = e.lab.bots().into_iter().cloned().collect();
     let (phone, guesser) = (&bots[0], &bots[1]);
-    for _ in 0..7 {
+    for i in 0..7 {
         let r = e.lab.imap_login(phone, ALICE, "OldAlicePass1").unwrap();
+        assert_ne!(
+            r.outcome,
+            Outcome::Timeout,
+            "the phone was banned after {i} attempts"
+        );
         assert_eq!(r.outcome, Outcome::Rejected, "{r:#?}");
     }
     for i in 0..7 {

@@ -100,3 +100,46 @@ fn a_stale_password_for_an_hour_is_not_banned_and_a_guesser_is() {
     let logs_only = run(&attempts, false);
     assert_eq!(bans_for(&logs_only, phone), 1, "{logs_only:#?}");
 }
+
+/// `detector run` with only the policy listener and no log source is a valid configuration.
+#[test]
+fn a_policy_listener_alone_is_a_complete_configuration() {
+    use crate::config::Config;
+    // An empty [sources] table: no log source (without one, the journal is followed).
+    let c =
+        Config::from_toml("[sources]\n[dovecot_policy]\nlisten = \"127.0.0.1:9478\"\n").unwrap();
+    assert!(c.sources.is_empty());
+    assert!(c.dovecot_policy.enabled());
+    let c = Config::from_toml("[sources]\n[dovecot_policy]\nlisten = \"/run/detector/d.sock\"\n");
+    assert!(c.is_ok(), "{c:?}");
+    assert!(
+        Config::from_toml("[sources]\n").is_err(),
+        "no source and no listener"
+    );
+    let err = Config::from_toml(
+        "[dovecot_policy]\nlisten = \"127.0.0.1:9478\"\ncampaign_action = \"delay\"\ncampaign_delay = \"0s\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("dovecot_policy.campaign_delay"), "{err}");
+    let err = Config::from_toml("[dovecot_policy]\nlisten = \"9478\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("dovecot_policy"), "{err}");
+}
+
+#[test]
+fn the_api_key_file_is_read_trimmed_and_may_not_be_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("key");
+    let cfg = super::DovecotPolicyConfig {
+        api_key_file: Some(path.clone()),
+        ..Default::default()
+    };
+    assert!(cfg.api_key().is_err(), "missing file");
+    std::fs::write(&path, " s3cret \n").unwrap();
+    assert_eq!(cfg.api_key().unwrap().as_deref(), Some(&b"s3cret"[..]));
+    std::fs::write(&path, "\n").unwrap();
+    let err = cfg.api_key().unwrap_err().to_string();
+    assert!(err.contains("dovecot_policy.api_key_file"), "{err}");
+}
