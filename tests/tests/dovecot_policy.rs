@@ -26,27 +26,37 @@ fn require_root() {
 
 /// A lab whose Dovecot asks the daemon, and the daemon following the lab's logs.
 fn up(tag: &str) -> E2e {
-    up_with(tag, None)
+    up_with(tag, false)
 }
 
-/// The same; `source_args: Some(vec![])` runs the daemon on the policy alone (no log source).
-fn up_with(tag: &str, source_args: Option<Vec<String>>) -> E2e {
+/// The same; with `policy_only` the daemon has no log source at all (an empty `[sources]`
+/// table), only the policy listener.
+fn up_with(tag: &str, policy_only: bool) -> E2e {
     let opts = E2eOptions::new(tag, LogMode::File);
-    let key_file = PathBuf::from(WORK_ROOT).join(&opts.tag).join("api-key");
+    let work = PathBuf::from(WORK_ROOT).join(&opts.tag);
+    let key_file = work.join("api-key");
+    let policy = format!(
+        "[dovecot_policy]\nlisten = \"{POLICY}\"\napi_key_file = \"{}\"\n",
+        key_file.display()
+    );
     let mut e = E2e::up_without_daemon(E2eOptions {
         bots: 5,
         mailbot: Some(PathBuf::from(env!("CARGO_BIN_EXE_mailbot"))),
         metrics_port: Some(METRICS_PORT),
         dovecot_extra: lab::dovecot_policy_conf(&format!("http://{POLICY}/"), Some(KEY), 1000),
-        extra_config: format!(
-            "[dovecot_policy]\nlisten = \"{POLICY}\"\napi_key_file = \"{}\"\n",
-            key_file.display()
-        ),
-        source_args,
+        extra_config: policy.clone(),
+        source_args: policy_only.then(Vec::new),
         ..opts
     })
     .expect("e2e up");
     std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    if policy_only {
+        // The harness's configuration follows the journal too; this one reads no log at all.
+        let config = format!(
+            "[daemon]\npersist_interval = \"1h\"\nsweep_interval = \"1s\"\n\n[sources]\n\n{policy}"
+        );
+        std::fs::write(work.join("detector.toml"), config).unwrap();
+    }
     e.start_daemon().expect("daemon start");
     e
 }
@@ -141,7 +151,7 @@ fn a_stale_password_is_not_banned_and_a_guesser_is() {
 #[test]
 fn on_the_policy_alone_a_guesser_is_banned_and_the_stale_phone_is_not() {
     require_root();
-    let e = up_with("dp3", Some(Vec::new()));
+    let e = up_with("dp3", true);
     assert!(
         e.daemon_logs().contains(r#""sources":0"#),
         "{}",
