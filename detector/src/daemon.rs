@@ -51,7 +51,14 @@ pub fn run(config: Config) -> Result<ExitCode> {
         .build()
         .map_err(|e| Error::Source(format!("cannot start the async runtime: {e}")))?;
     let result = runtime.block_on(async move {
-        let daemon = Daemon::start(config)?;
+        // Before anything is attached: a policy address in use or an unreadable key file stops
+        // the start.
+        let mut dovecot = (config.dovecot_policy.enabled())
+            .then(|| crate::policy::dovecot::Running::new(&config.dovecot_policy, &config.engine));
+        if let Some(d) = &mut dovecot {
+            d.bind().await?;
+        }
+        let daemon = Daemon::start(config, dovecot)?;
         daemon.run().await
     });
     // tokio's stdin reader sits in a blocking thread that never returns; state is already
@@ -91,7 +98,7 @@ struct Daemon {
 
 impl Daemon {
     /// Attaches (or adopts) the XDP program, restores state. Fails early and clearly.
-    fn start(config: Config) -> Result<Daemon> {
+    fn start(config: Config, dovecot: Option<crate::policy::dovecot::Running>) -> Result<Daemon> {
         // First, before anything is attached or written: a metrics address in use is a
         // configuration error that must stop the start.
         let metrics_listener = config
@@ -177,8 +184,6 @@ impl Daemon {
         let metrics = Arc::new(Metrics::new());
         let mut pipeline = Pipeline::new(LineParser::new(Format::Auto), engine)
             .with_clock_guard(ClockGuard::wall(config.daemon.max_clock_ahead));
-        let dovecot = (config.dovecot_policy.enabled())
-            .then(|| crate::policy::dovecot::Running::new(&config.dovecot_policy, &config.engine));
         if let Some(d) = &dovecot {
             let view = crate::policy::dovecot::ViewUpdater(Arc::clone(&d.view));
             pipeline = pipeline.with_policy_reports().with_observer(Box::new(view));
@@ -267,7 +272,7 @@ impl Daemon {
 
     async fn run(mut self) -> Result<ExitCode> {
         if let Some(d) = &mut self.dovecot {
-            d.start(&self.metrics, self.cancel.clone()).await?;
+            d.serve(&self.metrics, self.cancel.clone());
             d.view
                 .rebuild(self.pipeline.engine(), Utc::now().timestamp());
             self.unsaved = true; // `detector status` shows the listener from the first save

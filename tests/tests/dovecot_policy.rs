@@ -229,6 +229,15 @@ fn logins_go_on_when_the_daemon_hangs_or_is_gone() {
         assert_eq!(r.outcome, Outcome::Ok, "with the daemon hung: {r:#?}");
     }
     e.stop_daemon().unwrap();
+    // `detector status` shows the listener and what it answered, as of the last save.
+    let state = e.state_dir();
+    let status = e
+        .detector_json(&["status", "--state-dir", state.to_str().unwrap()])
+        .unwrap();
+    let policy = &status["untrusted"]["dovecot_policy"];
+    assert_eq!(policy["listen"], POLICY, "{status}");
+    assert!(policy["requests_allow"].as_u64() >= Some(2), "{status}");
+    assert!(policy["requests_report"].as_u64() >= Some(1), "{status}");
     let r = e.lab.imap_login(&client, ALICE, ALICE_PASS).unwrap();
     assert_eq!(r.outcome, Outcome::Ok, "with the daemon gone: {r:#?}");
     let r = e

@@ -146,6 +146,8 @@ pub struct Running {
     task: Option<tokio::task::JoinHandle<()>>,
     /// The bound address (a port 0 in the configuration resolved).
     listening: Option<String>,
+    /// Bound, not yet serving: the listener and the API key.
+    bound: Option<(crate::policy::Listener, Option<Vec<u8>>)>,
 }
 
 impl Running {
@@ -158,12 +160,13 @@ impl Running {
             converter: report::Reports::new(engine.horizon),
             task: None,
             listening: None,
+            bound: None,
         }
     }
 
-    /// Reads the API key, binds the listener and starts serving. A key file that cannot be
-    /// read or an address in use is an error: the daemon does not start half-configured.
-    pub async fn start(&mut self, metrics: &Metrics, cancel: CancellationToken) -> Result<()> {
+    /// Reads the API key and binds the listener. A key file that cannot be read or an address
+    /// in use is an error: the daemon does not start half-configured.
+    pub async fn bind(&mut self) -> Result<()> {
         let Some(addr) = &self.config.listen else {
             return Ok(());
         };
@@ -172,7 +175,16 @@ impl Running {
             tracing::warn!(%addr, "dovecot_policy.listen is not a loopback address and no api_key_file is set");
         }
         let listener = addr.bind(&UnixSocketOptions::default()).await?;
-        let listening = listener.local_addr().to_string();
+        self.listening = Some(listener.local_addr().to_string());
+        self.bound = Some((listener, api_key));
+        Ok(())
+    }
+
+    /// Starts serving on the listener [`Running::bind`] opened.
+    pub fn serve(&mut self, metrics: &Metrics, cancel: CancellationToken) {
+        let Some((listener, api_key)) = self.bound.take() else {
+            return;
+        };
         let (tx, rx) = mpsc::channel(server::REPORT_CHANNEL);
         let server = Arc::new(Server {
             view: Arc::clone(&self.view),
@@ -182,8 +194,6 @@ impl Running {
         });
         self.task = Some(tokio::spawn(server.serve(listener, cancel)));
         self.reports = Some(rx);
-        self.listening = Some(listening);
-        Ok(())
     }
 
     /// The next report (pending forever when not started).
