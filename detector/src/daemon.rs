@@ -559,6 +559,7 @@ impl Daemon {
         self.counters.max_ahead_s = stats.max_ahead_s;
         self.counters.dovecot_policy =
             (self.dovecot.as_ref()).and_then(|d| d.status(&self.metrics));
+        self.counters.truncated_lines = self.pipeline.parser().stats().truncated;
         self.counters.saved_at = Some(Utc::now());
         Some(SaveJob {
             state: self.state.clone(),

@@ -300,6 +300,7 @@ mod tests {
         for c in COUNTERS {
             m.set_kernel_counter(c, 1);
         }
+        m.dovecot_policy.exercise_for_tests();
         (m.render().lines())
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .filter_map(|l| l.split(['{', ' ']).next())

@@ -291,6 +291,10 @@ fn print_human(s: &Status) {
                 String::new()
             }
         );
+        println!(
+            "untrusted    {} lines longer than the line limit (not parsed)",
+            c.truncated_lines
+        );
     }
     if let Some(d) = s.untrusted.as_ref().and_then(|c| c.dovecot_policy.as_ref()) {
         let answers: Vec<String> = d.answers.iter().map(|(v, n)| format!("{v} {n}")).collect();

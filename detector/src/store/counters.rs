@@ -25,6 +25,8 @@ pub struct DaemonCounters {
     /// The Dovecot auth-policy listener and its counters, when one runs.
     #[serde(default)]
     pub dovecot_policy: Option<crate::policy::dovecot::ListenerStatus>,
+    /// Lines longer than the line limit: cut by their source and not parsed.
+    pub truncated_lines: u64,
 }
 
 impl DaemonCounters {

@@ -99,6 +99,19 @@ impl PolicyMetrics {
         );
     }
 
+    /// Touches every series once, so a test can see every name `/metrics` exports.
+    #[doc(hidden)]
+    pub fn exercise_for_tests(&self) {
+        self.requests
+            .get_or_create(&CommandLabel { command: "allow" })
+            .inc();
+        self.answers
+            .get_or_create(&AnswerLabel { verdict: "accept" })
+            .inc();
+        self.error("bad_request");
+        self.latency.observe(1e-4);
+    }
+
     fn error(&self, error: &'static str) {
         self.errors.get_or_create(&ErrorLabel { error }).inc();
     }
