@@ -214,6 +214,27 @@ mod tests {
         }
     }
 
+    /// Every prefix and every one-byte change of real bodies parses or fails cleanly, and what
+    /// parses yields its address and user without a panic.
+    #[test]
+    fn mangled_bodies_never_panic() {
+        for body in [ALLOW_23, REPORT_23, REPORT_24] {
+            let b = body.as_bytes();
+            for cut in 0..b.len() {
+                let _ = Request::parse(&b[..cut]);
+            }
+            for i in 0..b.len() {
+                for x in [0u8, b'"', b'\\', b'{', 0xff, b'9'] {
+                    let mut m = b.to_vec();
+                    m[i] = x;
+                    if let Ok(r) = Request::parse(&m) {
+                        let _ = (r.remote_ip(), r.user());
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn an_unparseable_remote_is_none() {
         let r = Request::parse(br#"{"remote":""}"#).unwrap();
