@@ -439,7 +439,7 @@ impl Daemon {
             return;
         };
         let what = crate::policy::dovecot::describe(&event);
-        let fed = self.pipeline.feed_policy_event(
+        let fed = self.pipeline.feed_dovecot_report(
             event,
             "dovecot-policy",
             move || what,

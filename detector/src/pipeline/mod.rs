@@ -180,7 +180,7 @@ impl Pipeline {
         }
     }
 
-    /// Policy reports come too ([`Pipeline::feed_policy_event`]): count an attempt that both
+    /// Policy reports come too ([`Pipeline::feed_dovecot_report`]): count an attempt that both
     /// a report and the log describe once (see [`attempts`]).
     pub fn with_policy_reports(mut self) -> Self {
         self.attempts = Some(AttemptDedup::default());
@@ -269,9 +269,10 @@ impl Pipeline {
         self.feed(event, || raw, sink)
     }
 
-    /// Feeds an event from an in-band policy report (Dovecot's `report`); `what` describes
-    /// it where a raw line would be (`RawLine::file` is `origin`).
-    pub fn feed_policy_event(
+    /// Feeds an event from a Dovecot auth-policy `report`; `what` describes it where a raw
+    /// line would be (`RawLine::file` is `origin`). One attempt both the report and the log
+    /// describe counts once ([`Pipeline::with_policy_reports`], [`attempts`]).
+    pub fn feed_dovecot_report(
         &mut self,
         mut event: Event,
         origin: &str,

@@ -255,7 +255,7 @@ fn main() -> Result<()> {
         let mut n = 0u64;
         while let Some(r) = rx.blocking_recv() {
             if let Some(ev) = reports.event(&r.request, r.time) {
-                pipeline.feed_policy_event(ev, "bench", String::new, &mut NullSink);
+                pipeline.feed_dovecot_report(ev, "bench", String::new, &mut NullSink);
                 n += 1;
             }
         }

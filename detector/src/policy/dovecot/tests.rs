@@ -68,7 +68,7 @@ fn run(attempts: &[(&str, String, i64)], with_reports: bool) -> Vec<DecisionReco
             let body = report_body(user, ip, &session, pwhash);
             let req = Request::parse(body.as_bytes()).unwrap();
             let event = reports.event(&req, time_of(&lines[0])).unwrap();
-            pipeline.feed_policy_event(event, "dovecot-policy", String::new, &mut sink);
+            pipeline.feed_dovecot_report(event, "dovecot-policy", String::new, &mut sink);
         }
         for (i, line) in lines.iter().enumerate() {
             pipeline.feed_line(
