@@ -25,6 +25,7 @@ pub struct Config {
     pub engine: crate::engine::EngineConfig,
     pub crowdsec: crate::crowdsec::CrowdsecConfig,
     pub dovecot_policy: crate::policy::dovecot::DovecotPolicyConfig,
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -212,10 +213,12 @@ impl Config {
         self.engine.validate()?;
         self.crowdsec.validate()?;
         self.dovecot_policy.validate()?;
-        // A CrowdSec bouncer or a policy listener alone (no log source) is a complete
-        // configuration.
-        if !(self.sources.is_empty() && (self.crowdsec.enabled() || self.dovecot_policy.enabled()))
-        {
+        self.cluster.validate()?;
+        // A CrowdSec bouncer alone, a cluster node that only enforces, or a policy listener (no
+        // log source) is a complete configuration.
+        let other_input =
+            self.crowdsec.enabled() || self.cluster.enabled() || self.dovecot_policy.enabled();
+        if !(self.sources.is_empty() && other_input) {
             self.sources.validate()?;
         }
         Ok(())

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::enforce::{self, AttachOptions, Capacity, Enforcer, Reason};
-use crate::engine::Snapshot;
+use crate::engine::StateCopy;
 use crate::engine::{Action, Decision, Rule};
 use crate::metrics::{FamilyLabel, KindLabel, Metrics, RuleLabel, SourceLabel};
 use crate::parse::{Format, LineParser};
@@ -94,6 +94,8 @@ struct Daemon {
     crowdsec: Option<crate::crowdsec::Bouncer>,
     /// The Dovecot auth-policy server (`[dovecot_policy] listen` set).
     dovecot: Option<crate::policy::dovecot::Running>,
+    /// `[cluster]`: peers' events and bans from Redis (the publisher sits in the sink).
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Daemon {
@@ -182,6 +184,15 @@ impl Daemon {
         let crowdsec = (config.crowdsec.enabled())
             .then(|| crate::crowdsec::Bouncer::new(config.crowdsec.filter()));
         let metrics = Arc::new(Metrics::new());
+        let (cluster, cluster_publisher) = match crate::cluster::start(
+            &config.cluster,
+            &state,
+            engine_cfg.horizon,
+            Arc::clone(&metrics),
+        )? {
+            Some((c, p)) => (Some(c), Some(p)),
+            None => (None, None),
+        };
         let mut pipeline = Pipeline::new(LineParser::new(Format::Auto), engine)
             .with_clock_guard(ClockGuard::wall(config.daemon.max_clock_ahead));
         if let Some(d) = &dovecot {
@@ -199,6 +210,7 @@ impl Daemon {
                 metrics: Arc::clone(&metrics),
                 written: HashMap::new(),
                 pusher,
+                cluster: cluster_publisher,
             },
             state,
             checkpoints,
@@ -215,6 +227,7 @@ impl Daemon {
                 ..DaemonCounters::default()
             },
             sources: Vec::new(),
+            cluster,
         };
         // A changed allowlist may now protect addresses banned before the restart.
         let decisions = daemon.pipeline.engine_mut().reconcile();
@@ -279,8 +292,9 @@ impl Daemon {
         }
         let (line_tx, mut lines) = mpsc::channel::<SourceLine>(LINE_CHANNEL);
         let (status_tx, mut statuses) = mpsc::unbounded_channel::<SourceStatus>();
-        // A CrowdSec bouncer or a policy listener may run with no log source at all.
-        let no_logs_needed = self.crowdsec.is_some() || self.dovecot.is_some();
+        // A CrowdSec bouncer, a cluster or a policy listener may run with no log source at all.
+        let no_logs_needed =
+            self.crowdsec.is_some() || self.cluster.is_some() || self.dovecot.is_some();
         let handles = if self.config.sources.is_empty() && no_logs_needed {
             drop(line_tx); // no line will come: the shutdown drain must not wait for one
             Vec::new()
@@ -321,7 +335,9 @@ impl Daemon {
                 biased;
                 line = lines.recv(), if lines_open => match line {
                     Some(line) => self.handle_line(line),
-                    None if pulls.is_some() || self.dovecot.is_some() => lines_open = false,
+                    None if pulls.is_some() || self.cluster.is_some() || self.dovecot.is_some() => {
+                        lines_open = false
+                    }
                     None => {
                         tracing::info!("every source has ended");
                         break;
@@ -346,6 +362,7 @@ impl Daemon {
                     }
                     break;
                 }
+                Some(incoming) = next_incoming(&mut self.cluster) => self.handle_cluster(incoming),
                 Some(outcome) = self.saved.recv() => self.saved(outcome),
                 _ = held.tick(), if self.dovecot.is_some() => {
                     self.pipeline.release_held(&mut self.kernel);
@@ -373,6 +390,10 @@ impl Daemon {
         if let Some(job) = self.take_save_job() {
             let outcome = job.write();
             self.saved(outcome);
+        }
+        if let Some(cluster) = self.cluster.take() {
+            // What is still buffered gets a moment to reach Redis.
+            cluster.stop(Duration::from_secs(2)).await;
         }
         let _ = std::fs::remove_file(self.state.file(PID_FILE));
         tracing::info!("stopped; state saved");
@@ -454,6 +475,49 @@ impl Daemon {
         self.unsaved = true;
     }
 
+    /// A peer's event goes through the same pipeline as a local line; a peer's ban into the
+    /// maps (this node's allowlist and own addresses apply, in the enforcer).
+    fn handle_cluster(&mut self, incoming: crate::cluster::Incoming) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        for accepted in cluster.accept(incoming) {
+            match accepted {
+                crate::cluster::Accepted::Event { node, event } => {
+                    self.line_no += 1;
+                    let raw = crate::pipeline::RawLine {
+                        file: format!("cluster:{node}"),
+                        line: self.line_no,
+                        text: String::new(),
+                    };
+                    let mut sink = RemoteSink {
+                        kernel: &mut self.kernel,
+                        node,
+                    };
+                    if let Fed::Event { kind, .. } = self.pipeline.feed_event(event, raw, &mut sink)
+                    {
+                        self.metrics
+                            .events
+                            .get_or_create(&KindLabel { kind: kind.name() })
+                            .inc();
+                    }
+                }
+                crate::cluster::Accepted::Ban { node, ban } => {
+                    self.kernel.apply_peer_ban(&node, &ban)
+                }
+                crate::cluster::Accepted::Unban { node, prefix } => {
+                    self.kernel.apply_peer_unban(&node, prefix);
+                    let engine = self.pipeline.engine_mut();
+                    let now = engine.now().unwrap_or_else(Utc::now);
+                    // As after a local `detector unban`: the ban is forgotten, offences kept.
+                    engine.unban(prefix.network(), now);
+                }
+            }
+        }
+        // The stream position moved (saved with the engine snapshot).
+        self.unsaved = true;
+    }
+
     /// Removes expired bans and copies kernel counters into the metrics.
     fn sweep(&mut self) {
         self.count_untrusted();
@@ -487,9 +551,7 @@ impl Daemon {
             }
         }
         self.notice_admin_unbans();
-        self.metrics
-            .tracked_ips
-            .set(self.pipeline.engine().tracked().0 as i64);
+        self.count_engine_churn();
     }
 
     /// Tells the engine about bans that left the kernel before their end (`detector unban`).
@@ -517,6 +579,10 @@ impl Daemon {
         );
         for prefix in gone {
             self.kernel.written.remove(&prefix);
+            if let Some(publisher) = &mut self.kernel.cluster {
+                // The administrator's word goes for every node.
+                publisher.admin_unban(prefix);
+            }
             if self
                 .pipeline
                 .engine_mut()
@@ -550,6 +616,7 @@ impl Daemon {
     /// positions of exactly the lines it has seen. `None` when nothing changed.
     fn take_save_job(&mut self) -> Option<SaveJob> {
         self.count_untrusted();
+        self.count_engine_churn();
         if !self.unsaved {
             return None;
         }
@@ -563,10 +630,34 @@ impl Daemon {
         self.counters.saved_at = Some(Utc::now());
         Some(SaveJob {
             state: self.state.clone(),
-            snapshot: self.pipeline.engine().snapshot(),
+            // Only a shallow copy is made here (copy-on-write states); the snapshot is made,
+            // sorted and encoded on the writer's thread.
+            snapshot: self.pipeline.engine().state_copy(),
             checkpoints: self.checkpoints.clone(),
             counters: self.counters.clone(),
+            cluster: (self.cluster.as_ref())
+                .zip(self.kernel.cluster.as_ref())
+                .map(|(c, p)| c.saved_state(p)),
         })
+    }
+
+    /// Copies the engine's size and eviction counts into the metrics and the counters file.
+    fn count_engine_churn(&mut self) {
+        let engine = self.pipeline.engine();
+        let stats = engine.stats();
+        let c = &mut self.counters;
+        self.metrics.tracked_ips.set(engine.tracked().0 as i64);
+        (self.metrics.evicted_for_space)
+            .inc_by(stats.evicted_for_space.saturating_sub(c.evicted_for_space));
+        (self.metrics.evicted_with_evidence).inc_by(
+            stats
+                .evicted_with_evidence
+                .saturating_sub(c.evicted_with_evidence),
+        );
+        c.tracked_ips = engine.tracked().0 as u64;
+        c.max_tracked_ips = engine.config().max_tracked_ips as u64;
+        c.evicted_for_space = stats.evicted_for_space;
+        c.evicted_with_evidence = stats.evicted_with_evidence;
     }
 
     /// Copies the sources' untrusted-entry counts into the metric and the counters file.
@@ -605,9 +696,11 @@ impl Daemon {
 /// Everything one save writes, owned, so it can run away from the engine task.
 struct SaveJob {
     state: StateDir,
-    snapshot: Snapshot,
+    snapshot: StateCopy,
     checkpoints: Checkpoints,
     counters: DaemonCounters,
+    /// Stream positions and marks, saved like the source positions (after the snapshot).
+    cluster: Option<crate::cluster::ClusterState>,
 }
 
 struct SaveOutcome {
@@ -620,11 +713,20 @@ impl SaveJob {
     /// Writes the engine snapshot, then the positions (blocking: encodes and fsyncs). The
     /// positions are written only once the snapshot is: after a crash between the two, the
     /// old positions replay a few lines into the new snapshot (at least once), never skip any.
+    /// The cluster's position is the exception (see below).
     fn write(mut self) -> SaveOutcome {
         let started = Instant::now();
         let result = (|| {
-            let bytes = serde_json::to_vec(&self.snapshot)
+            let snapshot = self.snapshot.into_snapshot();
+            let bytes = serde_json::to_vec(&snapshot)
                 .map_err(|e| Error::Store(format!("encoding the engine state: {e}")))?;
+            // The cluster's position and marks go first, unlike the log positions: after a
+            // crash between the two writes, peers' events fed again would be counted twice
+            // (their marks older than the snapshot) and could ban early; this way a few are
+            // missed instead, the safer error for a node that bans.
+            if let Some(cluster) = &self.cluster {
+                cluster.save(&self.state)?;
+            }
             self.state.write_atomic(ENGINE_STATE_FILE, &bytes)?;
             self.checkpoints.save(&self.state)?;
             self.counters.save(&self.state)?;
@@ -647,11 +749,48 @@ struct KernelSink {
     written: HashMap<IpNet, DateTime<Utc>>,
     /// `[crowdsec] push = true`: our bans go to the Local API as alerts.
     pusher: Option<crate::crowdsec::push::Pusher>,
+    /// `[cluster]`: shares local events and bans, knows which node's events a ban rests on.
+    cluster: Option<crate::cluster::Publisher>,
 }
 
 impl Sink for KernelSink {
     fn decision(&mut self, record: &DecisionRecord) {
         self.apply(&record.decision);
+    }
+
+    fn event(&mut self, event: &crate::event::Event) {
+        if let Some(publisher) = &mut self.cluster {
+            publisher.local_event(event);
+        }
+    }
+}
+
+/// The sink for a peer's event: its decisions are this node's own, but the event is not
+/// published again, and its evidence is the peer's.
+struct RemoteSink<'a> {
+    kernel: &'a mut KernelSink,
+    node: Arc<str>,
+}
+
+impl Sink for RemoteSink<'_> {
+    fn decision(&mut self, record: &DecisionRecord) {
+        self.kernel.apply(&record.decision);
+    }
+
+    fn event(&mut self, event: &crate::event::Event) {
+        if let Some(publisher) = &mut self.kernel.cluster {
+            publisher.remote_event(event.line, &self.node);
+        }
+    }
+}
+
+/// The next entry from the cluster's consumer; never, without a cluster.
+async fn next_incoming(
+    cluster: &mut Option<crate::cluster::Cluster>,
+) -> Option<crate::cluster::Incoming> {
+    match cluster {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -676,6 +815,11 @@ impl KernelSink {
                 };
                 let evidence: Vec<&str> =
                     decision.evidence.iter().map(|e| e.what.as_str()).collect();
+                // The nodes whose events this ban rests on (this node alone without a cluster).
+                let nodes = match &self.cluster {
+                    Some(p) => p.contributors(decision),
+                    None => Vec::new(),
+                };
                 match self
                     .enforcer
                     .ban(decision.prefix, Some(ttl), reason_of(decision.rule))
@@ -695,6 +839,9 @@ impl KernelSink {
                         {
                             pusher.push(&own_ban(decision, ttl));
                         }
+                        if let Some(publisher) = &mut self.cluster {
+                            publisher.own_ban(decision, end.timestamp_millis(), &nodes);
+                        }
                         tracing::warn!(
                             target: "detector::ban",
                             prefix = %decision.prefix,
@@ -706,6 +853,7 @@ impl KernelSink {
                             outcome = ?outcome,
                             note = %decision.note,
                             evidence = ?evidence,
+                            nodes = ?nodes,
                             "ban"
                         )
                     }
@@ -740,6 +888,71 @@ impl KernelSink {
                     }
                 }
             }
+        }
+    }
+}
+
+impl KernelSink {
+    /// A peer's ban: written for its time left, unless this node's allowlist or own
+    /// addresses forbid it (the enforcer refuses those). A repeat is one ban.
+    fn apply_peer_ban(&mut self, node: &str, ban: &crate::cluster::WireBan) {
+        let left_ms = ban.until - Utc::now().timestamp_millis();
+        let Ok(left_ms) = u64::try_from(left_ms) else {
+            return; // over already
+        };
+        let ttl = Duration::from_millis(left_ms);
+        match self.enforcer.ban(ban.p, Some(ttl), reason_of(ban.r)) {
+            Ok(outcome) => {
+                if let Some(publisher) = &mut self.cluster {
+                    publisher.peer_ban(node, ban);
+                }
+                // Watched like our own, so that an administrator's unban here is noticed and
+                // shared.
+                let end = DateTime::<Utc>::from_timestamp_millis(ban.until)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                let slot = self.written.entry(enforce::canonical(ban.p)).or_insert(end);
+                *slot = (*slot).max(end);
+                if outcome != enforce::BanOutcome::Unchanged {
+                    self.metrics
+                        .decisions
+                        .get_or_create(&RuleLabel {
+                            rule: ban.r.name().to_string(),
+                        })
+                        .inc();
+                    tracing::warn!(
+                        target: "detector::ban",
+                        prefix = %ban.p,
+                        ip = %ban.ip,
+                        rule = ban.r.name(),
+                        duration = %humantime::format_duration(Duration::from_secs(ttl.as_secs())),
+                        offence = ban.o,
+                        outcome = ?outcome,
+                        from = node,
+                        nodes = ?ban.c,
+                        "ban from the cluster"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::info!(prefix = %ban.p, from = node, error = %e, "cluster ban not applied here")
+            }
+        }
+    }
+}
+
+impl KernelSink {
+    /// An administrator's unban on a peer. Forgotten as ours first, so that this node's own
+    /// check does not take the missing entry for a local unban and announce it again.
+    fn apply_peer_unban(&mut self, node: &str, prefix: IpNet) {
+        self.written.remove(&enforce::canonical(prefix));
+        if let Some(publisher) = &mut self.cluster {
+            publisher.peer_unban(prefix);
+        }
+        match self.enforcer.unban(prefix) {
+            Ok(_) => {
+                tracing::info!(%prefix, from = node, "unban from the cluster (an administrator's)")
+            }
+            Err(e) => tracing::warn!(%prefix, from = node, error = %e, "cluster unban failed"),
         }
     }
 }
@@ -810,9 +1023,10 @@ mod tests {
         checkpoints.commit(&SourceId::stdin(), &Position::Stdin { line: 7 });
         SaveJob {
             state: state.clone(),
-            snapshot: Engine::new(EngineConfig::default()).snapshot(),
+            snapshot: Engine::new(EngineConfig::default()).state_copy(),
             checkpoints,
             counters: DaemonCounters::default(),
+            cluster: None,
         }
     }
 

@@ -61,6 +61,10 @@ pub struct Metrics {
     pub ban_hits: Gauge,
     pub journal_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub tracked_ips: Gauge,
+    /// Addresses the engine evicted to stay within its cap, and those of them that carried
+    /// evidence toward a ban (churn that costs detection).
+    pub evicted_for_space: Counter,
+    pub evicted_with_evidence: Counter,
     pub state_bytes: Gauge,
     /// Lines whose time ran too far ahead of the wall clock (dropped, not trusted).
     pub lines_ahead_of_clock: Counter,
@@ -68,6 +72,14 @@ pub struct Metrics {
     pub journal_untrusted: Counter,
     /// The Dovecot auth-policy server (`[dovecot_policy]`).
     pub dovecot_policy: crate::policy::dovecot::PolicyMetrics,
+    /// `[cluster]`: messages sent to and taken from Redis, consumer lag, reconnects, link state,
+    /// messages dropped from the full publish buffer.
+    pub cluster_published: Counter,
+    pub cluster_consumed: Counter,
+    pub cluster_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub cluster_reconnects: Counter,
+    pub cluster_connected: Gauge,
+    pub cluster_dropped: Counter,
     /// Last kernel values copied, to turn absolute kernel counters into counter increments.
     kernel_last: Mutex<std::collections::HashMap<&'static str, u64>>,
 }
@@ -98,10 +110,18 @@ impl Metrics {
             ban_hits: Gauge::default(),
             journal_lag_seconds: Gauge::default(),
             tracked_ips: Gauge::default(),
+            evicted_for_space: Counter::default(),
+            evicted_with_evidence: Counter::default(),
             state_bytes: Gauge::default(),
             lines_ahead_of_clock: Counter::default(),
             journal_untrusted: Counter::default(),
             dovecot_policy: Default::default(),
+            cluster_published: Counter::default(),
+            cluster_consumed: Counter::default(),
+            cluster_lag_seconds: Gauge::default(),
+            cluster_reconnects: Counter::default(),
+            cluster_connected: Gauge::default(),
+            cluster_dropped: Counter::default(),
             kernel_last: Mutex::default(),
             registry: Registry::default(),
         };
@@ -156,6 +176,16 @@ impl Metrics {
             m.tracked_ips.clone(),
         );
         registry.register(
+            "engine_evicted_for_space",
+            "Addresses the engine evicted to stay within max_tracked_ips (the least evidence first)",
+            m.evicted_for_space.clone(),
+        );
+        registry.register(
+            "engine_evicted_with_evidence",
+            "Of the addresses evicted for space, those that carried evidence toward a ban or a customer's successful login",
+            m.evicted_with_evidence.clone(),
+        );
+        registry.register(
             "state_bytes",
             "Size of the persisted engine snapshot",
             m.state_bytes.clone(),
@@ -171,6 +201,36 @@ impl Metrics {
             m.journal_untrusted.clone(),
         );
         m.dovecot_policy.register(&mut registry);
+        registry.register(
+            "cluster_published",
+            "Messages (events, bans) this node published to the cluster's Redis streams",
+            m.cluster_published.clone(),
+        );
+        registry.register(
+            "cluster_consumed",
+            "New messages taken from other nodes through Redis (duplicates not counted)",
+            m.cluster_consumed.clone(),
+        );
+        registry.register(
+            "cluster_lag_seconds",
+            "How far behind the newest stream entry the cluster consumer is",
+            m.cluster_lag_seconds.clone(),
+        );
+        registry.register(
+            "cluster_reconnects",
+            "Reconnections to the cluster's Redis after it was unreachable",
+            m.cluster_reconnects.clone(),
+        );
+        registry.register(
+            "cluster_connected",
+            "1 while connected to the cluster's Redis, 0 during an outage (0 without a cluster)",
+            m.cluster_connected.clone(),
+        );
+        registry.register(
+            "cluster_dropped",
+            "Messages dropped from the full publish buffer during a Redis outage",
+            m.cluster_dropped.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -46,7 +46,7 @@ impl Engine {
             .saturating_sub(self.cfg.lenient_period.as_secs() as i64);
         let key = mailbox_key(user);
         state
-            .successes
+            .successes()
             .iter()
             .filter(|s| s.trusted && s.time >= since && mailbox_key(&s.user) == key)
             .map(|s| s.time)

@@ -1,8 +1,10 @@
 //! `cargo xtask bench <what>`: throughput measurements (never timed assertions in tests).
 use anyhow::Result;
 
+mod cluster;
 mod dovecot_policy;
 mod e2e;
+mod engine;
 mod fail2ban;
 mod import;
 mod parse;
@@ -30,12 +32,20 @@ pub enum Bench {
     /// Log line written -> ban in the kernel map through `detector run`, p50/p99 over 250
     /// bans, for the file and the journal source (with journald's own share).
     E2e(e2e::Options),
+    /// Engine memory: bytes per tracked address from the allocator's own counters, for 1M
+    /// distinct addresses (half IPv6 /64s; probes, failures, customers, lost connections),
+    /// against a bare HashMap<IpAddr, u64> with the same keys; and the snapshot copy time.
+    Engine(engine::Options),
     /// Bulk blocklist load: `detector ban --from` entries/s for a generated 1M-entry list,
     /// against one `detector ban` process per entry (the old way) in the same run.
     Import(import::Options),
     /// Dovecot auth-policy answers: p50/p99 latency at 5,000 requests/s against a constant
     /// hyper server in the same run.
     DovecotPolicy(dovecot_policy::Options),
+    /// Several nodes through a private Redis: ban propagation from one node's kernel map to
+    /// another's (p50/p99 over 500 bans), events/s published and consumed per node, and Redis
+    /// memory per stored event and ban with the 48 h extrapolation.
+    Cluster(cluster::Options),
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -44,7 +54,9 @@ pub fn run(args: Args) -> Result<()> {
         Bench::Xdp(o) => xdp::run(o),
         Bench::Veth(o) => veth::run(o),
         Bench::E2e(o) => e2e::run(o),
+        Bench::Engine(o) => engine::run(o),
         Bench::Import(o) => import::run(o),
         Bench::DovecotPolicy(o) => dovecot_policy::run(o),
+        Bench::Cluster(o) => cluster::run(o),
     }
 }
