@@ -25,6 +25,7 @@ pub struct Config {
     pub engine: crate::engine::EngineConfig,
     pub crowdsec: crate::crowdsec::CrowdsecConfig,
     pub postfix_policy: crate::policy::postfix::PostfixPolicyConfig,
+    pub dovecot_policy: crate::policy::dovecot::DovecotPolicyConfig,
     pub cluster: crate::cluster::ClusterConfig,
 }
 
@@ -212,12 +213,15 @@ impl Config {
         }
         self.engine.validate()?;
         self.crowdsec.validate()?;
+        self.dovecot_policy.validate()?;
         self.cluster.validate()?;
         self.postfix_policy.validate()?;
         // A CrowdSec bouncer alone, a cluster node that only enforces, or a policy service (no
         // log source) is a complete configuration.
-        let other_input =
-            self.crowdsec.enabled() || self.cluster.enabled() || self.postfix_policy.enabled();
+        let other_input = self.crowdsec.enabled()
+            || self.cluster.enabled()
+            || self.postfix_policy.enabled()
+            || self.dovecot_policy.enabled();
         if !(self.sources.is_empty() && other_input) {
             self.sources.validate()?;
         }

@@ -55,7 +55,14 @@ pub fn run(config: Config) -> Result<ExitCode> {
         .build()
         .map_err(|e| Error::Source(format!("cannot start the async runtime: {e}")))?;
     let result = runtime.block_on(async move {
-        let daemon = Daemon::start(config)?;
+        // Before anything is attached: a policy address in use or an unreadable key file stops
+        // the start.
+        let mut dovecot = (config.dovecot_policy.enabled())
+            .then(|| crate::policy::dovecot::Running::new(&config.dovecot_policy, &config.engine));
+        if let Some(d) = &mut dovecot {
+            d.bind().await?;
+        }
+        let daemon = Daemon::start(config, dovecot)?;
         daemon.run().await
     });
     // tokio's stdin reader sits in a blocking thread that never returns; state is already
@@ -94,6 +101,8 @@ struct Daemon {
     last_big_unban_check: Option<Instant>,
     /// `[postfix_policy] listen` set: bound at start, served once running.
     postfix_policy: Option<crate::policy::postfix::Bound>,
+    /// The Dovecot auth-policy server (`[dovecot_policy] listen` set).
+    dovecot: Option<crate::policy::dovecot::Running>,
     /// `[cluster]`: peers' events and bans from Redis (the publisher sits in the sink).
     cluster: Option<crate::cluster::Cluster>,
 }
@@ -105,7 +114,7 @@ const BIG_UNBAN_CHECK_EVERY: Duration = Duration::from_secs(60);
 
 impl Daemon {
     /// Attaches (or adopts) the XDP program, restores state. Fails early and clearly.
-    fn start(config: Config) -> Result<Daemon> {
+    fn start(config: Config, dovecot: Option<crate::policy::dovecot::Running>) -> Result<Daemon> {
         // First, before anything is attached or written: a metrics address in use is a
         // configuration error that must stop the start.
         let metrics_listener = config
@@ -209,12 +218,17 @@ impl Daemon {
         if postfix_policy.is_some() {
             pipeline = pipeline.with_cross_source();
         }
+        if let Some(d) = &dovecot {
+            let view = crate::policy::dovecot::ViewUpdater(Arc::clone(&d.view));
+            pipeline = pipeline.with_policy_reports().with_observer(Box::new(view));
+        }
         let bans = Arc::new(crate::policy::BanView::default());
         bans.set_xdp_attached(!enforcer.attached_interfaces().is_empty());
         let (saved_tx, saved) = mpsc::unbounded_channel();
         let mut daemon = Daemon {
             crowdsec,
             postfix_policy,
+            dovecot,
             config,
             pipeline,
             kernel: KernelSink {
@@ -311,6 +325,12 @@ impl Daemon {
     }
 
     async fn run(mut self) -> Result<ExitCode> {
+        if let Some(d) = &mut self.dovecot {
+            d.serve(&self.metrics, self.cancel.clone());
+            d.view
+                .rebuild(self.pipeline.engine(), Utc::now().timestamp());
+            self.unsaved = true; // `detector status` shows the listener from the first save
+        }
         let (line_tx, mut lines) = mpsc::channel::<SourceLine>(LINE_CHANNEL);
         let (status_tx, mut statuses) = mpsc::unbounded_channel::<SourceStatus>();
         let (policy_task, mut policy_events) = match self.postfix_policy.take() {
@@ -335,8 +355,10 @@ impl Daemon {
             None => (None, None),
         };
         // A CrowdSec bouncer, a cluster node or a policy service may run with no log source.
-        let other_input =
-            self.crowdsec.is_some() || self.cluster.is_some() || policy_events.is_some();
+        let other_input = self.crowdsec.is_some()
+            || self.cluster.is_some()
+            || policy_events.is_some()
+            || self.dovecot.is_some();
         let handles = if self.config.sources.is_empty() && other_input {
             drop(line_tx); // no line will come: the shutdown drain must not wait for one
             Vec::new()
@@ -362,6 +384,9 @@ impl Daemon {
             ))
         });
 
+        // Log failures waiting for their Dovecot policy report (pipeline::attempts::HOLD).
+        let mut held = tokio::time::interval(Duration::from_millis(250));
+        held.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut sweep = tokio::time::interval(self.config.daemon.sweep_interval);
         let mut persist = tokio::time::interval(self.config.daemon.persist_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -374,7 +399,13 @@ impl Daemon {
                 biased;
                 line = lines.recv(), if lines_open => match line {
                     Some(line) => self.handle_line(line),
-                    None if pulls.is_some() || self.cluster.is_some() || policy_events.is_some() => lines_open = false,
+                    None if pulls.is_some()
+                        || self.cluster.is_some()
+                        || policy_events.is_some()
+                        || self.dovecot.is_some() =>
+                    {
+                        lines_open = false
+                    }
                     None => {
                         tracing::info!("every source has ended");
                         break;
@@ -388,6 +419,7 @@ impl Daemon {
                         crate::crowdsec::status::apply_pull(bouncer, pull, &mut self.kernel.enforcer, &self.state);
                     }
                 }
+                Some(report) = next_report(&mut self.dovecot) => self.handle_report(report),
                 // Sources log their own status through tracing; the channel only has to be
                 // drained so it does not grow.
                 _ = statuses.recv() => {}
@@ -403,6 +435,9 @@ impl Daemon {
                 }
                 Some(incoming) = next_incoming(&mut self.cluster) => self.handle_cluster(incoming),
                 Some(outcome) = self.saved.recv() => self.saved(outcome),
+                _ = held.tick(), if self.dovecot.is_some() => {
+                    self.pipeline.release_held(&mut self.kernel);
+                }
                 _ = sweep.tick() => self.sweep(),
                 _ = persist.tick() => self.persist(),
             }
@@ -416,6 +451,9 @@ impl Daemon {
         }
         if let Some(task) = policy_task {
             let _ = task.await;
+        }
+        if let Some(d) = &mut self.dovecot {
+            d.stopped().await;
         }
         // The last save: after any save still running, and with everything handled above.
         if self.saving
@@ -515,6 +553,27 @@ impl Daemon {
         }
     }
 
+    /// A Dovecot `report`: an event like a log line's, through the same pipeline.
+    fn handle_report(&mut self, report: crate::policy::dovecot::Received) {
+        let Some(event) = self.dovecot.as_mut().and_then(|d| d.event(&report)) else {
+            return;
+        };
+        let what = crate::policy::dovecot::describe(&event);
+        let fed = self.pipeline.feed_dovecot_report(
+            event,
+            "dovecot-policy",
+            move || what,
+            &mut self.kernel,
+        );
+        if let Fed::Event { kind, .. } = fed {
+            self.metrics
+                .events
+                .get_or_create(&KindLabel { kind: kind.name() })
+                .inc();
+        }
+        self.unsaved = true;
+    }
+
     /// A peer's event goes through the same pipeline as a local line; a peer's ban into the
     /// maps (this node's allowlist and own addresses apply, in the enforcer).
     fn handle_cluster(&mut self, incoming: crate::cluster::Incoming) {
@@ -563,6 +622,10 @@ impl Daemon {
         self.kernel.bans.purge(Utc::now());
         (self.kernel.bans).set_xdp_attached(!self.kernel.enforcer.attached_interfaces().is_empty());
         self.count_untrusted();
+        if let Some(d) = &self.dovecot {
+            d.view
+                .rebuild(self.pipeline.engine(), Utc::now().timestamp());
+        }
         // Walks the maps only when a ban is due to end (or every few minutes, for bans other
         // processes wrote); the gauges below are as fresh as the last walk.
         match self.kernel.enforcer.sweep_due() {
@@ -753,6 +816,8 @@ impl Daemon {
         let stats = self.pipeline.stats();
         self.counters.lines_ahead_of_clock = stats.ahead_of_clock;
         self.counters.max_ahead_s = stats.max_ahead_s;
+        self.counters.dovecot_policy =
+            (self.dovecot.as_ref()).and_then(|d| d.status(&self.metrics));
         self.counters.truncated_lines = self.pipeline.parser().stats().truncated;
         self.counters.saved_at = Some(Utc::now());
         Some(SaveJob {
@@ -1190,6 +1255,16 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
+    }
+}
+
+/// The next Dovecot policy report, or never when there is no policy server.
+async fn next_report(
+    dovecot: &mut Option<crate::policy::dovecot::Running>,
+) -> Option<crate::policy::dovecot::Received> {
+    match dovecot {
+        Some(d) => d.next().await,
+        None => std::future::pending().await,
     }
 }
 

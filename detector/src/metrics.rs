@@ -82,6 +82,8 @@ pub struct Metrics {
     pub journal_untrusted: Counter,
     /// The Postfix policy service (`detector_postfix_policy_*`).
     pub postfix_policy: crate::policy::postfix::PolicyMetrics,
+    /// The Dovecot auth-policy server (`[dovecot_policy]`).
+    pub dovecot_policy: crate::policy::dovecot::PolicyMetrics,
     /// `[cluster]`: messages sent to and taken from Redis, consumer lag, reconnects, link state,
     /// messages dropped from the full publish buffer.
     pub cluster_published: Counter,
@@ -128,6 +130,7 @@ impl Metrics {
             lines_ahead_of_clock: Counter::default(),
             journal_untrusted: Counter::default(),
             postfix_policy: Default::default(),
+            dovecot_policy: Default::default(),
             cluster_published: Counter::default(),
             cluster_consumed: Counter::default(),
             cluster_lag_seconds: Gauge::default(),
@@ -223,6 +226,7 @@ impl Metrics {
             m.journal_untrusted.clone(),
         );
         m.postfix_policy.register(&mut registry);
+        m.dovecot_policy.register(&mut registry);
         registry.register(
             "cluster_published",
             "Messages (events, bans) this node published to the cluster's Redis streams",
@@ -391,6 +395,7 @@ mod tests {
         for c in COUNTERS {
             m.set_kernel_counter(c, 1);
         }
+        m.dovecot_policy.exercise_for_tests();
         (m.render().lines())
             .filter(|l| !l.starts_with('#') && !l.is_empty())
             .filter_map(|l| l.split(['{', ' ']).next())

@@ -64,6 +64,8 @@ pub struct E2eOptions {
     /// Postfix's recipient checks; with `policy_port` the daemon serves the Postfix policy
     /// service there (`--postfix-policy-listen 127.0.0.1:PORT`).
     pub postfix: lab::PostfixOptions,
+    /// Lines appended to the lab's dovecot.conf (`lab::dovecot_policy_conf`).
+    pub dovecot_extra: String,
 }
 
 impl E2eOptions {
@@ -80,6 +82,7 @@ impl E2eOptions {
             source_args: None,
             metrics_port: None,
             postfix: lab::PostfixOptions::default(),
+            dovecot_extra: String::new(),
         }
     }
 }
@@ -127,6 +130,7 @@ impl E2e {
             install: true,
             mailbot: opts.mailbot.clone(),
             postfix: opts.postfix.clone(),
+            dovecot_extra: opts.dovecot_extra.clone(),
         })?;
         let pin_dir = opts
             .pin_dir

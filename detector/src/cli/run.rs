@@ -64,6 +64,10 @@ pub struct Args {
     /// `postfix_policy.listen`); with no log source, the policy service is the only input.
     #[arg(long, value_name = "ADDR")]
     pub postfix_policy_listen: Option<crate::policy::ListenAddr>,
+    /// Serve Dovecot's auth policy on this address, IP:PORT or a unix socket path (overrides
+    /// `dovecot_policy.listen`); with no log source, detector runs on the policy alone.
+    #[arg(long, value_name = "ADDR")]
+    pub dovecot_policy_listen: Option<String>,
     /// Join the cluster through this Redis (`redis://` or `rediss://`; overrides
     /// `cluster.redis`); with no log source, the node only enforces the cluster's bans.
     #[arg(long = "cluster", value_name = "URL")]
@@ -136,6 +140,10 @@ impl Args {
         }
         if let Some(format) = self.log_format {
             config.daemon.log_format = format;
+        }
+        if let Some(addr) = &self.dovecot_policy_listen {
+            let addr = crate::policy::ListenAddr::parse("--dovecot-policy-listen", addr)?;
+            config.dovecot_policy.listen = Some(addr);
         }
         config.validate()?;
         Ok(config)

@@ -379,6 +379,24 @@ fn print_human(s: &Status) {
         };
         println!("policy       {} on {} ({state})", l.service, l.address);
     }
+    if let Some(d) = s.untrusted.as_ref().and_then(|c| c.dovecot_policy.as_ref()) {
+        let answers: Vec<String> = d.answers.iter().map(|(v, n)| format!("{v} {n}")).collect();
+        println!(
+            "dovecot      auth policy on {}: {} allow, {} report; answers: {}; {} unauthorized, \
+             {} bad, {} reports dropped",
+            d.listen,
+            d.requests_allow,
+            d.requests_report,
+            if answers.is_empty() {
+                "none".into()
+            } else {
+                answers.join(", ")
+            },
+            d.unauthorized,
+            d.bad_requests,
+            d.reports_dropped
+        );
+    }
     if let Some(c) = &s.untrusted
         && c.max_tracked_ips > 0
     {

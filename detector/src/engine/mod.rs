@@ -18,6 +18,7 @@
 mod config;
 mod decision;
 mod explain;
+mod query;
 mod rules;
 mod snapshot;
 pub mod state;

@@ -332,7 +332,7 @@ fn login_read_before_its_probe(
 }
 
 /// Why the mailbox counts as under a campaign now, if it does.
-fn under_campaign(engine: &Engine, key: &str, t: i64) -> Option<String> {
+pub(super) fn under_campaign(engine: &Engine, key: &str, t: i64) -> Option<String> {
     let cfg = &engine.cfg;
     let u = engine.users.get(key)?;
     let since = t - cfg.campaign_window.as_secs() as i64;

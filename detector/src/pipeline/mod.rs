@@ -28,9 +28,11 @@ use crate::engine::{Decision, Engine};
 use crate::event::{Event, EventKind};
 use crate::parse::{LineParser, Outcome};
 
+pub mod attempts;
 pub mod cross_source;
 mod evidence;
 
+use attempts::{AttemptDedup, Keep};
 use cross_source::{CrossSource, Origin};
 use evidence::LineStore;
 pub use evidence::{DEFAULT_TEXT_BYTES, LineAt, LineReader, RawLine};
@@ -110,6 +112,12 @@ pub struct PipelineStats {
     pub evidence_text_dropped: u64,
 }
 
+/// Told of every event the engine observed, with the decisions it caused (the Dovecot policy
+/// server keeps its read-only view of the engine current this way).
+pub trait Observer: std::fmt::Debug + Send {
+    fn observed(&mut self, engine: &Engine, event: &Event, decisions: &[Decision]);
+}
+
 /// Drops events whose log time runs ahead of the wall clock by more than `max_ahead`.
 pub struct ClockGuard {
     max_ahead: Duration,
@@ -168,6 +176,11 @@ pub struct Pipeline {
     /// Sequence number of the last event: the `line` the engine records in its evidence.
     seq: u64,
     stats: PipelineStats,
+    /// With in-band policy reports: one attempt reported by a report and by the log counts once.
+    attempts: Option<AttemptDedup>,
+    /// The wall clock the hold of [`attempts`] runs on (tests set their own).
+    wall: fn() -> DateTime<Utc>,
+    observer: Option<Box<dyn Observer>>,
 }
 
 impl Pipeline {
@@ -182,7 +195,29 @@ impl Pipeline {
             cross: None,
             seq: 0,
             stats: PipelineStats::default(),
+            attempts: None,
+            wall: Utc::now,
+            observer: None,
         }
+    }
+
+    /// Policy reports come too ([`Pipeline::feed_dovecot_report`]): count an attempt that both
+    /// a report and the log describe once (see [`attempts`]).
+    pub fn with_policy_reports(mut self) -> Self {
+        self.attempts = Some(AttemptDedup::default());
+        self
+    }
+
+    /// Another wall clock for the hold of [`attempts`] (tests).
+    pub fn with_wall_clock(mut self, wall: fn() -> DateTime<Utc>) -> Self {
+        self.wall = wall;
+        self
+    }
+
+    /// Tell `observer` of every event the engine observes.
+    pub fn with_observer(mut self, observer: Box<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Keep the lines the engine may cite, so decisions carry their raw evidence: by
@@ -308,10 +343,103 @@ impl Pipeline {
         )
     }
 
+    /// Feeds an event from a Dovecot auth-policy `report`; `what` describes it where a raw
+    /// line would be (`RawLine::file` is `origin`). One attempt both the report and the log
+    /// describe counts once ([`Pipeline::with_policy_reports`], [`attempts`]).
+    pub fn feed_dovecot_report(
+        &mut self,
+        mut event: Event,
+        origin: &str,
+        what: impl FnOnce() -> String,
+        sink: &mut dyn Sink,
+    ) -> Fed {
+        let mut held = None;
+        if let Some(d) = &mut self.attempts {
+            let (keep, h) = d.policy(&mut event);
+            if keep == Keep::Duplicate {
+                return Fed::Ignored;
+            }
+            held = h;
+        }
+        let raw = || RawLine {
+            file: origin.to_string(),
+            line: 0,
+            text: what(),
+        };
+        let raw = raw();
+        let fed = self.feed_checked(event, |store, seq, time| store.push(seq, time, raw), sink);
+        // The log's description of the same attempt, which waited for this report.
+        if let Some(h) = held {
+            self.feed_held(h, sink);
+        }
+        fed
+    }
+
+    /// Feeds log failures that waited [`attempts::HOLD`] for a policy report that did not
+    /// come (the daemon calls this on a short timer when policy reports are on).
+    pub fn release_held(&mut self, sink: &mut dyn Sink) {
+        let due = match &mut self.attempts {
+            Some(d) => d.due((self.wall)()),
+            None => return,
+        };
+        for h in due {
+            self.feed_held(h, sink);
+        }
+    }
+
+    fn feed_held(&mut self, h: attempts::Held, sink: &mut dyn Sink) {
+        let raw = h.raw;
+        self.feed_checked(
+            h.event,
+            |store, seq, time| {
+                if let Some(raw) = raw {
+                    store.push(seq, time, raw)
+                }
+            },
+            sink,
+        );
+    }
+
     fn feed(
         &mut self,
         mut event: Event,
         origin: Origin,
+        keep: impl FnOnce(&mut LineStore, u64, i64),
+        sink: &mut dyn Sink,
+    ) -> Fed {
+        // One RCPT or session end both the Postfix policy service and the log report.
+        if let Some(cross) = &mut self.cross
+            && !cross.admit(&event, origin)
+        {
+            self.stats.cross_source_duplicates += 1;
+            return Fed::Ignored;
+        }
+        if let Some(d) = &mut self.attempts {
+            let wall = (self.wall)();
+            match d.log(&mut event, wall) {
+                Keep::Yes => {}
+                Keep::Duplicate => return Fed::Ignored,
+                Keep::Hold => {
+                    let fed = Fed::Event {
+                        kind: event.kind,
+                        time: event.time,
+                    };
+                    // Held events keep no raw text (the daemon keeps none; replay holds
+                    // nothing: its lines are old).
+                    if let Some(h) = d.hold(event, None, wall) {
+                        self.feed_held(h, sink);
+                    }
+                    // It reaches the engine within HOLD, with or without its report.
+                    return fed;
+                }
+            }
+        }
+        self.feed_checked(event, keep, sink)
+    }
+
+    fn feed_checked(
+        &mut self,
+        mut event: Event,
         keep: impl FnOnce(&mut LineStore, u64, i64),
         sink: &mut dyn Sink,
     ) -> Fed {
@@ -323,12 +451,6 @@ impl Pipeline {
             self.stats.ahead_of_clock += 1;
             self.stats.max_ahead_s = self.stats.max_ahead_s.max(ahead.as_secs());
             return Fed::AheadOfClock { ahead };
-        }
-        if let Some(cross) = &mut self.cross
-            && !cross.admit(&event, origin)
-        {
-            self.stats.cross_source_duplicates += 1;
-            return Fed::Ignored;
         }
         self.seq += 1;
         // One sequence over every input, so evidence maps back to file and line.
@@ -342,6 +464,9 @@ impl Pipeline {
         }
         sink.event(&event);
         let decisions = self.engine.observe(&event);
+        if let Some(o) = &mut self.observer {
+            o.observed(&self.engine, &event, &decisions);
+        }
         self.deliver(decisions, sink);
         Fed::Event {
             kind: event.kind,
@@ -461,6 +586,40 @@ mod tests {
         let far = wall() + chrono::Duration::days(3650);
         p.feed_event(failure(far), raw(1), &mut NullSink);
         assert_eq!(p.engine().now(), Some(far));
+    }
+
+    static WALL_S: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+    fn fake_wall() -> DateTime<Utc> {
+        wall() + chrono::Duration::seconds(WALL_S.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// A live log failure waits for its policy report and reaches the engine when none came.
+    #[test]
+    fn a_held_log_failure_reaches_the_engine_after_the_hold() {
+        let mut p = Pipeline::new(
+            LineParser::new(Format::Auto),
+            Engine::new(EngineConfig::default()),
+        )
+        .with_policy_reports()
+        .with_wall_clock(fake_wall);
+        let fed = p.feed_event(failure(wall()), raw(1), &mut NullSink);
+        assert!(matches!(fed, Fed::Event { .. }), "{fed:?}");
+        assert_eq!(p.engine().stats().events, 0, "held, not yet observed");
+        p.release_held(&mut NullSink);
+        assert_eq!(p.engine().stats().events, 0, "still within the hold");
+        WALL_S.store(
+            attempts::HOLD.num_seconds(),
+            std::sync::atomic::Ordering::SeqCst,
+        );
+        p.release_held(&mut NullSink);
+        assert_eq!(p.engine().stats().events, 1);
+        let ip = "198.18.0.9".parse().unwrap();
+        assert_eq!(
+            p.engine().explain(ip).failures.len(),
+            1,
+            "counted as the log said"
+        );
     }
 
     #[test]

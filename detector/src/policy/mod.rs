@@ -8,6 +8,7 @@
 //! [`listen`] is the socket plumbing both share: an address that is a TCP socket address or a
 //! unix socket path, and a listener that accepts either.
 pub mod bans;
+pub mod dovecot;
 pub mod listen;
 pub mod postfix;
 

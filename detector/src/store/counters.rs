@@ -23,6 +23,9 @@ pub struct DaemonCounters {
     pub journal_untrusted: u64,
     /// The last of those, described by its trusted fields (`_UID`, `_COMM`, ...).
     pub journal_untrusted_last: Option<String>,
+    /// The Dovecot auth-policy listener and its counters, when one runs.
+    #[serde(default)]
+    pub dovecot_policy: Option<crate::policy::dovecot::ListenerStatus>,
     /// Addresses the engine tracks, and its cap (`engine.max_tracked_ips`).
     pub tracked_ips: u64,
     pub max_tracked_ips: u64,

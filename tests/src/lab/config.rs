@@ -51,6 +51,27 @@ fn recipient_checks(postfix: &PostfixOptions) -> String {
     out
 }
 
+/// Dovecot 2.3's auth-policy settings pointing at `detector`'s policy server on `url` (inside
+/// the mail namespace), as the README's Dovecot section gives them: checked before and after
+/// the password, every outcome reported, fail open after `timeout_ms`.
+pub fn dovecot_policy_conf(url: &str, api_key: Option<&str>, timeout_ms: u32) -> String {
+    let mut s = format!(
+        "auth_policy_server_url = {url}\n\
+         auth_policy_hash_nonce = lab-nonce-not-secret\n\
+         auth_policy_server_timeout_msecs = {timeout_ms}\n\
+         auth_policy_reject_on_fail = no\n\
+         auth_policy_check_before_auth = yes\n\
+         auth_policy_check_after_auth = yes\n\
+         auth_policy_report_after_auth = yes\n"
+    );
+    if let Some(key) = api_key {
+        s.push_str(&format!(
+            "auth_policy_server_api_header = X-API-Key:{key}\n"
+        ));
+    }
+    s
+}
+
 pub struct Rendered {
     pub dovecot_conf: std::path::PathBuf,
     pub journald_conf: std::path::PathBuf,
@@ -63,6 +84,7 @@ pub fn write_all(
     mode: LogMode,
     ipv6: bool,
     postfix: &PostfixOptions,
+    dovecot_extra: &str,
 ) -> Result<Rendered> {
     // The mailboxes belong to Debian's `mail` user, so nothing is added to /etc/passwd.
     let (vmail_uid, vmail_gid) = ids_of("mail")?;
@@ -121,7 +143,7 @@ pub fn write_all(
         .replace("{{VMAIL_UID}}", &vmail_uid.to_string())
         .replace("{{VMAIL_GID}}", &vmail_gid.to_string());
     let dovecot_conf = dir.join("dovecot/dovecot.conf");
-    std::fs::write(&dovecot_conf, dovecot)?;
+    std::fs::write(&dovecot_conf, format!("{dovecot}\n{dovecot_extra}\n"))?;
     // Plain passwords are fine for a lab: the log lines do not depend on the scheme.
     let users: String = USERS
         .iter()

@@ -56,6 +56,7 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 pub use clients::{find_mailbot, run_mailbot, run_mailbot_to};
+pub use config::dovecot_policy_conf;
 pub use detector_testkit::cmd::is_root;
 pub use detector_testkit::lock::FileLock;
 pub use install::{DEBCONF_TXT, PACKAGES_TXT, ensure_installed, packages};
@@ -177,6 +178,8 @@ pub struct LabOptions {
     pub mailbot: Option<PathBuf>,
     /// How Postfix checks recipients (the `INFO` log recipe, a policy service).
     pub postfix: PostfixOptions,
+    /// Lines appended to dovecot.conf (e.g. [`dovecot_policy_conf`]).
+    pub dovecot_extra: String,
 }
 
 /// Postfix's recipient checks in the lab.
@@ -210,6 +213,7 @@ impl Default for LabOptions {
             install: true,
             mailbot: None,
             postfix: PostfixOptions::default(),
+            dovecot_extra: String::new(),
         }
     }
 }
@@ -234,6 +238,7 @@ pub struct Lab {
     dev_log_lock: Option<FileLock>,
     mailbot: PathBuf,
     torn_down: bool,
+    dovecot_extra: String,
 }
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
@@ -346,6 +351,7 @@ impl Lab {
             dev_log_lock: None,
             mailbot,
             torn_down: false,
+            dovecot_extra: opts.dovecot_extra.clone(),
         };
         lab.save_state()?;
         // On any error below, dropping `lab` tears down what was built so far.
@@ -360,6 +366,7 @@ impl Lab {
             self.state.log_mode,
             self.state.ipv6,
             postfix,
+            &self.dovecot_extra,
         )?;
         self.create_network()?;
         for host in 0..self.state.hosts.len() {
