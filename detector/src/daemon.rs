@@ -126,20 +126,38 @@ impl Daemon {
         let xdp = &config.xdp;
         // With no interface configured this adopts what `detector attach` pinned, or loads
         // and pins the maps so bans are recorded until an interface is attached.
+        let configured = Capacity {
+            exact: xdp.max_exact_bans,
+            prefix: xdp.max_prefix_bans,
+        };
+        // Maps keep the capacity they were created with. A daemon left at the default sizes
+        // adopts whatever is pinned (an upgrade whose defaults grew must not stop it from
+        // starting); sizes set in the configuration must match (resizing: `detector detach`).
+        let adopt_any_size = configured == Capacity::default()
+            && enforce::PinPaths::new(&xdp.pin_dir).any_map_pinned();
         let report = enforce::attach(&AttachOptions {
             pin_dir: xdp.pin_dir.clone(),
             ifaces: xdp.interfaces.clone(),
             mode: xdp.mode,
-            capacity: Some(Capacity {
-                exact: xdp.max_exact_bans,
-                prefix: xdp.max_prefix_bans,
-            }),
+            capacity: (!adopt_any_size).then_some(configured),
         })?;
         // enforce::attach logs each interface and mode itself.
         if report.adopted {
             tracing::info!(pin_dir = %xdp.pin_dir.display(), "adopted pinned maps; existing bans kept");
         }
         let mut enforcer = Enforcer::open(&xdp.pin_dir)?;
+        let pinned = enforcer.capacity();
+        if pinned != configured {
+            tracing::warn!(
+                exact = pinned.exact,
+                prefix = pinned.prefix,
+                default_exact = configured.exact,
+                default_prefix = configured.prefix,
+                "the pinned ban maps have other sizes than the defaults (made by an earlier \
+                 build or `detector attach --max-bans`); they are kept with their bans. \
+                 `detector detach` and a new start give the default sizes"
+            );
+        }
         if enforcer.attached_interfaces().is_empty() {
             tracing::warn!(
                 "XDP is attached to no interface: bans are recorded but nothing is dropped; \

@@ -315,3 +315,63 @@ fn ban_durations_beyond_the_kernel_clock_are_permanent_and_reported_so() -> Resu
     detector_ok(&pins, None, &["detach"])?;
     Ok(())
 }
+
+/// Maps keep the sizes they were made with. A daemon left at the default sizes adopts pins of
+/// other sizes (an earlier build's 65,536-entry tries) with their bans and says so; a size set
+/// in the configuration that the pins do not have is refused with a way out.
+#[test]
+fn a_daemon_at_default_sizes_adopts_pins_of_other_sizes() -> Result<()> {
+    let pins = PinDir::new("sizes")?;
+    let state = tempfile_dir("sizes")?;
+    let run = |config: Option<&std::path::Path>| -> Result<std::process::Output> {
+        let mut cmd = std::process::Command::new(detector_tests::bin::detector_bin());
+        cmd.args(["run", "--stdin", "--state-dir", state.to_str().unwrap()])
+            .arg("--pin-dir")
+            .arg(&pins.path)
+            .env_remove("DETECTOR_PIN_DIR")
+            .stdin(std::process::Stdio::null());
+        if let Some(config) = config {
+            cmd.arg("--config").arg(config);
+        }
+        Ok(cmd.output()?)
+    };
+    // The earlier build's sizes: it made the pins (no interface: maps only).
+    let old_sizes = state.with_extension("old.toml");
+    std::fs::write(
+        &old_sizes,
+        "[xdp]\nmax_exact_bans = 4096\nmax_prefix_bans = 65536\n",
+    )?;
+    let out = run(Some(&old_sizes))?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    detector_ok(&pins, None, &["ban", "198.18.30.1", "--for", "1h"])?;
+
+    let out = run(None)?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("other sizes than the defaults"), "{log}");
+    let list = detector_ok(&pins, None, &["list", "--json"])?.stdout;
+    assert!(
+        list.contains("198.18.30.1"),
+        "the adopted ban is gone: {list}"
+    );
+
+    let config = state.with_extension("toml");
+    std::fs::write(&config, "[xdp]\nmax_prefix_bans = 131072\n")?;
+    let out = run(Some(&config))?;
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a configured size the pins lack was accepted: {log}"
+    );
+    assert!(log.contains("detach"), "{log}");
+
+    detector_ok(&pins, None, &["detach"])?;
+    std::fs::remove_dir_all(&state)?;
+    std::fs::remove_file(&config)?;
+    std::fs::remove_file(&old_sizes)?;
+    Ok(())
+}
