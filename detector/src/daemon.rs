@@ -501,6 +501,7 @@ impl Daemon {
         let stats = self.pipeline.stats();
         self.counters.lines_ahead_of_clock = stats.ahead_of_clock;
         self.counters.max_ahead_s = stats.max_ahead_s;
+        self.counters.truncated_lines = self.pipeline.parser().stats().truncated;
         self.counters.saved_at = Some(Utc::now());
         Some(SaveJob {
             state: self.state.clone(),

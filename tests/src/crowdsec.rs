@@ -20,7 +20,101 @@ pub struct Lapi {
     pub port: u16,
     /// The bouncer API key (`cscli bouncers add -o raw`).
     pub key: String,
+    /// Serving `https://` with certificates of a private CA.
+    pub tls: Option<TlsFiles>,
     child: Option<Child>,
+}
+
+/// A private CA, the Local API's certificate for 127.0.0.1, and a bouncer client certificate
+/// (OU `bouncer-ou`, what the Local API's TLS authentication accepts as a bouncer).
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes them with `openssl` (P-256 keys, valid for two days).
+    pub fn generate(dir: &Path) -> Result<TlsFiles> {
+        std::fs::create_dir_all(dir)?;
+        let openssl = |args: &[&str]| -> Result<()> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .context("running openssl")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"]);
+        ca.extend(["-subj", "/CN=detector test CA"]);
+        openssl(&ca)?;
+        for (name, subject, ext) in [
+            (
+                "server",
+                "/CN=127.0.0.1",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            ),
+            (
+                "bouncer",
+                "/OU=bouncer-ou/CN=detector-bouncer",
+                "extendedKeyUsage=clientAuth\n",
+            ),
+        ] {
+            let (key, csr, pem, extfile) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+                format!("{name}.ext"),
+            );
+            std::fs::write(dir.join(&extfile), ext)?;
+            let mut req = vec!["req"];
+            req.extend(ec);
+            req.extend(["-keyout", &key, "-out", &csr, "-subj", subject]);
+            openssl(&req)?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+            ])?;
+        }
+        Ok(TlsFiles {
+            ca: dir.join("ca.pem"),
+            server_cert: dir.join("server.pem"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("bouncer.pem"),
+            client_key: dir.join("bouncer.key"),
+        })
+    }
 }
 
 fn free_port() -> Result<u16> {
@@ -30,6 +124,16 @@ fn free_port() -> Result<u16> {
 impl Lapi {
     /// Writes a private configuration, registers a machine and a bouncer, starts the API.
     pub fn start(tag: &str) -> Result<Lapi> {
+        Self::start_with(tag, false)
+    }
+
+    /// [`Lapi::start`] serving `https://` (see [`TlsFiles`]); bouncers may authenticate with
+    /// the client certificate instead of a key.
+    pub fn start_tls(tag: &str) -> Result<Lapi> {
+        Self::start_with(tag, true)
+    }
+
+    fn start_with(tag: &str, tls: bool) -> Result<Lapi> {
         let bins = fetch::ensure(&fetch::default_dir())?;
         let dir =
             std::env::temp_dir().join(format!("detector-crowdsec-{tag}-{}", std::process::id()));
@@ -42,8 +146,12 @@ impl Lapi {
             dir,
             port: free_port()?,
             key: String::new(),
+            tls: None,
             child: None,
         };
+        if tls {
+            lapi.tls = Some(TlsFiles::generate(&lapi.dir.join("tls"))?);
+        }
         lapi.write_config()?;
         lapi.register(None)?;
         lapi.spawn()?;
@@ -51,7 +159,8 @@ impl Lapi {
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     pub fn config(&self) -> PathBuf {
@@ -72,6 +181,28 @@ impl Lapi {
 
     fn write_config(&self) -> Result<()> {
         let d = self.dir.display();
+        // cscli talks to the API too (`decisions add`): it skips verifying the private CA.
+        let (skip_verify, tls) = match &self.tls {
+            None => (false, String::new()),
+            Some(t) => (
+                true,
+                format!(
+                    "    tls:
+      cert_file: {}
+      key_file: {}
+      ca_cert_path: {}
+      client_verification: VerifyClientCertIfGiven
+      bouncers_allowed_ou:
+        - bouncer-ou
+      agents_allowed_ou:
+        - agent-ou
+",
+                    t.server_cert.display(),
+                    t.server_key.display(),
+                    t.ca.display()
+                ),
+            ),
+        };
         let config = format!(
             "common:
   daemonize: false
@@ -97,7 +228,7 @@ db_config:
   use_wal: false
 api:
   client:
-    insecure_skip_verify: false
+    insecure_skip_verify: {skip_verify}
     credentials_path: {d}/cfg/local_api_credentials.yaml
   server:
     log_level: info
@@ -105,7 +236,7 @@ api:
     profiles_path: {d}/cfg/profiles.yaml
     trusted_ips:
       - 127.0.0.1
-prometheus:
+{tls}prometheus:
   enabled: false
 ",
             port = self.port
@@ -135,6 +266,8 @@ on_success: break
             MACHINE,
             "--auto",
             "--force",
+            "-u",
+            &self.url(),
             "-f",
             creds.to_str().unwrap(),
         ])?;

@@ -161,10 +161,34 @@ fn decisions_are_enforced_at_xdp_and_removed_when_deleted() -> Result<()> {
     assert!(find(&list(&pins, &state)?, &other.to_string()).is_none());
     assert!(t.connects(other, PORT)?, "a captcha decision must not drop");
 
-    // Deleted: gone from the map and the address connects again.
+    // An admin bans the IPv6 address too (shorter than CrowdSec's 4 h): the entry is shared,
+    // and CrowdSec's delete must leave the admin's ban in place.
+    detector_ok(
+        &pins,
+        None,
+        &[
+            "ban",
+            &bot6.to_string(),
+            "--for",
+            "1h",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    )?;
+    lapi.cscli(&["decisions", "delete", "--ip", &bot6.to_string()])?;
+
+    // Deleted: gone from the map and the address connects again. Deltas arrive in order, so
+    // once this delete is applied the IPv6 one before it is too.
     lapi.cscli(&["decisions", "delete", "--ip", &bot.to_string()])?;
     wait_gone(&pins, &state, &bot.to_string())?;
     assert!(t.connects(bot, PORT)?, "deleted decision still drops");
+    let kept = list(&pins, &state)?;
+    let kept6 = find(&kept, &bot6.to_string()).expect("CrowdSec's delete lifted the admin's ban");
+    assert_eq!(kept6["reason"].as_str(), Some("manual"), "{kept6}");
+    assert!(
+        !t.can_connect(bot6, PORT)?,
+        "the admin's IPv6 ban no longer drops"
+    );
 
     // A range becomes a prefix ban; the allowlisted .40 inside it is cut out.
     let range = format!("198.18.{}.0/24", t.net);
@@ -312,6 +336,54 @@ fn detectors_own_bans_are_pushed_as_alerts_and_not_reimported() -> Result<()> {
     .with_context(|| daemon.log_text())?;
     let ban = find(&list(&pins, &state)?, bot).cloned().unwrap();
     assert_eq!(ban["reason"], rule, "re-imported as a foreign ban: {ban}");
+    daemon.stop()?;
+    detector_ok(&pins, None, &["detach"])?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+/// An `https://` Local API whose certificate a private CA signed, authenticating the bouncer
+/// by its client certificate: detector trusts `ca_file`, presents `cert_file` and `key_file`
+/// (no API key at all) and applies the decisions.
+#[test]
+fn an_https_local_api_with_a_private_ca_and_a_client_certificate() -> Result<()> {
+    let lapi = Lapi::start_tls("tls")?;
+    let tls = lapi.tls.clone().context("a TLS Local API has TLS files")?;
+    let pins = PinDir::new("cstls")?;
+    let dir = work_dir("tls")?;
+    let state = dir.join("state");
+    let config = config(
+        &dir,
+        &format!(
+            "lapi_url = \"{}\"\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            lapi.url(),
+            tls.ca.display(),
+            tls.client_cert.display(),
+            tls.client_key.display()
+        ),
+    )?;
+    let args: Vec<&OsStr> = vec![
+        OsStr::new("--config"),
+        config.as_os_str(),
+        OsStr::new("--pin-dir"),
+        pins.path.as_os_str(),
+        OsStr::new("--state-dir"),
+        state.as_os_str(),
+    ];
+    let mut daemon = DetectorRun::start(&args, dir.join("detector.log"))?;
+    daemon.wait_log("CrowdSec decisions applied", 1, WAIT)?;
+    lapi.cscli(&[
+        "decisions",
+        "add",
+        "--ip",
+        "198.18.21.7",
+        "--duration",
+        "1h",
+    ])?;
+    let ban = wait_listed(&pins, &state, "198.18.21.7")?;
+    let reason = ban["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("crowdsec/cscli/"), "{ban}");
+
     daemon.stop()?;
     detector_ok(&pins, None, &["detach"])?;
     std::fs::remove_dir_all(&dir)?;

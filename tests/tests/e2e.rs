@@ -156,19 +156,23 @@ fn bot_banned_and_dropped_client_fine(tag: &str, mode: LogMode) {
     let stats = e.detector_json(&["stats"]).unwrap();
     assert!(stats["dropped"].as_u64().unwrap() >= 4, "{stats}");
     // The daemon's metrics (served inside the mail namespace) tell the same story; the
-    // kernel counters are copied in by the 1 s sweep.
-    std::thread::sleep(Duration::from_millis(1500));
-    let m = e.metrics().unwrap();
+    // kernel counters are copied in by the 1 s sweep: wait for the first copy (bounded).
+    let dropped = r#"detector_xdp_packets_total{verdict="dropped"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let m = loop {
+        let m = e.metrics().unwrap();
+        if m.get(dropped).copied().unwrap_or(0.0) >= 4.0 || std::time::Instant::now() > deadline {
+            break m;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let get = |k: &str| m.get(k).copied().unwrap_or(0.0);
     assert_eq!(
         get(r#"detector_decisions_total{rule="probe-login"}"#),
         1.0,
         "{m:#?}"
     );
-    assert!(
-        get(r#"detector_xdp_packets_total{verdict="dropped"}"#) >= 4.0,
-        "{m:#?}"
-    );
+    assert!(get(dropped) >= 4.0, "{m:#?}");
     let lines: f64 = m
         .iter()
         .filter(|(k, _)| k.starts_with("detector_lines_read_total{"))

@@ -209,7 +209,10 @@ fn the_daemon_drops_a_far_future_line_and_status_reports_it() -> Result<()> {
     let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S%.6f+00:00");
     let input = format!(
         "2099-01-01T00:00:00.000000+00:00 mx dovecot: auth: passwd-file(x@example.test,198.18.0.50): unknown user\n\
-         {now} mx dovecot: auth: passwd-file(y@example.test,198.18.0.51): unknown user\n"
+         {now} mx dovecot: auth: passwd-file(y@example.test,198.18.0.51): unknown user\n\
+         {now} mx dovecot: auth: passwd-file(z@example.test,198.18.0.52): unknown user {pad}\n",
+        // Longer than the 1 MiB line limit: cut, counted, not parsed (so .52 is not banned).
+        pad = "x".repeat(detector::source::MAX_LINE_BYTES + 10),
     );
     let mut child = std::process::Command::new(detector_tests::bin::detector_bin())
         .args(["run", "--stdin", "--config", config.to_str().unwrap()])
@@ -247,6 +250,8 @@ fn the_daemon_drops_a_far_future_line_and_status_reports_it() -> Result<()> {
         .stdout,
     )?;
     assert_eq!(status["untrusted"]["lines_ahead_of_clock"], 1, "{status}");
+    assert_eq!(status["untrusted"]["truncated_lines"], 1, "{status}");
+    assert!(!list.contains("198.18.0.52"), "a cut line banned: {list}");
     let snapshot = json(&std::fs::read_to_string(state.join("engine.json"))?)?;
     let engine_now = snapshot["now"].as_i64().unwrap();
     assert!(

@@ -22,7 +22,7 @@ use crate::util::{output, run_cmd, workspace_root};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the build, the kernel tests, the lab and the benches need (nftables and
-/// ethtool: `cargo xtask bench veth`).
+/// ethtool: `cargo xtask bench veth`; openssl: the CrowdSec TLS test's certificates).
 pub const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
@@ -30,6 +30,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "procps",
     "nftables",
     "ethtool",
+    "openssl",
 ];
 
 #[derive(clap::Args)]

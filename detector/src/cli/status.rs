@@ -291,6 +291,10 @@ fn print_human(s: &Status) {
                 String::new()
             }
         );
+        println!(
+            "untrusted    {} lines longer than the line limit (not parsed)",
+            c.truncated_lines
+        );
     }
     for p in &s.problems {
         println!("problem      {p}");

@@ -38,7 +38,16 @@ impl BanTable for Enforcer {
         Enforcer::ban(self, net, Some(ttl), Reason::CrowdSec)
     }
     fn unban(&mut self, net: IpNet) -> crate::Result<bool> {
-        Enforcer::unban(self, net)
+        // The entry is shared with every other origin that banned the prefix, and they own
+        // it (see `enforce::table::owner`): a deleted decision leaves their ban in place.
+        match self.entry(net)? {
+            Some(held) if held.reason != Reason::CrowdSec => {
+                tracing::info!(prefix = %net, reason = held.reason.as_str(),
+                    "CrowdSec decision gone; the prefix stays banned for its other reason");
+                Ok(false)
+            }
+            _ => Enforcer::unban(self, net),
+        }
     }
     fn crowdsec_bans(&self) -> crate::Result<Vec<IpNet>> {
         Ok(self

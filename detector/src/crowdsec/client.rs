@@ -1,5 +1,6 @@
 //! HTTP calls to a CrowdSec Local API: the bouncer's decision stream (API key) and the
 //! watcher's login and alerts (machine credentials, bearer token).
+use std::path::Path;
 use std::time::Duration;
 
 use reqwest::{StatusCode, Url};
@@ -37,11 +38,62 @@ pub fn base_url(text: &str) -> crate::Result<Url> {
     Ok(url)
 }
 
-fn http_client() -> crate::Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// What an `https://` Local API needs beyond the system's roots: a private CA, and a client
+/// certificate when the Local API authenticates by certificate.
+#[derive(Clone, Default)]
+pub struct Tls {
+    roots: Vec<reqwest::Certificate>,
+    identity: Option<reqwest::Identity>,
+}
+
+impl Tls {
+    /// Reads `ca` (one or more PEM certificates) and `client` (certificate, key), with errors
+    /// that name the file.
+    pub fn load(ca: Option<&Path>, client: Option<(&Path, &Path)>) -> crate::Result<Tls> {
+        let mut tls = Tls::default();
+        if let Some(path) = ca {
+            let pem = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+            tls.roots = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                lapi_error(format!("{}: not PEM certificates", path.display()), Some(e))
+            })?;
+            if tls.roots.is_empty() {
+                return Err(Error::config(
+                    "crowdsec.ca_file",
+                    format!("{} holds no PEM certificate", path.display()),
+                ));
+            }
+        }
+        if let Some((cert, key)) = client {
+            let mut pem = std::fs::read(cert).map_err(|e| Error::io(cert, e))?;
+            pem.push(b'\n');
+            pem.extend(std::fs::read(key).map_err(|e| Error::io(key, e))?);
+            tls.identity = Some(reqwest::Identity::from_pem(&pem).map_err(|e| {
+                lapi_error(
+                    format!(
+                        "{} and {}: not a PEM certificate and its private key",
+                        cert.display(),
+                        key.display()
+                    ),
+                    Some(e),
+                )
+            })?);
+        }
+        Ok(tls)
+    }
+}
+
+fn http_client(tls: &Tls) -> crate::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .timeout(REQUEST_TIMEOUT)
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT);
+    for root in &tls.roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
+    if let Some(identity) = &tls.identity {
+        builder = builder.identity(identity.clone());
+    }
+    builder
         .build()
         .map_err(|e| lapi_error("cannot build the HTTP client", Some(e)))
 }
@@ -51,16 +103,17 @@ fn http_client() -> crate::Result<reqwest::Client> {
 pub struct BouncerClient {
     http: reqwest::Client,
     stream: Url,
-    api_key: String,
+    /// `None`: the client certificate authenticates.
+    api_key: Option<String>,
 }
 
 impl BouncerClient {
-    pub fn new(base: &Url, api_key: String) -> crate::Result<Self> {
+    pub fn new(base: &Url, api_key: Option<String>, tls: &Tls) -> crate::Result<Self> {
         let stream = base
             .join("v1/decisions/stream")
             .map_err(|e| Error::config("crowdsec.lapi_url", e.to_string()))?;
         Ok(BouncerClient {
-            http: http_client()?,
+            http: http_client(tls)?,
             stream,
             api_key,
         })
@@ -69,11 +122,14 @@ impl BouncerClient {
     /// `GET /v1/decisions/stream?startup=...`: everything live (`startup`), or what changed
     /// since this bouncer's previous pull.
     pub async fn stream(&self, startup: bool) -> crate::Result<StreamResponse> {
-        let response = self
+        let mut request = self
             .http
             .get(self.stream.clone())
-            .query(&[("startup", if startup { "true" } else { "false" })])
-            .header("X-Api-Key", &self.api_key)
+            .query(&[("startup", if startup { "true" } else { "false" })]);
+        if let Some(key) = &self.api_key {
+            request = request.header("X-Api-Key", key);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| lapi_error(format!("GET {}", self.stream), Some(e)))?;
@@ -160,13 +216,14 @@ impl WatcherClient {
         base: &Url,
         credentials: MachineCredentials,
         scenarios: Vec<String>,
+        tls: &Tls,
     ) -> crate::Result<Self> {
         let join = |p: &str| {
             base.join(p)
                 .map_err(|e| Error::config("crowdsec.lapi_url", e.to_string()))
         };
         Ok(WatcherClient {
-            http: http_client()?,
+            http: http_client(tls)?,
             login_url: join("v1/watchers/login")?,
             alerts_url: join("v1/alerts")?,
             credentials,

@@ -49,6 +49,14 @@ pub struct CrowdsecConfig {
     pub push: bool,
     /// Machine credentials for `push` (`cscli machines add detector --auto -f FILE`).
     pub credentials_file: Option<PathBuf>,
+    /// PEM file of the CA(s) that signed an `https://` Local API's certificate, trusted on top
+    /// of the system's roots (a private CA, a self-signed certificate).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for TLS client authentication; with `key_file`. The Local API
+    /// then identifies the bouncer by the certificate's OU and no API key is needed.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for CrowdsecConfig {
@@ -61,6 +69,9 @@ impl Default for CrowdsecConfig {
             scenarios: Vec::new(),
             push: false,
             credentials_file: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -82,10 +93,17 @@ impl CrowdsecConfig {
             return Ok(());
         };
         client::base_url(url)?;
-        if self.api_key_file.is_none() {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(Error::config(
+                "crowdsec.cert_file",
+                "cert_file and key_file go together (a client certificate and its key)",
+            ));
+        }
+        if self.api_key_file.is_none() && self.cert_file.is_none() {
             return Err(Error::config(
                 "crowdsec.api_key_file",
-                "is required with crowdsec.lapi_url (`cscli bouncers add detector -o raw > FILE`)",
+                "is required with crowdsec.lapi_url (`cscli bouncers add detector -o raw > FILE`), \
+                 unless a client certificate (cert_file, key_file) authenticates the bouncer",
             ));
         }
         if self.poll_interval < Duration::from_secs(1)
@@ -106,6 +124,22 @@ impl CrowdsecConfig {
     }
 
     /// Reads the API key file (first non-empty line).
+    /// The TLS material named in the configuration, read and checked now.
+    pub fn tls(&self) -> crate::Result<client::Tls> {
+        client::Tls::load(
+            self.ca_file.as_deref(),
+            self.cert_file.as_deref().zip(self.key_file.as_deref()),
+        )
+    }
+
+    /// The bouncer's API key; `None` when a client certificate stands in for it.
+    pub fn bouncer_key(&self) -> crate::Result<Option<String>> {
+        if self.api_key_file.is_none() && self.cert_file.is_some() {
+            return Ok(None);
+        }
+        self.api_key().map(Some)
+    }
+
     pub fn api_key(&self) -> crate::Result<String> {
         let path = self.api_key_file.as_ref().ok_or_else(|| {
             Error::config(
@@ -152,7 +186,7 @@ pub fn spawn_poller(
         return Ok(None);
     };
     let base = client::base_url(url)?;
-    let client = client::BouncerClient::new(&base, config.api_key()?)?;
+    let client = client::BouncerClient::new(&base, config.bouncer_key()?, &config.tls()?)?;
     let interval = config.poll_interval;
     let (tx, rx) = mpsc::channel(4);
     tracing::info!(lapi = %base, poll_interval = %humantime::format_duration(interval), "CrowdSec bouncer: pulling decisions");
@@ -254,6 +288,39 @@ mod tests {
         );
         c.lapi_url = Some("gopher://x".into());
         assert!(c.validate().unwrap_err().to_string().contains("lapi_url"));
+    }
+
+    #[test]
+    fn a_client_certificate_needs_its_key_and_stands_in_for_the_api_key() {
+        let with = |cert: bool, key: bool, api_key: bool| CrowdsecConfig {
+            lapi_url: Some("https://127.0.0.1:8080/".into()),
+            cert_file: cert.then(|| PathBuf::from("/c.pem")),
+            key_file: key.then(|| PathBuf::from("/c.key")),
+            api_key_file: api_key.then(|| PathBuf::from("/k")),
+            ..CrowdsecConfig::default()
+        };
+        assert!(with(true, false, true).validate().is_err());
+        assert!(with(false, true, true).validate().is_err());
+        assert!(with(false, false, false).validate().is_err());
+        assert!(with(true, true, false).validate().is_ok());
+        assert_eq!(with(true, true, false).bouncer_key().unwrap(), None);
+    }
+
+    #[test]
+    fn tls_files_that_are_not_pem_are_errors_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        let err = client::Tls::load(Some(&junk), None)
+            .err()
+            .expect("junk CA accepted");
+        assert!(err.to_string().contains("junk.pem"), "{err}");
+        let err = client::Tls::load(None, Some((&junk, &junk)))
+            .err()
+            .expect("junk identity accepted");
+        assert!(err.to_string().contains("junk.pem"), "{err}");
+        let missing = dir.path().join("missing.pem");
+        assert!(client::Tls::load(Some(&missing), None).is_err());
     }
 
     #[test]

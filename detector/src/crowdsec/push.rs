@@ -131,7 +131,7 @@ pub fn spawn(config: &CrowdsecConfig, cancel: CancellationToken) -> crate::Resul
         .iter()
         .map(|r| format!("{OWN_SCENARIO_PREFIX}{}", r.name()))
         .collect();
-    let client = WatcherClient::new(&base_url(url)?, credentials, scenarios)?;
+    let client = WatcherClient::new(&base_url(url)?, credentials, scenarios, &config.tls()?)?;
     let (tx, rx) = mpsc::unbounded_channel();
     tracing::info!(lapi = %url, "CrowdSec: pushing detector's bans as alerts");
     tokio::spawn(run(client, rx, cancel));

@@ -217,6 +217,14 @@ fn resolve(host: &str, port: u16) -> Vec<IpAddr> {
 
 /// `postconf -h relayhost`, or `None` without postconf (no Postfix) or when it fails.
 fn postconf_relayhost() -> Option<String> {
+    // Without a main.cf postconf can only fail, and Postfix's fatal path sleeps a second
+    // before exiting: every `detector ban` on a host without Postfix would pay it.
+    let config_dir = std::env::var_os("MAIL_CONFIG")
+        .map_or_else(|| PathBuf::from("/etc/postfix"), PathBuf::from);
+    if !config_dir.join("main.cf").exists() {
+        tracing::debug!(dir = %config_dir.display(), "no Postfix main.cf; no relayhost to protect");
+        return None;
+    }
     let out = match Command::new("postconf").args(["-h", "relayhost"]).output() {
         Ok(out) => out,
         Err(e) => {

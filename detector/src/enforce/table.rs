@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aya::Pod;
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
-use detector_common::{ExactBan, Ipv4Key, Ipv6Key, PrefixBan, RebanRequest, reban};
+use detector_common::{ExactBan, Ipv4Key, Ipv6Key, PrefixBan, RebanRequest, reason, reban};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::clock;
@@ -84,6 +84,7 @@ pub(crate) trait BanValue: Pod {
     fn hits(&self) -> u64;
     fn reason(&self) -> u32;
     fn set_hits(&mut self, hits: u64);
+    fn set_reason(&mut self, code: u32);
 
     fn is_live(&self, now_ns: u64) -> bool {
         let e = self.expires_ns();
@@ -112,6 +113,9 @@ impl BanValue for ExactBan {
     fn set_hits(&mut self, hits: u64) {
         self.hits = hits;
     }
+    fn set_reason(&mut self, code: u32) {
+        self.reason = code;
+    }
 }
 
 impl BanValue for PrefixBan {
@@ -134,6 +138,9 @@ impl BanValue for PrefixBan {
     }
     fn set_hits(&mut self, hits: u64) {
         self.hits = hits as u32;
+    }
+    fn set_reason(&mut self, code: u32) {
+        self.reason = code;
     }
 }
 
@@ -263,7 +270,7 @@ impl<M: BanMap> Table<M> {
     ) -> crate::Result<(BanOutcome, M::Value)> {
         let old = self.get(key)?;
         let (value, outcome) = merge(old, M::Value::new(ttl, now_ns, reason, 0), now_ns);
-        if outcome != BanOutcome::Unchanged {
+        if changes(old, &value, outcome) {
             self.store(key, old.is_some(), &value)?;
         }
         Ok((outcome, value))
@@ -280,7 +287,7 @@ impl<M: BanMap> Table<M> {
     ) -> crate::Result<(BanOutcome, Option<M::Value>)> {
         let old = self.get(key)?;
         let (value, outcome) = merge(old, M::Value::new(ttl, now_ns, reason, 0), now_ns);
-        if outcome != BanOutcome::Unchanged {
+        if changes(old, &value, outcome) {
             self.store(key, old.is_some(), &value)?;
         }
         Ok((outcome, old))
@@ -401,15 +408,19 @@ fn to_entry<V: BanValue>(net: IpNet, v: &V, now_ns: u64) -> Option<BanEntry> {
 
 /// Merges a new ban into what is stored. A live ban keeps the later end (0 = permanent wins)
 /// and its counter; an expired leftover not swept yet counts as absent but keeps its counter.
+/// The entry's reason follows [`owner`].
 pub(crate) fn merge<V: BanValue>(old: Option<V>, new: V, now_ns: u64) -> (V, BanOutcome) {
     match old {
         Some(o) if o.is_live(now_ns) => {
             let (oe, ne) = (o.expires_ns(), new.expires_ns());
             if oe == 0 || (ne != 0 && ne <= oe) {
-                (o, BanOutcome::Unchanged)
+                let mut v = o;
+                v.set_reason(owner(o.reason(), new.reason(), false));
+                (v, BanOutcome::Unchanged)
             } else {
                 let mut v = new;
                 v.set_hits(o.hits());
+                v.set_reason(owner(o.reason(), new.reason(), true));
                 (v, BanOutcome::Extended)
             }
         }
@@ -421,11 +432,62 @@ pub(crate) fn merge<V: BanValue>(old: Option<V>, new: V, now_ns: u64) -> (V, Ban
     }
 }
 
+/// The reason a live entry keeps when another ban lands on it (`extends`: the new ban ends
+/// later). One kernel entry serves every origin that bans the prefix, and the CrowdSec
+/// bouncer lifts only entries it owns when a decision is deleted; so a CrowdSec ban never
+/// takes over an entry detector or an admin made, and any other ban takes over a CrowdSec
+/// entry. Otherwise the ban that sets the end names it.
+fn owner(old: u32, new: u32, extends: bool) -> u32 {
+    match (old == reason::CROWDSEC, new == reason::CROWDSEC) {
+        (false, true) => old,
+        (true, false) => new,
+        _ if extends => new,
+        _ => old,
+    }
+}
+
+/// Whether a merge result must be written: a longer ban, a new one, or a new owner.
+fn changes<V: BanValue>(old: Option<V>, merged: &V, outcome: BanOutcome) -> bool {
+    outcome != BanOutcome::Unchanged || old.is_some_and(|o| o.reason() != merged.reason())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MIN: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_crowdsec_ban_never_takes_over_another_origins_entry() {
+        let now = 1_000 * clock::NS_PER_S;
+        let manual = ExactBan::new(Some(MIN), now, Reason::Manual, 0);
+        let crowdsec_longer = ExactBan::new(Some(MIN * 10), now, Reason::CrowdSec, 0);
+        let (v, o) = merge(Some(manual), crowdsec_longer, now);
+        assert_eq!(o, BanOutcome::Extended);
+        assert_eq!(v.expires_ns, crowdsec_longer.expires_ns);
+        assert_eq!(Reason::from_code(v.reason), Reason::Manual);
+        assert!(changes(Some(manual), &v, o));
+
+        // The other way round: detector's shorter ban claims CrowdSec's entry, end kept.
+        let crowdsec = ExactBan::new(Some(MIN * 10), now, Reason::CrowdSec, 0);
+        let burst_shorter = ExactBan::new(Some(MIN), now, Reason::Burst, 0);
+        let (v, o) = merge(Some(crowdsec), burst_shorter, now);
+        assert_eq!(o, BanOutcome::Unchanged);
+        assert_eq!(v.expires_ns, crowdsec.expires_ns);
+        assert_eq!(Reason::from_code(v.reason), Reason::Burst);
+        assert!(
+            changes(Some(crowdsec), &v, o),
+            "the new owner must be written"
+        );
+
+        // Same owner, nothing longer: nothing to write.
+        let (v, o) = merge(
+            Some(crowdsec),
+            ExactBan::new(Some(MIN), now, Reason::CrowdSec, 0),
+            now,
+        );
+        assert!(!changes(Some(crowdsec), &v, o));
+    }
 
     #[test]
     fn rebanning_extends_never_shortens_and_keeps_the_counter() {

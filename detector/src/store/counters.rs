@@ -22,6 +22,8 @@ pub struct DaemonCounters {
     pub journal_untrusted: u64,
     /// The last of those, described by its trusted fields (`_UID`, `_COMM`, ...).
     pub journal_untrusted_last: Option<String>,
+    /// Lines longer than the line limit: cut by their source and not parsed.
+    pub truncated_lines: u64,
 }
 
 impl DaemonCounters {
