@@ -268,34 +268,60 @@ impl JsonWriter {
     }
 }
 
-/// Decimal digits of `v`.
-fn push_u64(buf: &mut Vec<u8>, mut v: u64) {
+/// Decimal digits of `v`. Written into a fixed array that is appended whole and cut back: a
+/// fixed-size copy is a few moves, a variable-length one a call to `memcpy`.
+fn push_u64(buf: &mut Vec<u8>, v: u64) {
+    if v < 10 {
+        buf.push(b'0' + v as u8);
+        return;
+    }
     let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
+    let n = decimal_len(v);
+    let mut rest = v;
+    for d in digits[..n].iter_mut().rev() {
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
     }
-    // Byte by byte: a call to `memcpy` costs more than these few digits.
-    for &d in &digits[i..] {
-        buf.push(d);
+    let len = buf.len();
+    buf.extend_from_slice(&digits);
+    buf.truncate(len + n);
+}
+
+fn decimal_len(v: u64) -> usize {
+    let mut n = 1;
+    let mut p = 10u64;
+    while n < 20 && v >= p {
+        n += 1;
+        p = p.saturating_mul(10);
     }
+    n
 }
 
 /// The address as `Display` writes it; IPv4 by hand, IPv6 (its zero-run rules) by `std`.
 fn push_ip(buf: &mut Vec<u8>, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
+            let mut text = [0u8; 16];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    buf.push(b'.');
+                    text[n] = b'.';
+                    n += 1;
                 }
-                push_u64(buf, octet.into());
+                if octet >= 100 {
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                text[n] = b'0' + octet % 10;
+                n += 1;
             }
+            let len = buf.len();
+            buf.extend_from_slice(&text);
+            buf.truncate(len + n);
         }
         v6 => {
             let _ = write!(buf, "{v6}");
@@ -396,6 +422,20 @@ mod tests {
         odd.user = Some("a\"b\\c\u{1}d\u{e9}".into());
         odd.line = u64::MAX;
         odd.failures = u32::MAX;
+        for line in [
+            0,
+            9,
+            10,
+            99,
+            100,
+            999_999,
+            1_000_000,
+            10_000_000_000_000_000_000,
+        ] {
+            let mut e = odd.clone();
+            e.line = line;
+            events.push(e);
+        }
         for (secs, nanos) in [
             (1_800_000_000, 123_000_000),
             (1_800_000_000, 123_456_789),
