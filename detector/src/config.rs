@@ -24,6 +24,7 @@ pub struct Config {
     pub sources: crate::source::SourceConfig,
     pub engine: crate::engine::EngineConfig,
     pub crowdsec: crate::crowdsec::CrowdsecConfig,
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -210,8 +211,10 @@ impl Config {
         }
         self.engine.validate()?;
         self.crowdsec.validate()?;
-        // A CrowdSec bouncer alone (no log source) is a complete configuration.
-        if !(self.sources.is_empty() && self.crowdsec.enabled()) {
+        self.cluster.validate()?;
+        // A CrowdSec bouncer alone, or a cluster node that only enforces (no log source), is a
+        // complete configuration.
+        if !(self.sources.is_empty() && (self.crowdsec.enabled() || self.cluster.enabled())) {
             self.sources.validate()?;
         }
         Ok(())

@@ -85,6 +85,8 @@ struct Daemon {
     sources: Vec<Arc<SourceCounters>>,
     /// CrowdSec bouncer state (`[crowdsec] lapi_url` set).
     crowdsec: Option<crate::crowdsec::Bouncer>,
+    /// `[cluster]`: peers' events and bans from Redis (the publisher sits in the sink).
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 impl Daemon {
@@ -173,6 +175,15 @@ impl Daemon {
         let crowdsec = (config.crowdsec.enabled())
             .then(|| crate::crowdsec::Bouncer::new(config.crowdsec.filter()));
         let metrics = Arc::new(Metrics::new());
+        let (cluster, cluster_publisher) = match crate::cluster::start(
+            &config.cluster,
+            &state,
+            engine_cfg.horizon,
+            Arc::clone(&metrics),
+        )? {
+            Some((c, p)) => (Some(c), Some(p)),
+            None => (None, None),
+        };
         let pipeline = Pipeline::new(LineParser::new(Format::Auto), engine)
             .with_clock_guard(ClockGuard::wall(config.daemon.max_clock_ahead));
         let (saved_tx, saved) = mpsc::unbounded_channel();
@@ -185,6 +196,7 @@ impl Daemon {
                 metrics: Arc::clone(&metrics),
                 written: HashMap::new(),
                 pusher,
+                cluster: cluster_publisher,
             },
             state,
             checkpoints,
@@ -201,6 +213,7 @@ impl Daemon {
                 ..DaemonCounters::default()
             },
             sources: Vec::new(),
+            cluster,
         };
         // A changed allowlist may now protect addresses banned before the restart.
         let decisions = daemon.pipeline.engine_mut().reconcile();
@@ -260,7 +273,9 @@ impl Daemon {
         let (line_tx, mut lines) = mpsc::channel::<SourceLine>(LINE_CHANNEL);
         let (status_tx, mut statuses) = mpsc::unbounded_channel::<SourceStatus>();
         // A CrowdSec bouncer may run with no log source at all.
-        let handles = if self.config.sources.is_empty() && self.crowdsec.is_some() {
+        let handles = if self.config.sources.is_empty()
+            && (self.crowdsec.is_some() || self.cluster.is_some())
+        {
             drop(line_tx); // no line will come: the shutdown drain must not wait for one
             Vec::new()
         } else {
@@ -297,7 +312,7 @@ impl Daemon {
                 biased;
                 line = lines.recv(), if lines_open => match line {
                     Some(line) => self.handle_line(line),
-                    None if pulls.is_some() => lines_open = false,
+                    None if pulls.is_some() || self.cluster.is_some() => lines_open = false,
                     None => {
                         tracing::info!("every source has ended");
                         break;
@@ -321,6 +336,7 @@ impl Daemon {
                     }
                     break;
                 }
+                Some(incoming) = next_incoming(&mut self.cluster) => self.handle_cluster(incoming),
                 Some(outcome) = self.saved.recv() => self.saved(outcome),
                 _ = sweep.tick() => self.sweep(),
                 _ = persist.tick() => self.persist(),
@@ -342,6 +358,10 @@ impl Daemon {
         if let Some(job) = self.take_save_job() {
             let outcome = job.write();
             self.saved(outcome);
+        }
+        if let Some(cluster) = self.cluster.take() {
+            // What is still buffered gets a moment to reach Redis.
+            cluster.stop(Duration::from_secs(2)).await;
         }
         let _ = std::fs::remove_file(self.state.file(PID_FILE));
         tracing::info!("stopped; state saved");
@@ -399,6 +419,49 @@ impl Daemon {
         }
         // Only now is everything this line caused in the kernel map.
         self.checkpoints.commit(&line.origin, &line.position);
+        self.unsaved = true;
+    }
+
+    /// A peer's event goes through the same pipeline as a local line; a peer's ban into the
+    /// maps (this node's allowlist and own addresses apply, in the enforcer).
+    fn handle_cluster(&mut self, incoming: crate::cluster::Incoming) {
+        let Some(cluster) = &mut self.cluster else {
+            return;
+        };
+        for accepted in cluster.accept(incoming) {
+            match accepted {
+                crate::cluster::Accepted::Event { node, event } => {
+                    self.line_no += 1;
+                    let raw = crate::pipeline::RawLine {
+                        file: format!("cluster:{node}"),
+                        line: self.line_no,
+                        text: String::new(),
+                    };
+                    let mut sink = RemoteSink {
+                        kernel: &mut self.kernel,
+                        node,
+                    };
+                    if let Fed::Event { kind, .. } = self.pipeline.feed_event(event, raw, &mut sink)
+                    {
+                        self.metrics
+                            .events
+                            .get_or_create(&KindLabel { kind: kind.name() })
+                            .inc();
+                    }
+                }
+                crate::cluster::Accepted::Ban { node, ban } => {
+                    self.kernel.apply_peer_ban(&node, &ban)
+                }
+                crate::cluster::Accepted::Unban { node, prefix } => {
+                    self.kernel.apply_peer_unban(&node, prefix);
+                    let engine = self.pipeline.engine_mut();
+                    let now = engine.now().unwrap_or_else(Utc::now);
+                    // As after a local `detector unban`: the ban is forgotten, offences kept.
+                    engine.unban(prefix.network(), now);
+                }
+            }
+        }
+        // The stream position moved (saved with the engine snapshot).
         self.unsaved = true;
     }
 
@@ -461,6 +524,10 @@ impl Daemon {
         );
         for prefix in gone {
             self.kernel.written.remove(&prefix);
+            if let Some(publisher) = &mut self.kernel.cluster {
+                // The administrator's word goes for every node.
+                publisher.admin_unban(prefix);
+            }
             if self
                 .pipeline
                 .engine_mut()
@@ -508,6 +575,9 @@ impl Daemon {
             snapshot: self.pipeline.engine().snapshot(),
             checkpoints: self.checkpoints.clone(),
             counters: self.counters.clone(),
+            cluster: (self.cluster.as_ref())
+                .zip(self.kernel.cluster.as_ref())
+                .map(|(c, p)| c.saved_state(p)),
         })
     }
 
@@ -550,6 +620,8 @@ struct SaveJob {
     snapshot: Snapshot,
     checkpoints: Checkpoints,
     counters: DaemonCounters,
+    /// Stream positions and marks, saved like the source positions (after the snapshot).
+    cluster: Option<crate::cluster::ClusterState>,
 }
 
 struct SaveOutcome {
@@ -569,6 +641,9 @@ impl SaveJob {
                 .map_err(|e| Error::Store(format!("encoding the engine state: {e}")))?;
             self.state.write_atomic(ENGINE_STATE_FILE, &bytes)?;
             self.checkpoints.save(&self.state)?;
+            if let Some(cluster) = &self.cluster {
+                cluster.save(&self.state)?;
+            }
             self.counters.save(&self.state)?;
             Ok(bytes.len())
         })();
@@ -589,11 +664,48 @@ struct KernelSink {
     written: HashMap<IpNet, DateTime<Utc>>,
     /// `[crowdsec] push = true`: our bans go to the Local API as alerts.
     pusher: Option<crate::crowdsec::push::Pusher>,
+    /// `[cluster]`: shares local events and bans, knows which node's events a ban rests on.
+    cluster: Option<crate::cluster::Publisher>,
 }
 
 impl Sink for KernelSink {
     fn decision(&mut self, record: &DecisionRecord) {
         self.apply(&record.decision);
+    }
+
+    fn event(&mut self, event: &crate::event::Event) {
+        if let Some(publisher) = &mut self.cluster {
+            publisher.local_event(event);
+        }
+    }
+}
+
+/// The sink for a peer's event: its decisions are this node's own, but the event is not
+/// published again, and its evidence is the peer's.
+struct RemoteSink<'a> {
+    kernel: &'a mut KernelSink,
+    node: Arc<str>,
+}
+
+impl Sink for RemoteSink<'_> {
+    fn decision(&mut self, record: &DecisionRecord) {
+        self.kernel.apply(&record.decision);
+    }
+
+    fn event(&mut self, event: &crate::event::Event) {
+        if let Some(publisher) = &mut self.kernel.cluster {
+            publisher.remote_event(event.line, &self.node);
+        }
+    }
+}
+
+/// The next entry from the cluster's consumer; never, without a cluster.
+async fn next_incoming(
+    cluster: &mut Option<crate::cluster::Cluster>,
+) -> Option<crate::cluster::Incoming> {
+    match cluster {
+        Some(c) => c.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -618,6 +730,11 @@ impl KernelSink {
                 };
                 let evidence: Vec<&str> =
                     decision.evidence.iter().map(|e| e.what.as_str()).collect();
+                // The nodes whose events this ban rests on (this node alone without a cluster).
+                let nodes = match &self.cluster {
+                    Some(p) => p.contributors(decision),
+                    None => Vec::new(),
+                };
                 match self
                     .enforcer
                     .ban(decision.prefix, Some(ttl), reason_of(decision.rule))
@@ -637,6 +754,9 @@ impl KernelSink {
                         {
                             pusher.push(&own_ban(decision, ttl));
                         }
+                        if let Some(publisher) = &mut self.cluster {
+                            publisher.own_ban(decision, end.timestamp_millis(), &nodes);
+                        }
                         tracing::warn!(
                             target: "detector::ban",
                             prefix = %decision.prefix,
@@ -648,6 +768,7 @@ impl KernelSink {
                             outcome = ?outcome,
                             note = %decision.note,
                             evidence = ?evidence,
+                            nodes = ?nodes,
                             "ban"
                         )
                     }
@@ -682,6 +803,71 @@ impl KernelSink {
                     }
                 }
             }
+        }
+    }
+}
+
+impl KernelSink {
+    /// A peer's ban: written for its time left, unless this node's allowlist or own
+    /// addresses forbid it (the enforcer refuses those). A repeat is one ban.
+    fn apply_peer_ban(&mut self, node: &str, ban: &crate::cluster::WireBan) {
+        let left_ms = ban.until - Utc::now().timestamp_millis();
+        let Ok(left_ms) = u64::try_from(left_ms) else {
+            return; // over already
+        };
+        let ttl = Duration::from_millis(left_ms);
+        match self.enforcer.ban(ban.p, Some(ttl), reason_of(ban.r)) {
+            Ok(outcome) => {
+                if let Some(publisher) = &mut self.cluster {
+                    publisher.peer_ban(node, ban);
+                }
+                // Watched like our own, so that an administrator's unban here is noticed and
+                // shared.
+                let end = DateTime::<Utc>::from_timestamp_millis(ban.until)
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                let slot = self.written.entry(enforce::canonical(ban.p)).or_insert(end);
+                *slot = (*slot).max(end);
+                if outcome != enforce::BanOutcome::Unchanged {
+                    self.metrics
+                        .decisions
+                        .get_or_create(&RuleLabel {
+                            rule: ban.r.name().to_string(),
+                        })
+                        .inc();
+                    tracing::warn!(
+                        target: "detector::ban",
+                        prefix = %ban.p,
+                        ip = %ban.ip,
+                        rule = ban.r.name(),
+                        duration = %humantime::format_duration(Duration::from_secs(ttl.as_secs())),
+                        offence = ban.o,
+                        outcome = ?outcome,
+                        from = node,
+                        nodes = ?ban.c,
+                        "ban from the cluster"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::info!(prefix = %ban.p, from = node, error = %e, "cluster ban not applied here")
+            }
+        }
+    }
+}
+
+impl KernelSink {
+    /// An administrator's unban on a peer. Forgotten as ours first, so that this node's own
+    /// check does not take the missing entry for a local unban and announce it again.
+    fn apply_peer_unban(&mut self, node: &str, prefix: IpNet) {
+        self.written.remove(&enforce::canonical(prefix));
+        if let Some(publisher) = &mut self.cluster {
+            publisher.peer_unban(prefix);
+        }
+        match self.enforcer.unban(prefix) {
+            Ok(_) => {
+                tracing::info!(%prefix, from = node, "unban from the cluster (an administrator's)")
+            }
+            Err(e) => tracing::warn!(%prefix, from = node, error = %e, "cluster unban failed"),
         }
     }
 }
@@ -745,6 +931,7 @@ mod tests {
             snapshot: Engine::new(EngineConfig::default()).snapshot(),
             checkpoints,
             counters: DaemonCounters::default(),
+            cluster: None,
         }
     }
 

@@ -78,6 +78,14 @@ pub enum Error {
         source: Option<reqwest::Error>,
     },
 
+    /// Talking to the cluster's Redis failed (unreachable, refused credentials, bad answer).
+    #[error("cluster Redis: {context}{}", source.as_ref().map_or(String::new(), |e| format!(": {e}")))]
+    Cluster {
+        context: String,
+        #[source]
+        source: Option<redis::RedisError>,
+    },
+
     /// Persisted state could not be encoded or decoded because of `source`.
     #[error("state: {context}: {}", causes(source.as_ref()))]
     StoreCall {

@@ -8,6 +8,7 @@
 //! and the daemon (decisions to the kernel maps) run.
 pub mod blocklist;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod crowdsec;
 pub mod daemon;

@@ -66,6 +66,14 @@ pub struct Metrics {
     pub lines_ahead_of_clock: Counter,
     /// Journal entries that named a mail server but came from another process.
     pub journal_untrusted: Counter,
+    /// `[cluster]`: messages sent to and taken from Redis, consumer lag, reconnects, link state,
+    /// messages dropped from the full publish buffer.
+    pub cluster_published: Counter,
+    pub cluster_consumed: Counter,
+    pub cluster_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub cluster_reconnects: Counter,
+    pub cluster_connected: Gauge,
+    pub cluster_dropped: Counter,
     /// Last kernel values copied, to turn absolute kernel counters into counter increments.
     kernel_last: Mutex<std::collections::HashMap<&'static str, u64>>,
 }
@@ -99,6 +107,12 @@ impl Metrics {
             state_bytes: Gauge::default(),
             lines_ahead_of_clock: Counter::default(),
             journal_untrusted: Counter::default(),
+            cluster_published: Counter::default(),
+            cluster_consumed: Counter::default(),
+            cluster_lag_seconds: Gauge::default(),
+            cluster_reconnects: Counter::default(),
+            cluster_connected: Gauge::default(),
+            cluster_dropped: Counter::default(),
             kernel_last: Mutex::default(),
             registry: Registry::default(),
         };
@@ -166,6 +180,36 @@ impl Metrics {
             "journal_untrusted_entries",
             "Journal entries that named Postfix or Dovecot but came from another process; dropped",
             m.journal_untrusted.clone(),
+        );
+        registry.register(
+            "cluster_published",
+            "Messages (events, bans) this node published to the cluster's Redis streams",
+            m.cluster_published.clone(),
+        );
+        registry.register(
+            "cluster_consumed",
+            "New messages taken from other nodes through Redis (duplicates not counted)",
+            m.cluster_consumed.clone(),
+        );
+        registry.register(
+            "cluster_lag_seconds",
+            "How far behind the newest stream entry the cluster consumer is",
+            m.cluster_lag_seconds.clone(),
+        );
+        registry.register(
+            "cluster_reconnects",
+            "Reconnections to the cluster's Redis after it was unreachable",
+            m.cluster_reconnects.clone(),
+        );
+        registry.register(
+            "cluster_connected",
+            "1 while connected to the cluster's Redis, 0 during an outage (0 without a cluster)",
+            m.cluster_connected.clone(),
+        );
+        registry.register(
+            "cluster_dropped",
+            "Messages dropped from the full publish buffer during a Redis outage",
+            m.cluster_dropped.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -114,6 +114,7 @@ impl E2e {
     pub fn up_without_daemon(opts: E2eOptions) -> Result<E2e> {
         ensure_bpffs()?;
         let lab = Lab::up(LabOptions {
+            topology: lab::Topology::OneHost,
             log_mode: opts.log_mode,
             ipv6: opts.ipv6,
             bots: opts.bots,

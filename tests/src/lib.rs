@@ -5,6 +5,7 @@
 //! Every resource is owned by a guard whose `Drop` removes it, so a failing test cleans up
 //! too. Names carry the test's tag and the process id, so tests run in parallel safely.
 pub mod bin;
+pub mod cluster_node;
 pub mod crowdsec;
 pub mod e2e;
 pub mod frames;

@@ -304,13 +304,27 @@ pub fn round(
     password: Option<&str>,
     delay: Duration,
 ) -> Vec<Report> {
+    round_split(t, t, domain, local, password, delay)
+}
+
+/// [`round`] with the IMAP and POP3 logins sent to `mailbox` (the probe and SMTP AUTH go to
+/// `mx`), as on a platform whose MX and mailbox servers are different hosts.
+pub fn round_split(
+    mx: &Target,
+    mailbox: &Target,
+    domain: &str,
+    local: Option<&str>,
+    password: Option<&str>,
+    delay: Duration,
+) -> Vec<Report> {
+    let t = mx;
     let local = local.map_or_else(|| random_token(10), str::to_string);
     let addr = format!("{local}@{domain}");
     let wrong = password.map_or_else(|| format!("Wrong-{}", random_token(8)), str::to_string);
     let mut out = vec![smtp_probe(t, &addr, false)];
     std::thread::sleep(delay);
-    out.push(imap_login(t, &addr, &wrong));
-    out.push(pop3_login(t, &addr, &wrong));
+    out.push(imap_login(mailbox, &addr, &wrong));
+    out.push(pop3_login(mailbox, &addr, &wrong));
     out.push(smtp_auth(t, SUBMISSION_PORT, &addr, &wrong));
     out
 }

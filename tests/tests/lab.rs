@@ -350,8 +350,11 @@ fn down_and_assert_clean(lab: Lab) {
     let tag = lab.tag().to_string();
     let dir = lab.dir().to_path_buf();
     let mut pids = Vec::new();
-    for ns in
-        std::iter::once(lab.mail_ns().to_string()).chain(lab.peers().iter().map(|p| p.ns.clone()))
+    for ns in lab
+        .hosts()
+        .iter()
+        .map(|h| h.ns.clone())
+        .chain(lab.peers().iter().map(|p| p.ns.clone()))
     {
         pids.extend(lab::netns_pids(&ns));
     }
@@ -484,6 +487,201 @@ fn drop_on_panic_tears_the_lab_down() {
         let lab = Lab::up(opts).expect("lab up");
         assert!(lab::netns_list().iter().any(|n| n == lab.mail_ns()));
         panic!("deliberate panic with the lab up");
+    })
+    .join();
+    assert!(result.is_err(), "the thread should have panicked");
+    let left: Vec<String> = lab::netns_list()
+        .into_iter()
+        .filter(|n| n.starts_with(&format!("dtl-{tag}-")))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "namespaces left behind after a panic: {left:?}"
+    );
+    assert!(!std::path::Path::new(lab::STATE_ROOT).join(&tag).exists());
+}
+
+/// Two mail hosts: Postfix on the MX (198.18.0.1), Dovecot on the IMAP host (198.18.1.1), each
+/// in its own namespaces, every peer linked to both with one address. The seed's round goes
+/// to both, each host logs its own half, and SMTP AUTH on the MX and delivery into the
+/// mailboxes still work through Dovecot on the other host.
+#[test]
+fn split_lab_mx_and_imap_hosts() {
+    require_root();
+    let lab = Lab::up(LabOptions {
+        topology: lab::Topology::Split,
+        ..options(LogMode::File, true)
+    })
+    .expect("split lab up");
+    let hosts = lab.hosts().to_vec();
+    assert_eq!(
+        hosts.iter().map(|h| h.role).collect::<Vec<_>>(),
+        vec![lab::Role::Mx, lab::Role::Imap]
+    );
+    assert_eq!(lab.postfix_host().ip.to_string(), "198.18.0.1");
+    assert_eq!(lab.dovecot_host().ip.to_string(), "198.18.1.1");
+    // Each host listens on its own daemons' ports only.
+    for (host, closed) in [(&hosts[0], 143), (&hosts[1], 25)] {
+        let bot = lab.bots()[0].clone();
+        let r = lab
+            .mailbot_to(
+                host,
+                &bot,
+                &[
+                    "--connect-timeout",
+                    "2",
+                    "smtp-auth",
+                    "--user",
+                    "a@example.test",
+                    "--password",
+                    "x",
+                    "--port",
+                    &closed.to_string(),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            outcomes(&r),
+            vec![("smtp-auth".into(), Outcome::Refused)],
+            "{} port {closed}: {r:#?}",
+            host.ns
+        );
+    }
+    let bot = lab.bots()[0].clone();
+    let local = format!("s{}", random_token(9));
+    let addr = format!("{local}@example.test");
+    let reports = lab
+        .mailbot(
+            &bot,
+            &["round", "--local", &local, "--password", "WrongPass1"],
+        )
+        .unwrap();
+    assert_eq!(
+        outcomes(&reports),
+        vec![
+            ("probe".into(), Outcome::Ok),
+            ("imap".into(), Outcome::Rejected),
+            ("pop3".into(), Outcome::Rejected),
+            ("smtp-auth".into(), Outcome::Rejected)
+        ],
+        "{reports:#?}"
+    );
+    // The probe is in the MX's log only, the IMAP login in the IMAP host's log only, with
+    // the IMAP host's own address as lip.
+    let postfix = lab.postfix_log().unwrap();
+    let dovecot = lab.dovecot_log().unwrap();
+    lab.expect_log(
+        WAIT,
+        &[&format!(
+            "NOQUEUE: info: RCPT from unknown[198.18.0.10]: lab-rcpt=<{addr}>"
+        )],
+    )
+    .unwrap();
+    lab.expect_log(
+        WAIT,
+        &[
+            "imap-login: Info: Disconnected: ",
+            &format!("user=<{addr}>, method=PLAIN, rip=198.18.0.10, lip=198.18.1.1, session=<"),
+        ],
+    )
+    .unwrap();
+    // SMTP AUTH on the MX was checked by Dovecot on the IMAP host.
+    lab.expect_log(
+        WAIT,
+        &[&format!("passwd-file({addr},198.18.0.10): unknown user")],
+    )
+    .unwrap();
+    let postfix_text = std::fs::read_to_string(&postfix).unwrap();
+    let dovecot_text = std::fs::read_to_string(&dovecot).unwrap();
+    assert!(!postfix_text.contains("imap-login"), "{postfix_text}");
+    assert!(!dovecot_text.contains("lab-rcpt="), "{dovecot_text}");
+    // The IPv6 bot reaches both hosts with its one address.
+    let bot6 = lab.bot6().unwrap().clone();
+    let (addr6, r6) = lab.round(&bot6, None).unwrap();
+    assert_eq!(
+        r6.iter().map(|r| r.outcome).collect::<Vec<_>>(),
+        vec![
+            Outcome::Ok,
+            Outcome::Rejected,
+            Outcome::Rejected,
+            Outcome::Rejected
+        ],
+        "{r6:#?}"
+    );
+    lab.expect_log(
+        WAIT,
+        &[&format!(
+            "user=<{addr6}>, method=PLAIN, rip=2001:db8:1:6::6, lip=2001:db8:2::1"
+        )],
+    )
+    .unwrap();
+    // The internal network: the IMAP host reaches the MX on 198.18.2.1 (Postfix listens
+    // there too), a client does not.
+    let mx_backend = lab::BACKEND_MX_IP.to_string();
+    let out = lab
+        .in_host_mount_ns(1, "ip")
+        .args(["-o", "route", "get", &mx_backend])
+        .output()
+        .unwrap();
+    let route = String::from_utf8_lossy(&out.stdout);
+    assert!(route.contains(" dev bk0 "), "{route}");
+    let client = lab.client().clone();
+    let r = lab::run_mailbot_to(
+        std::path::Path::new(env!("CARGO_BIN_EXE_mailbot")),
+        lab::BACKEND_MX_IP.into(),
+        &client,
+        &["--connect-timeout", "1", "probe", "--to", "x@example.test"],
+    )
+    .unwrap();
+    assert_ne!(
+        r[0].outcome,
+        Outcome::Ok,
+        "a client reached the internal network: {r:#?}"
+    );
+    // The client: IMAP login on the IMAP host, submission (SASL) and delivery on the MX.
+    let client = lab.client().clone();
+    let r = lab
+        .imap_login(&client, "alice@example.test", "AlicePass123")
+        .unwrap();
+    assert_eq!(r.outcome, Outcome::Ok, "{r:#?}");
+    let r = lab
+        .send_mail(
+            &client,
+            "alice@example.test",
+            "AlicePass123",
+            "bob@example.test",
+        )
+        .unwrap();
+    assert_eq!(r.outcome, Outcome::Ok, "{r:#?}");
+    lab.expect_log(
+        WAIT,
+        &[
+            "postfix/virtual[",
+            "to=<bob@example.test>",
+            "status=sent (delivered to maildir)",
+        ],
+    )
+    .unwrap();
+    down_and_assert_clean(lab);
+}
+
+/// A panic with a split lab up leaves neither host's namespaces behind.
+#[test]
+fn drop_on_panic_tears_a_split_lab_down() {
+    require_root();
+    let tag = format!("q{}", std::process::id());
+    let opts = LabOptions {
+        topology: lab::Topology::Split,
+        bots: 0,
+        tag: Some(tag.clone()),
+        ..options(LogMode::File, false)
+    };
+    let result = std::thread::spawn(move || {
+        let lab = Lab::up(opts).expect("lab up");
+        for h in lab.hosts() {
+            assert!(lab::netns_list().iter().any(|n| n == &h.ns));
+        }
+        panic!("deliberate panic with the split lab up");
     })
     .join();
     assert!(result.is_err(), "the thread should have panicked");

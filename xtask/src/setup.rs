@@ -22,9 +22,12 @@ use crate::util::{output, run_cmd, workspace_root};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Debian packages the build, the kernel tests, the lab and the benches need (nftables and
-/// ethtool: `cargo xtask bench veth`; openssl: the CrowdSec TLS test's certificates).
+/// ethtool: `cargo xtask bench veth`; openssl: the CrowdSec TLS test's certificates and the
+/// cluster's rediss:// test; redis-server: the cluster tests, each of which starts its own
+/// private instance; the policy-rc.d guard keeps the packaged service stopped).
 pub const APT_PACKAGES: &[&str] = &[
     "bpftool",
+    "redis-server",
     "iproute2",
     "util-linux",
     "procps",

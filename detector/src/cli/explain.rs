@@ -44,6 +44,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Err(_) => Vec::new(),
     };
     let labels = crate::cli::list::Labels::load(&args.state);
+    // `[cluster]`: the nodes whose events led to the bans covering the address.
+    let cluster: Vec<(ipnet::IpNet, crate::cluster::BanOrigin)> =
+        match StateDir::open_read_only(&state_dir) {
+            Ok(Some(state)) => crate::cluster::read_saved(&state)
+                .0
+                .map(|c| {
+                    (c.bans_covering(args.ip).into_iter())
+                        .map(|(p, o)| (p, o.clone()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
     if args.json {
         let kernel_json: Vec<_> = kernel
             .iter()
@@ -59,11 +72,29 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let mut value =
             serde_json::to_value(&explanation).map_err(|e| Error::Store(e.to_string()))?;
         value["kernel_bans"] = serde_json::Value::Array(kernel_json);
+        if !cluster.is_empty() {
+            value["cluster"] = (cluster.iter())
+                .map(|(p, o)| {
+                    serde_json::json!({
+                        "prefix": p.to_string(),
+                        "nodes": o.nodes,
+                        "decided_by": o.decided_by,
+                    })
+                })
+                .collect();
+        }
         println!("{value}");
     } else {
         println!("{explanation}");
         if kernel.is_empty() {
             println!("kernel: no ban covers {}", args.ip);
+        }
+        for (prefix, origin) in &cluster {
+            println!(
+                "cluster: {prefix} banned on evidence from node(s) {} (decided by {})",
+                origin.nodes.join(", "),
+                origin.decided_by
+            );
         }
         for b in &kernel {
             let left = b.remaining.map_or("permanent".to_string(), |d| {

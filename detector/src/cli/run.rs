@@ -60,6 +60,13 @@ pub struct Args {
     /// File holding the CrowdSec bouncer API key (overrides `crowdsec.api_key_file`).
     #[arg(long, value_name = "FILE")]
     pub crowdsec_key_file: Option<PathBuf>,
+    /// Join the cluster through this Redis (`redis://` or `rediss://`; overrides
+    /// `cluster.redis`); with no log source, the node only enforces the cluster's bans.
+    #[arg(long = "cluster", value_name = "URL")]
+    pub cluster: Option<String>,
+    /// This node's name in the cluster (overrides `cluster.node`; default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub node: Option<String>,
     /// Log format on stderr (overrides `daemon.log_format`).
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
@@ -113,6 +120,12 @@ impl Args {
         }
         if let Some(file) = &self.crowdsec_key_file {
             config.crowdsec.api_key_file = Some(file.clone());
+        }
+        if let Some(url) = &self.cluster {
+            config.cluster.redis = Some(url.clone());
+        }
+        if let Some(node) = &self.node {
+            config.cluster.node = Some(node.clone());
         }
         if let Some(format) = self.log_format {
             config.daemon.log_format = format;

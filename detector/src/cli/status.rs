@@ -34,6 +34,9 @@ struct Status {
     engine_state_age_s: Option<u64>,
     /// What the daemon counted and did not trust, as of its last save.
     untrusted: Option<DaemonCounters>,
+    /// `[cluster]`: as the running daemon last wrote it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<crate::cluster::ClusterStatus>,
     problems: Vec<String>,
 }
 
@@ -96,9 +99,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let mut sources = Vec::new();
     let mut engine_state_age_s = None;
     let mut untrusted = None;
+    let mut cluster = None;
     match StateDir::open_read_only(&state_dir) {
         Ok(Some(state)) => {
             daemon_pid = state.running_pid();
+            cluster = crate::cluster::read_saved(&state).1;
             match Checkpoints::read(&state) {
                 Ok(Loaded::Found(c)) => {
                     sources = c.iter().map(|(id, pos)| source_state(id, pos)).collect();
@@ -137,7 +142,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .push("the daemon is not running (bans in the kernel still drop and expire)".into());
     }
 
+    if let Some(c) = &cluster
+        && daemon_pid.is_some()
+        && !c.connected
+    {
+        problems.push(format!(
+            "the cluster's Redis is unreachable{}; detecting and banning on local evidence",
+            c.last_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" ({e})"))
+        ));
+    }
     let status = Status {
+        cluster,
         pin_dir: pin_dir.display().to_string(),
         attached,
         maps,
@@ -296,8 +313,41 @@ fn print_human(s: &Status) {
             c.truncated_lines
         );
     }
+    if let Some(c) = &s.cluster {
+        print_cluster(c, s.daemon_pid.is_some());
+    }
     for p in &s.problems {
         println!("problem      {p}");
+    }
+}
+
+fn print_cluster(c: &crate::cluster::ClusterStatus, running: bool) {
+    let link = if !running {
+        "as of the daemon's last run".to_string()
+    } else if c.connected {
+        "connected".to_string()
+    } else {
+        match c.down_since {
+            Some(t) => format!("NOT connected since {}", t.format("%Y-%m-%d %H:%M:%S UTC")),
+            None => "NOT connected".to_string(),
+        }
+    };
+    println!("cluster      node {} via {}: {link}", c.node, c.redis);
+    println!(
+        "cluster      {} published, {} consumed, {} buffered, {} dropped, {} reconnects, lag {:.1} s",
+        c.published, c.consumed, c.buffered, c.dropped, c.reconnects, c.lag_s
+    );
+    let now = c.written_at.unwrap_or_else(chrono::Utc::now);
+    for (name, p) in c.recent_peers(now) {
+        println!(
+            "peer         {name}: last seen {}, last event {}, {} events, {} bans",
+            p.last_seen
+                .map_or("never".into(), |t| t.format("%H:%M:%S").to_string()),
+            p.last_event
+                .map_or("none".into(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string()),
+            p.events,
+            p.bans
+        );
     }
 }
 

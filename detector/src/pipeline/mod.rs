@@ -48,6 +48,10 @@ pub struct DecisionRecord {
 /// only implements what it cares about.
 pub trait Sink {
     fn decision(&mut self, record: &DecisionRecord);
+
+    /// Every event the engine is about to observe, numbered (`event.line`); the daemon's
+    /// cluster publisher shares the local ones.
+    fn event(&mut self, _event: &Event) {}
 }
 
 /// A closure as a sink.
@@ -259,6 +263,7 @@ impl Pipeline {
                 store.push(self.seq, event.time.timestamp(), raw());
             }
         }
+        sink.event(&event);
         let decisions = self.engine.observe(&event);
         self.deliver(decisions, sink);
         Fed::Event {

@@ -1,6 +1,6 @@
 //! labctl: keeps a mail lab up between commands (for `cargo xtask lab` and the demo).
 //!
-//!   labctl up [--journal] [--ipv6] [--bots N] [--tag demo]   start and detach; prints KEY=value lines
+//!   labctl up [--journal | --split] [--ipv6] [--bots N] [--tag demo]   start and detach; prints KEY=value lines
 //!   labctl attack [--tag demo] [--bot 0|6 | --all-bots] [--rounds N] [--delay S] [--pause S]
 //!   labctl client [--tag demo]                                alice: IMAP login + a mail to bob
 //!   labctl logs [--tag demo]                                  the log lines so far
@@ -28,8 +28,11 @@ enum Cmd {
     /// Bring a lab up and leave it running (tear it down with `down`).
     Up {
         /// Log to a standalone systemd journal instead of files.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "split")]
         journal: bool,
+        /// Two mail hosts: an MX (Postfix, 198.18.0.1) and an IMAP host (Dovecot, 198.18.1.1).
+        #[arg(long)]
+        split: bool,
         /// Add an IPv6 bot (2001:db8:1:6::6).
         #[arg(long)]
         ipv6: bool,
@@ -91,6 +94,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Up {
             journal,
+            split,
             ipv6,
             bots,
             tag,
@@ -102,6 +106,11 @@ fn run(cli: Cli) -> Result<()> {
                 LogMode::File
             };
             let lab = Lab::up(LabOptions {
+                topology: if split {
+                    lab::Topology::Split
+                } else {
+                    lab::Topology::OneHost
+                },
                 log_mode,
                 ipv6,
                 bots,
@@ -134,7 +143,7 @@ fn run(cli: Cli) -> Result<()> {
             let results: Vec<Result<()>> = std::thread::scope(|s| {
                 let workers: Vec<_> = peers
                     .iter()
-                    .map(|peer| s.spawn(|| attack(&mailbot, peer, rounds, delay, pause)))
+                    .map(|peer| s.spawn(|| attack(&mailbot, &info, peer, rounds, delay, pause)))
                     .collect();
                 workers
                     .into_iter()
@@ -150,7 +159,8 @@ fn run(cli: Cli) -> Result<()> {
             let alice = ["--user", "alice@example.test", "--password", "AlicePass123"];
             let mut args = vec!["imap"];
             args.extend(alice);
-            let mut reports = lab::run_mailbot(&mailbot, client, &args)?;
+            let imap = dovecot_server(&info, client);
+            let mut reports = lab::run_mailbot_to(&mailbot, imap, client, &args)?;
             let mut args = vec!["deliver", "--to", "bob@example.test"];
             args.extend(alice);
             reports.extend(lab::run_mailbot(&mailbot, client, &args)?);
@@ -196,6 +206,7 @@ fn run(cli: Cli) -> Result<()> {
 /// `rounds` botnet rounds from one peer, printing each report as a JSON line.
 fn attack(
     mailbot: &std::path::Path,
+    info: &LabInfo,
     peer: &Peer,
     rounds: u32,
     delay: f64,
@@ -207,7 +218,9 @@ fn attack(
             std::thread::sleep(pause);
         }
         let t0 = Instant::now();
-        let reports = lab::run_mailbot(mailbot, peer, &["round", "--delay", &delay])?;
+        let imap = dovecot_server(info, peer).to_string();
+        let args = ["--imap-server", &imap, "round", "--delay", &delay];
+        let reports = lab::run_mailbot(mailbot, peer, &args)?;
         let mut out = std::io::stdout().lock();
         for r in reports {
             writeln!(out, "{}", serde_json::to_string(&r)?)?;
@@ -220,6 +233,18 @@ fn attack(
         );
     }
     Ok(())
+}
+
+/// The address of the host running Dovecot (the mail host, or a split lab's IMAP host) in
+/// `peer`'s address family.
+fn dovecot_server(info: &LabInfo, peer: &Peer) -> std::net::IpAddr {
+    let host = info.hosts.iter().find(|h| h.role.runs_dovecot());
+    match (host, peer.ip) {
+        (Some(h), std::net::IpAddr::V4(_)) => h.ip.into(),
+        (Some(h), std::net::IpAddr::V6(_)) => h.ip6.into(),
+        (None, std::net::IpAddr::V4(_)) => lab::MAIL_IP.into(),
+        (None, std::net::IpAddr::V6(_)) => lab::MAIL_IP6.into(),
+    }
 }
 
 fn pick_bot(info: &LabInfo, bot: usize) -> Result<Peer> {

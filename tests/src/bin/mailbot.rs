@@ -17,6 +17,10 @@ struct Cli {
     /// Mail server address (the lab's mail host: 198.18.0.1 or 2001:db8:1::1).
     #[arg(long)]
     server: IpAddr,
+    /// Where `round` sends its IMAP and POP3 logins (default: --server), for a platform whose
+    /// mailboxes are on another host than the MX (the split lab's 198.18.1.1).
+    #[arg(long)]
+    imap_server: Option<IpAddr>,
     /// TCP connect timeout in seconds (a SYN dropped at XDP shows as "timeout" after this).
     #[arg(long, default_value_t = 2.0)]
     connect_timeout: f64,
@@ -142,8 +146,12 @@ fn main() {
             local,
             password,
             delay,
-        } => mailclient::round(
+        } => mailclient::round_split(
             &t,
+            &Target {
+                server: cli.imap_server.unwrap_or(cli.server),
+                ..t.clone()
+            },
             &domain,
             local.as_deref(),
             password.as_deref(),

@@ -5,18 +5,37 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::{DOMAIN, Lab, MAIL_IP, MAIL_IP6, Peer, sys};
+use super::{DOMAIN, Host, Lab, MAIL_IP, MAIL_IP6, Peer, Topology, sys};
 use crate::mailclient::Report;
 
 impl Lab {
-    /// Runs the mailbot in `peer`'s namespace against the mail host and returns its reports.
+    /// Runs the mailbot in `peer`'s namespace against the mail host (a split lab: the MX;
+    /// `round` also sends its IMAP and POP3 steps to the IMAP host) and returns its reports.
     /// `args` is a mailbot command line after `--server` (added here), e.g. `["round"]`.
     pub fn mailbot(&self, peer: &Peer, args: &[&str]) -> Result<Vec<crate::mailclient::Report>> {
-        run_mailbot(&self.mailbot, peer, args)
+        let mut server_args = Vec::new();
+        let imap_server;
+        if self.topology() == Topology::Split {
+            imap_server = host_address(self.dovecot_host(), peer).to_string();
+            server_args.extend(["--imap-server", imap_server.as_str()]);
+        }
+        server_args.extend_from_slice(args);
+        run_mailbot(&self.mailbot, peer, &server_args)
+    }
+
+    /// Runs the mailbot in `peer`'s namespace against `host` (one of [`Lab::hosts`]).
+    pub fn mailbot_to(
+        &self,
+        host: &Host,
+        peer: &Peer,
+        args: &[&str],
+    ) -> Result<Vec<crate::mailclient::Report>> {
+        run_mailbot_to(&self.mailbot, host_address(host, peer), peer, args)
     }
 
     /// One botnet round from `peer`: RCPT probe of `<local>@example.test` (random if None),
-    /// QUIT, then IMAP, POP3 and submission logins with that address and a wrong password.
+    /// QUIT, then IMAP, POP3 and submission logins with that address and a wrong password
+    /// (a split lab: the probe and SMTP AUTH on the MX, IMAP and POP3 on the IMAP host).
     /// Returns the probed address and the four reports.
     pub fn round(&self, peer: &Peer, local: Option<&str>) -> Result<(String, Vec<Report>)> {
         let local = local.map_or_else(|| crate::mailclient::random_token(10), str::to_string);
@@ -33,14 +52,16 @@ impl Lab {
         single(self.mailbot(peer, &args)?)
     }
 
-    /// IMAP LOGIN + LOGOUT from `peer`.
+    /// IMAP LOGIN + LOGOUT from `peer` (to the host running Dovecot).
     pub fn imap_login(&self, peer: &Peer, user: &str, password: &str) -> Result<Report> {
-        single(self.mailbot(peer, &["imap", "--user", user, "--password", password])?)
+        let args = ["imap", "--user", user, "--password", password];
+        single(self.mailbot_to(self.dovecot_host(), peer, &args)?)
     }
 
-    /// POP3 USER/PASS + QUIT from `peer`.
+    /// POP3 USER/PASS + QUIT from `peer` (to the host running Dovecot).
     pub fn pop3_login(&self, peer: &Peer, user: &str, password: &str) -> Result<Report> {
-        single(self.mailbot(peer, &["pop3", "--user", user, "--password", password])?)
+        let args = ["pop3", "--user", user, "--password", password];
+        single(self.mailbot_to(self.dovecot_host(), peer, &args)?)
     }
 
     /// SMTP AUTH PLAIN on submission (587) from `peer`.
@@ -70,6 +91,14 @@ fn single(mut reports: Vec<Report>) -> Result<Report> {
     }
 }
 
+/// The address of `host` in `peer`'s address family.
+fn host_address(host: &Host, peer: &Peer) -> IpAddr {
+    match peer.ip {
+        IpAddr::V4(_) => host.ip.into(),
+        IpAddr::V6(_) => host.ip6.into(),
+    }
+}
+
 /// Runs `mailbot --server <mail host> ARGS` in `peer`'s namespace and parses its reports.
 pub fn run_mailbot(
     mailbot: &Path,
@@ -80,6 +109,16 @@ pub fn run_mailbot(
         IpAddr::V4(_) => IpAddr::from(MAIL_IP),
         IpAddr::V6(_) => IpAddr::from(MAIL_IP6),
     };
+    run_mailbot_to(mailbot, server, peer, args)
+}
+
+/// Runs `mailbot --server SERVER ARGS` in `peer`'s namespace and parses its reports.
+pub fn run_mailbot_to(
+    mailbot: &Path,
+    server: IpAddr,
+    peer: &Peer,
+    args: &[&str],
+) -> Result<Vec<crate::mailclient::Report>> {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &peer.ns]).arg(mailbot);
     cmd.arg("--server").arg(server.to_string()).args(args);

@@ -18,6 +18,23 @@
 //! has none, removed by the last lab that uses it). Several labs can run at once: every lab
 //! has its own tag, namespaces, state directory, queue, and journal.
 //!
+//! With [`Topology::Split`] the lab is two mail hosts, as on a platform where the MX and the
+//! mailbox servers are different machines:
+//!
+//! ```text
+//!                           eth0 ── mh-bot0 ─ dtl-<tag>-mx:   198.18.0.1  Postfix 25/587
+//!   dtl-<tag>-bot0 198.18.0.10 ┤
+//!                           eth1 ── mh-bot0 ─ dtl-<tag>-imap: 198.18.1.1  Dovecot 143/110
+//! ```
+//!
+//! Every peer then has one veth pair to each host (`eth<i>` to host `i`, the same `mh-<peer>`
+//! name inside each host) and the same address on both, so both hosts see it as one client.
+//! A further pair, `bk0` (198.18.2.1 on the MX, 198.18.2.2 on the IMAP host), is the
+//! platform's internal network, for shared services such as the cluster's Redis.
+//! Each host has its own mount namespace. Postfix's SASL client reaches the IMAP host's
+//! Dovecot auth socket through the shared file system (the lab's state directory), and
+//! Postfix delivers into the maildirs Dovecot serves, like a mail store both hosts mount.
+//!
 //! `Drop` tears everything down, also when a test panics.
 mod clients;
 mod config;
@@ -38,7 +55,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-pub use clients::{find_mailbot, run_mailbot};
+pub use clients::{find_mailbot, run_mailbot, run_mailbot_to};
 pub use detector_testkit::cmd::is_root;
 pub use detector_testkit::lock::FileLock;
 pub use install::{DEBCONF_TXT, PACKAGES_TXT, ensure_installed, packages};
@@ -59,12 +76,22 @@ pub const DOMAIN: &str = "example.test";
 pub const USERS: &[(&str, &str)] = &[("alice", "AlicePass123"), ("bob", "BobPass123")];
 pub const MAIL_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const MAIL_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+/// The IMAP host of a split lab ([`Topology::Split`]).
+pub const IMAP_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+pub const IMAP_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
+/// The split lab's internal network between its two hosts (`bk0`), where shared services
+/// (the cluster's Redis) live; no client reaches it.
+pub const BACKEND_MX_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+pub const BACKEND_IMAP_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 2);
+pub const BACKEND_IFACE: &str = "bk0";
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const BOT6_IP: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 6, 0, 0, 0, 6);
 /// Bot `i` gets 198.18.0.(10 + i).
 pub const MAX_BOTS: usize = 200;
-/// Ports the lab waits for before `up` returns.
-pub const PORTS: [u16; 4] = [25, 587, 143, 110];
+/// Ports Postfix listens on (SMTP, submission).
+pub const POSTFIX_PORTS: [u16; 2] = [25, 587];
+/// Ports Dovecot listens on (IMAP, POP3).
+pub const DOVECOT_PORTS: [u16; 2] = [143, 110];
 const DEV_LOG_TARGET: &str = "/run/systemd/journal/dev-log";
 
 /// Where the daemons log.
@@ -76,8 +103,67 @@ pub enum LogMode {
     Journal,
 }
 
+/// How many mail hosts the lab has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Topology {
+    /// One mail host (`dtl-<tag>-mail`) running Postfix and Dovecot.
+    #[default]
+    OneHost,
+    /// An MX (`dtl-<tag>-mx`, Postfix, 198.18.0.1) and an IMAP host (`dtl-<tag>-imap`,
+    /// Dovecot, 198.18.1.1). File mode only.
+    Split,
+}
+
+/// What a mail host runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// Postfix and Dovecot (the one-host lab).
+    Mail,
+    /// Postfix only.
+    Mx,
+    /// Dovecot only.
+    Imap,
+}
+
+impl Role {
+    pub fn runs_postfix(self) -> bool {
+        matches!(self, Role::Mail | Role::Mx)
+    }
+
+    pub fn runs_dovecot(self) -> bool {
+        matches!(self, Role::Mail | Role::Imap)
+    }
+
+    /// The ports this host's daemons listen on.
+    pub fn ports(self) -> Vec<u16> {
+        let mut ports = Vec::new();
+        if self.runs_postfix() {
+            ports.extend(POSTFIX_PORTS);
+        }
+        if self.runs_dovecot() {
+            ports.extend(DOVECOT_PORTS);
+        }
+        ports
+    }
+}
+
+/// One mail host: a network namespace, its addresses, and the anchor of its mount namespace.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Host {
+    pub role: Role,
+    /// Network namespace name, e.g. `dtl-ab12-mx`.
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    /// Configured on the host's interfaces only when the lab has IPv6.
+    pub ip6: Ipv6Addr,
+    /// The `sleep infinity` that holds the host's private mount namespace.
+    pub(crate) anchor: Option<i32>,
+}
+
 #[derive(Clone, Debug)]
 pub struct LabOptions {
+    /// One mail host, or an MX and an IMAP host.
+    pub topology: Topology,
     pub log_mode: LogMode,
     /// Adds the `bot6` namespace (2001:db8:1:6::6) and IPv6 on the mail host.
     pub ipv6: bool,
@@ -94,6 +180,7 @@ pub struct LabOptions {
 impl Default for LabOptions {
     fn default() -> Self {
         LabOptions {
+            topology: Topology::OneHost,
             log_mode: LogMode::File,
             ipv6: false,
             bots: 1,
@@ -104,20 +191,22 @@ impl Default for LabOptions {
     }
 }
 
-/// A namespace that talks to the mail host over its own veth pair.
+/// A namespace that talks to the mail host(s) over its own veth pair(s).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Peer {
     /// Network namespace name, e.g. `dtl-ab12-bot0`.
     pub ns: String,
     /// The peer's address (what the mail logs show as the client address).
     pub ip: IpAddr,
-    /// The mail host's end of the pair (inside the mail namespace), e.g. `mh-bot0`.
+    /// The mail host's end of the pair (inside the mail namespace), e.g. `mh-bot0`; a split
+    /// lab uses the same name inside both hosts.
     pub mail_iface: String,
 }
 
 pub struct Lab {
     state: State,
-    anchor: Option<Child>,
+    /// One per host, in host order.
+    anchors: Vec<Child>,
     journald: Option<Child>,
     dev_log_lock: Option<FileLock>,
     mailbot: PathBuf,
@@ -149,6 +238,9 @@ impl Lab {
                 NEXT_LAB.fetch_add(1, Ordering::Relaxed)
             ),
         };
+        if opts.topology == Topology::Split && opts.log_mode != LogMode::File {
+            bail!("a split lab (MX and IMAP host) logs to files only");
+        }
         if opts.install {
             install::ensure_installed()?;
         } else if !install::missing_files().is_empty() {
@@ -169,7 +261,20 @@ impl Lab {
                 dir.display()
             );
         }
-        let mail_ns = format!("{NS_PREFIX}{tag}-mail");
+        let host = |role: Role, name: &str, ip: Ipv4Addr, ip6: Ipv6Addr| Host {
+            role,
+            ns: format!("{NS_PREFIX}{tag}-{name}"),
+            ip,
+            ip6,
+            anchor: None,
+        };
+        let hosts = match opts.topology {
+            Topology::OneHost => vec![host(Role::Mail, "mail", MAIL_IP, MAIL_IP6)],
+            Topology::Split => vec![
+                host(Role::Mx, "mx", MAIL_IP, MAIL_IP6),
+                host(Role::Imap, "imap", IMAP_IP, IMAP_IP6),
+            ],
+        };
         let mut peers = vec![Peer {
             ns: format!("{NS_PREFIX}{tag}-client"),
             ip: CLIENT_IP.into(),
@@ -190,7 +295,11 @@ impl Lab {
                 mail_iface: "mh-bot6".into(),
             });
         }
-        for ns in std::iter::once(&mail_ns).chain(peers.iter().map(|p| &p.ns)) {
+        for ns in hosts
+            .iter()
+            .map(|h| &h.ns)
+            .chain(peers.iter().map(|p| &p.ns))
+        {
             if sys::netns_exists(ns) {
                 bail!("network namespace {ns} already exists");
             }
@@ -201,16 +310,15 @@ impl Lab {
             dir,
             log_mode: opts.log_mode,
             owner: std::process::id(),
-            mail_ns,
+            hosts,
             peers,
             ipv6: opts.ipv6,
-            anchor: None,
             cgroups: Vec::new(),
             uses_dev_log: false,
         };
         let mut lab = Lab {
             state,
-            anchor: None,
+            anchors: Vec::new(),
             journald: None,
             dev_log_lock: None,
             mailbot,
@@ -226,10 +334,12 @@ impl Lab {
     fn start(&mut self) -> Result<()> {
         let rendered = config::write_all(&self.state.dir, self.state.log_mode, self.state.ipv6)?;
         self.create_network()?;
-        self.start_anchor()?;
+        for host in 0..self.state.hosts.len() {
+            self.start_anchor(host)?;
+        }
         self.mount_lab_files(&rendered)?;
         let postfix_out = self.state.dir.join("run/postfix-start.out");
-        let mut postfix = self.in_mail_mount_ns("postfix");
+        let mut postfix = self.in_host_mount_ns(self.postfix_host_index(), "postfix");
         postfix.arg("start");
         self.in_unit_cgroup(&mut postfix, "postfix@-.service");
         let out = postfix
@@ -240,7 +350,7 @@ impl Lab {
             bail!("postfix start failed ({out}): {}", read_lossy(&postfix_out));
         }
         let dovecot_out = self.state.dir.join("run/dovecot-start.out");
-        let mut dovecot = self.in_mail_mount_ns("dovecot");
+        let mut dovecot = self.in_host_mount_ns(self.dovecot_host_index(), "dovecot");
         dovecot.arg("-c").arg(&rendered.dovecot_conf);
         self.in_unit_cgroup(&mut dovecot, "dovecot.service");
         let out = dovecot
@@ -256,6 +366,22 @@ impl Lab {
         self.wait_ready()
     }
 
+    fn postfix_host_index(&self) -> usize {
+        self.state
+            .hosts
+            .iter()
+            .position(|h| h.role.runs_postfix())
+            .expect("every lab has a Postfix host")
+    }
+
+    fn dovecot_host_index(&self) -> usize {
+        self.state
+            .hosts
+            .iter()
+            .position(|h| h.role.runs_dovecot())
+            .expect("every lab has a Dovecot host")
+    }
+
     /// The lab's tag (`dtl-<tag>-...` namespaces).
     pub fn tag(&self) -> &str {
         &self.state.tag
@@ -265,23 +391,50 @@ impl Lab {
         self.state.log_mode
     }
 
-    /// The mail host's IPv4 address (on every mail-side interface).
+    /// One host, or the MX and the IMAP host.
+    pub fn topology(&self) -> Topology {
+        if self.state.hosts.len() == 1 {
+            Topology::OneHost
+        } else {
+            Topology::Split
+        }
+    }
+
+    /// The mail hosts: the one mail host, or the MX then the IMAP host.
+    pub fn hosts(&self) -> &[Host] {
+        &self.state.hosts
+    }
+
+    /// The host running Postfix (the mail host, or the MX).
+    pub fn postfix_host(&self) -> &Host {
+        &self.state.hosts[self.postfix_host_index()]
+    }
+
+    /// The host running Dovecot (the mail host, or the IMAP host).
+    pub fn dovecot_host(&self) -> &Host {
+        &self.state.hosts[self.dovecot_host_index()]
+    }
+
+    /// The first mail host's IPv4 address (on every mail-side interface): the mail host, or
+    /// the MX of a split lab.
     pub fn mail_ip(&self) -> Ipv4Addr {
-        MAIL_IP
+        self.state.hosts[0].ip
     }
 
     /// The mail host's IPv6 address, if the lab has IPv6.
     pub fn mail_ip6(&self) -> Option<Ipv6Addr> {
-        self.state.ipv6.then_some(MAIL_IP6)
+        self.state.ipv6.then_some(self.state.hosts[0].ip6)
     }
 
-    /// The mail host's network namespace (where the daemons and the XDP interfaces are).
+    /// The first mail host's network namespace (where the daemons and the XDP interfaces
+    /// are): the mail host, or the MX of a split lab.
     pub fn mail_ns(&self) -> &str {
-        &self.state.mail_ns
+        &self.state.hosts[0].ns
     }
 
-    /// The mail host's interfaces, one per peer (names valid inside `mail_ns()`); XDP
-    /// programs attach here to see every client packet.
+    /// The mail host's interfaces, one per peer (names valid inside `mail_ns()`, and in a
+    /// split lab inside each host's namespace); XDP programs attach here to see every client
+    /// packet.
     pub fn mail_ifaces(&self) -> Vec<String> {
         self.state
             .peers

@@ -1,5 +1,6 @@
-//! The mail host's private mount namespace: the anchor process that holds it, the lab's files
-//! mounted over the host's, journald and the shared `/dev/log`, and the unit cgroups.
+//! Each mail host's private mount namespace: the anchor process that holds it, the lab's files
+//! mounted over the host's, journald and the shared `/dev/log`, and the unit cgroups (journald
+//! runs on the first host only: journal mode has one mail host).
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -18,8 +19,11 @@ impl Lab {
     /// then starts journald.
     pub(super) fn mount_lab_files(&mut self, rendered: &config::Rendered) -> Result<()> {
         let root = self.ns_root();
+        sys::run(
+            self.in_host_mount_ns(self.postfix_host_index(), "mount")
+                .args(["--bind", path_str(&rendered.postfix_etc)?, "/etc/postfix"]),
+        )?;
         let mount = |args: &[&str]| sys::run(self.in_mail_mount_ns("mount").args(args));
-        mount(&["--bind", path_str(&rendered.postfix_etc)?, "/etc/postfix"])?;
         if self.state.log_mode == LogMode::Journal {
             mount(&["-t", "tmpfs", "-o", "mode=0755", "tmpfs", "/run/systemd"])?;
             std::fs::create_dir_all(root.join("run/systemd/journal"))?;
@@ -56,14 +60,14 @@ impl Lab {
         Ok(())
     }
 
-    /// `sleep infinity` in the mail network namespace and a new private mount namespace: it
-    /// holds the mount namespace in which the daemons run (entered with nsenter).
-    pub(super) fn start_anchor(&mut self) -> Result<()> {
+    /// `sleep infinity` in host `host`'s network namespace and a new private mount namespace:
+    /// it holds the mount namespace in which that host's daemons run (entered with nsenter).
+    pub(super) fn start_anchor(&mut self, host: usize) -> Result<()> {
         let mut cmd = Command::new("ip");
         cmd.args([
             "netns",
             "exec",
-            &self.state.mail_ns,
+            &self.state.hosts[host].ns,
             "unshare",
             "--mount",
             "--propagation",
@@ -80,15 +84,18 @@ impl Lab {
             .process_group(0)
             .spawn()?;
         let pid = child.id() as i32;
-        self.anchor = Some(child);
-        self.state.anchor = Some(pid);
+        self.anchors.push(child);
+        self.state.hosts[host].anchor = Some(pid);
         self.save_state()?;
         // ip and unshare exec in place: the pid is sleep's once the mount namespace exists.
         let ready = sys::wait_until(Duration::from_secs(5), || {
             std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
         });
         if !ready {
-            bail!("the mail namespace anchor (pid {pid}) did not start");
+            bail!(
+                "the mount namespace anchor of {} (pid {pid}) did not start",
+                self.state.hosts[host].ns
+            );
         }
         Ok(())
     }
@@ -164,9 +171,17 @@ impl Lab {
         }
     }
 
-    /// The lab's mount namespace as seen from outside (`/proc/<anchor>/root`).
+    /// The first host's mount namespace as seen from outside (`/proc/<anchor>/root`).
     pub(super) fn ns_root(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/root", self.state.anchor.unwrap_or(0)))
+        PathBuf::from(format!("/proc/{}/root", self.anchor_pid(0)))
+    }
+
+    fn anchor_pid(&self, host: usize) -> i32 {
+        self.state
+            .hosts
+            .get(host)
+            .and_then(|h| h.anchor)
+            .unwrap_or(0)
     }
 
     /// `ip netns exec <ns> <program>`: a command in a namespace with its own /sys (fine for
@@ -179,10 +194,17 @@ impl Lab {
 
     /// A command in the mail host's network *and* mount namespace (sees the lab's
     /// /etc/postfix, e.g. `postqueue -p`, `postconf`, `doveadm -c <dir>/dovecot/dovecot.conf`).
+    /// In a split lab this is the MX; [`Lab::in_host_mount_ns`] reaches the IMAP host.
     pub fn in_mail_mount_ns(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        self.in_host_mount_ns(0, program)
+    }
+
+    /// A command in the network and mount namespace of host `host` (an index into
+    /// [`Lab::hosts`]).
+    pub fn in_host_mount_ns(&self, host: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("nsenter");
         cmd.arg("-t")
-            .arg(self.state.anchor.unwrap_or(0).to_string())
+            .arg(self.anchor_pid(host).to_string())
             .args(["-m", "-n", "--"])
             .arg(program);
         sys::close_inherited_fds(&mut cmd);

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::logs::read_logs;
-use super::{Lab, LogLine, LogMode, MAIL_IP, MAIL_IP6, Peer, STATE_ROOT};
+use super::{Host, Lab, LogLine, LogMode, Peer, Role, STATE_ROOT};
 
 /// What teardown needs; also written to `<dir>/state.json` so that a lab whose owner died
 /// (or one kept up by `cargo xtask lab up`) can be torn down later.
@@ -18,10 +18,10 @@ pub(super) struct State {
     pub(super) log_mode: LogMode,
     /// The process that owns the lab (0: kept up on purpose, torn down by `Lab::down_tag`).
     pub(super) owner: u32,
-    pub(super) mail_ns: String,
+    /// The mail host, or the MX then the IMAP host (each with its mount namespace's anchor).
+    pub(super) hosts: Vec<Host>,
     pub(super) peers: Vec<Peer>,
     pub(super) ipv6: bool,
-    pub(super) anchor: Option<i32>,
     /// cgroup directories relative to the mount namespace's /sys/fs/cgroup, leaf first.
     pub(super) cgroups: Vec<String>,
     /// This lab uses the shared `/dev/log` symlink.
@@ -40,7 +40,8 @@ impl Lab {
             tag: self.state.tag.clone(),
             dir: self.state.dir.clone(),
             log_mode: self.state.log_mode,
-            mail_ns: self.state.mail_ns.clone(),
+            mail_ns: self.state.hosts[0].ns.clone(),
+            hosts: self.state.hosts.clone(),
             peers: self.state.peers.clone(),
             ipv6: self.state.ipv6,
             owner: self.state.owner,
@@ -60,7 +61,10 @@ pub struct LabInfo {
     pub tag: String,
     pub dir: PathBuf,
     pub log_mode: LogMode,
+    /// The first host's namespace (the mail host, or the MX of a split lab).
     pub mail_ns: String,
+    /// The mail host, or the MX then the IMAP host.
+    pub hosts: Vec<Host>,
     /// client, bots, bot6
     pub peers: Vec<Peer>,
     pub ipv6: bool,
@@ -76,7 +80,8 @@ impl LabInfo {
             tag: st.tag,
             dir: st.dir,
             log_mode: st.log_mode,
-            mail_ns: st.mail_ns,
+            mail_ns: st.hosts.first().map(|h| h.ns.clone()).unwrap_or_default(),
+            hosts: st.hosts,
             peers: st.peers,
             ipv6: st.ipv6,
             owner: st.owner,
@@ -92,11 +97,19 @@ impl LabInfo {
         let mut out = vec![
             format!("LAB_TAG={}", self.tag),
             format!("LAB_DIR={}", self.dir.display()),
-            format!("MAIL_NS={}", self.mail_ns),
-            format!("MAIL_IP={MAIL_IP}"),
         ];
-        if self.ipv6 {
-            out.push(format!("MAIL_IP6={MAIL_IP6}"));
+        for h in &self.hosts {
+            // MAIL_* for the one mail host, MX_* and IMAP_* for a split lab.
+            let var = match h.role {
+                Role::Mail => "MAIL",
+                Role::Mx => "MX",
+                Role::Imap => "IMAP",
+            };
+            out.push(format!("{var}_NS={}", h.ns));
+            out.push(format!("{var}_IP={}", h.ip));
+            if self.ipv6 {
+                out.push(format!("{var}_IP6={}", h.ip6));
+            }
         }
         let ifaces: Vec<&str> = self.peers.iter().map(|p| p.mail_iface.as_str()).collect();
         out.push(format!("MAIL_IFACES=\"{}\"", ifaces.join(" ")));

@@ -4,24 +4,34 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use super::mount_ns::release_dev_log;
 use super::state::read_state;
-use super::{Lab, PORTS, STATE_ROOT, State, read_lossy, sys};
+use super::{Lab, STATE_ROOT, State, read_lossy, sys};
 
 impl Lab {
+    /// Waits until every host's daemons listen and Dovecot's auth socket (Postfix's SASL
+    /// server) exists.
     pub(super) fn wait_ready(&self) -> Result<()> {
-        let anchor = self.state.anchor.context("no anchor")?;
         let auth = self.state.dir.join("spool/private/auth");
+        let listening = |h: &super::Host| h.anchor.map(sys::listening_ports).unwrap_or_default();
         let ok = sys::wait_until(Duration::from_secs(15), || {
-            let ports = sys::listening_ports(anchor);
-            PORTS.iter().all(|p| ports.contains(p)) && auth.exists()
+            auth.exists()
+                && self.state.hosts.iter().all(|h| {
+                    let ports = listening(h);
+                    h.role.ports().iter().all(|p| ports.contains(p))
+                })
         });
         if !ok {
+            let listening: Vec<(String, Vec<u16>)> = self
+                .state
+                .hosts
+                .iter()
+                .map(|h| (h.ns.clone(), listening(h)))
+                .collect();
             bail!(
-                "daemons not ready after 15 s (listening: {:?}, auth socket: {}); postfix: {}; dovecot: {}",
-                sys::listening_ports(anchor),
+                "daemons not ready after 15 s (listening: {listening:?}, auth socket: {}); postfix: {}; dovecot: {}",
                 auth.exists(),
                 read_lossy(&self.state.dir.join("run/postfix-start.out")),
                 read_lossy(&self.state.dir.join("run/dovecot-start.out")),
@@ -63,10 +73,7 @@ impl Lab {
         if self.state.uses_dev_log {
             release_dev_log();
         }
-        for child in [self.anchor.take(), self.journald.take()]
-            .into_iter()
-            .flatten()
-        {
+        for child in self.anchors.drain(..).chain(self.journald.take()) {
             let mut child = child;
             let _ = child.kill();
             let _ = child.wait();
@@ -83,22 +90,32 @@ impl Drop for Lab {
 /// Stops every process of the lab, removes its cgroups, namespaces and state directory.
 /// Best effort: every step runs even if an earlier one failed.
 pub(super) fn teardown(st: &State) {
-    let mut pids: Vec<i32> = sys::netns_pids(&st.mail_ns);
-    if let Some(anchor) = st.anchor
-        && sys::alive(anchor)
-    {
-        pids.extend(sys::mntns_pids(anchor));
+    let anchors: Vec<i32> = st.hosts.iter().filter_map(|h| h.anchor).collect();
+    let mut pids: Vec<i32> = Vec::new();
+    for host in &st.hosts {
+        pids.extend(sys::netns_pids(&host.ns));
+        if let Some(anchor) = host.anchor
+            && sys::alive(anchor)
+        {
+            pids.extend(sys::mntns_pids(anchor));
+        }
     }
     pids.sort_unstable();
     pids.dedup();
     let daemons: Vec<i32> = pids
         .iter()
         .copied()
-        .filter(|&p| Some(p) != st.anchor)
+        .filter(|p| !anchors.contains(p))
         .collect();
     sys::stop_processes(&daemons, Duration::from_secs(3));
-    // cgroups are reachable through the anchor's root while it lives; empty ones can go.
-    if let Some(anchor) = st.anchor.filter(|&a| sys::alive(a)) {
+    // cgroups (journal mode, first host only) are reachable through the anchor's root while
+    // it lives; empty ones can go.
+    if let Some(anchor) = st
+        .hosts
+        .first()
+        .and_then(|h| h.anchor)
+        .filter(|&a| sys::alive(a))
+    {
         let base = PathBuf::from(format!("/proc/{anchor}/root/sys/fs/cgroup"));
         for cg in &st.cgroups {
             let path = base.join(cg);
@@ -110,13 +127,14 @@ pub(super) fn teardown(st: &State) {
                 }
             });
         }
-        sys::stop_processes(&[anchor], Duration::from_secs(2));
     }
+    let live_anchors: Vec<i32> = anchors.into_iter().filter(|&a| sys::alive(a)).collect();
+    sys::stop_processes(&live_anchors, Duration::from_secs(2));
     for ns in st
         .peers
         .iter()
         .map(|p| &p.ns)
-        .chain(std::iter::once(&st.mail_ns))
+        .chain(st.hosts.iter().map(|h| &h.ns))
     {
         let left = sys::netns_pids(ns);
         sys::stop_processes(&left, Duration::from_secs(2));

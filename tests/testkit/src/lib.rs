@@ -5,9 +5,11 @@
 //! - [`rng`]: the one deterministic generator of simulated logs;
 //! - [`loggen`]: the Postfix and Dovecot line formats and their envelopes;
 //! - [`cmd`], [`apt`], [`lock`]: the command runner, the apt installer and its lock.
+//! - [`redis`]: a private redis-server for the cluster tests.
 pub mod apt;
 pub mod cmd;
 pub mod crowdsec;
 pub mod lock;
 pub mod loggen;
+pub mod redis;
 pub mod rng;

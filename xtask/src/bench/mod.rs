@@ -1,6 +1,7 @@
 //! `cargo xtask bench <what>`: throughput measurements (never timed assertions in tests).
 use anyhow::Result;
 
+mod cluster;
 mod e2e;
 mod fail2ban;
 mod import;
@@ -32,6 +33,10 @@ pub enum Bench {
     /// Bulk blocklist load: `detector ban --from` entries/s for a generated 1M-entry list,
     /// against one `detector ban` process per entry (the old way) in the same run.
     Import(import::Options),
+    /// Several nodes through a private Redis: ban propagation from one node's kernel map to
+    /// another's (p50/p99 over 500 bans), events/s published and consumed per node, and Redis
+    /// memory per stored event and ban with the 48 h extrapolation.
+    Cluster(cluster::Options),
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -41,5 +46,6 @@ pub fn run(args: Args) -> Result<()> {
         Bench::Veth(o) => veth::run(o),
         Bench::E2e(o) => e2e::run(o),
         Bench::Import(o) => import::run(o),
+        Bench::Cluster(o) => cluster::run(o),
     }
 }
