@@ -24,9 +24,20 @@ pub mod map_names {
     pub const PREFIX_V6: &str = "PREFIX_V6";
     /// PERCPU_ARRAY<Counters> with one entry (index 0).
     pub const STATS: &str = "STATS";
-    /// ARRAY<Settings> with one entry (index 0).
+    /// ARRAY with one entry (index 0) whose value is a [`Settings`](super::Settings). This is
+    /// its pin name; in the object it is the map of the program's SETTINGS global
+    /// ([`SETTINGS_OBJECT`]), which the program reads by direct value address (no lookup).
     pub const SETTINGS: &str = "SETTINGS";
+    /// The object's name for the SETTINGS map: the section holding the SETTINGS global, and
+    /// nothing else. Pins of earlier builds (a BTF-defined array of the same layout) are
+    /// adopted as they are.
+    pub const SETTINGS_OBJECT: &str = ".data.settings";
 }
+
+/// The program's SETTINGS global (symbol name). The loader sets its value at load time
+/// (`EbpfLoader::override_global`): aya writes a data section's bytes into its map on every
+/// load, pinned or not, so the loader passes the pinned map's current value.
+pub const SETTINGS_GLOBAL: &str = "SETTINGS";
 
 /// The XDP program's name in the object file.
 pub const XDP_PROGRAM: &str = "detector_xdp";
@@ -152,7 +163,9 @@ pub struct PrefixBan {
     pub reason: u32,
 }
 
-/// Runtime switches of the XDP program (SETTINGS[0]).
+/// Runtime switches of the XDP program (SETTINGS[0]). User space changes them while the
+/// program runs (observe mode, the prefix flags on every prefix ban and unban), so they are a
+/// writable global, not a load-time constant.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
@@ -270,11 +283,15 @@ pub mod reason {
 // through aya-log while a deadline has not passed.
 // ---------------------------------------------------------------------------------------------
 
-/// The trace switch: ARRAY<TraceTarget> with one entry (index 0), not pinned. It belongs to the
-/// loaded program, and `detector trace` reaches it through the pinned program's map ids.
+/// The trace switch: an ARRAY with one entry (index 0) whose value is a [`TraceTarget`], not
+/// pinned. It belongs to the loaded program (its TRACE global, read by direct value address),
+/// and `detector trace` reaches it through the pinned program's map ids.
 pub mod trace {
-    /// Map name of the trace switch.
-    pub const MAP: &str = "TRACE";
+    /// Map name of the trace switch: the section holding the program's TRACE global alone.
+    pub const MAP: &str = ".bss.trace";
+    /// Its name in programs of earlier builds (a BTF-defined array of the same layout), which
+    /// may still be the pinned program until the next `attach`.
+    pub const MAP_BEFORE_GLOBALS: &str = "TRACE";
 
     /// What to trace. `until_ns == 0` means off: the program's whole cost then is one array
     /// lookup and one compare. Past `until_ns` the program clears the entry itself, so a trace

@@ -9,6 +9,8 @@
 #[cfg(target_arch = "bpf")]
 mod bench;
 #[cfg(target_arch = "bpf")]
+mod clock;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod packet;

@@ -2,14 +2,16 @@
 //! the capacities here are only defaults: the loader sets them from the configuration
 //! (`EbpfLoader::map_max_entries`). BTF-defined maps let `bpftool map dump` print typed JSON.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    btf_maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     helpers::generated::bpf_map_lookup_elem,
     macros::btf_map,
 };
-use core::ffi::c_void;
+use core::{ffi::c_void, ptr::read_volatile};
+
+use crate::clock::ClockCache;
 use detector_common::{
     Counters, DEFAULT_EXACT_CAPACITY, DEFAULT_PREFIX_CAPACITY, ExactBan, Ipv4Key, Ipv6Key,
-    PrefixBan, Settings, trace::TraceTarget,
+    LAYOUT_VERSION, PrefixBan, Settings, trace::TraceTarget,
 };
 
 const EXACT: usize = DEFAULT_EXACT_CAPACITY as usize;
@@ -25,11 +27,32 @@ pub static PREFIX_V4: LpmTrie<[u8; 4], PrefixBan, PREFIX> = LpmTrie::new();
 pub static PREFIX_V6: LpmTrie<[u8; 16], PrefixBan, PREFIX> = LpmTrie::new();
 #[btf_map]
 pub static STATS: PerCpuArray<Counters, 1> = PerCpuArray::new();
+/// SETTINGS[0], as a global: the loader pins the object's `.data.settings` map (a one-entry
+/// array whose value is exactly this struct) as SETTINGS, so user space reads and writes it as
+/// before, and the program reads it by direct value address, with no lookup. `static mut` and
+/// volatile reads: user space changes it while the program runs, so the compiler must neither
+/// assume the initial value nor keep an old read.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".data.settings")]
+static mut SETTINGS: Settings = Settings {
+    flags: 0,
+    layout_version: LAYOUT_VERSION,
+};
+/// Each CPU's last coarse-clock reading (crate::clock); not pinned, owned by the program.
 #[btf_map]
-pub static SETTINGS: Array<Settings, 1> = Array::new();
-/// The `detector trace` switch (detector_common::trace); not pinned, owned by the program.
-#[btf_map]
-pub static TRACE: Array<TraceTarget, 1> = Array::new();
+pub static CLOCK: PerCpuArray<ClockCache, 1> = PerCpuArray::new();
+/// The `detector trace` switch (detector_common::trace), as a global in its own section: the
+/// object's `.bss.trace` map (one entry, this struct), not pinned, owned by the program. Read
+/// by direct value address; volatile, as SETTINGS.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".bss.trace")]
+static mut TRACE: TraceTarget = TraceTarget {
+    until_ns: 0,
+    family: 0,
+    flags: 0,
+    addr: [0; 16],
+    mask: [0; 16],
+};
 
 /// This CPU's counters. No atomics needed on them: an XDP program runs with migration
 /// disabled, so nothing else writes this CPU's slot meanwhile.
@@ -38,16 +61,23 @@ pub fn counters() -> Option<*mut Counters> {
     STATS.get_ptr_mut(0)
 }
 
-/// The flags word of SETTINGS[0] (0 if the array were somehow empty).
+/// This CPU's clock cache slot.
+#[inline(always)]
+pub fn clock_cache() -> Option<*mut ClockCache> {
+    CLOCK.get_ptr_mut(0)
+}
+
+/// The flags word of SETTINGS.
 #[inline(always)]
 pub fn settings_flags() -> u32 {
-    SETTINGS.get(0).map_or(0, |s| s.flags)
+    // SAFETY: a live global (the map's value); user space replaces it with one 8-byte write.
+    unsafe { read_volatile(&raw const SETTINGS.flags) }
 }
 
 /// The trace switch, writable: the program clears it once its deadline has passed.
 #[inline(always)]
-pub fn trace_target() -> Option<*mut TraceTarget> {
-    TRACE.get_ptr_mut(0)
+pub fn trace_target() -> *mut TraceTarget {
+    &raw mut TRACE
 }
 
 /// Longest-prefix match in PREFIX_V4, as the kernel's (writable) pointer to the value.

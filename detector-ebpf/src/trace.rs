@@ -1,4 +1,4 @@
-//! `detector trace`: while TRACE[0] is set and its deadline has not passed, every frame from
+//! `detector trace`: while TRACE is set and its deadline has not passed, every frame from
 //! the traced source gets one aya-log line with its verdict and the ban that decided it.
 //!
 //! Off (`until_ns == 0`), this costs one array lookup and one compare per frame (see xdp::run).
@@ -6,6 +6,7 @@
 //! renders; IPv4 sources are logged as IPv4-mapped IPv6 so there is one log call site.
 use aya_ebpf::programs::XdpContext;
 use aya_log_ebpf::info;
+use core::ptr::{read_volatile, write_volatile};
 use detector_common::trace::TraceTarget;
 
 use crate::maps::trace_target;
@@ -15,18 +16,17 @@ const NS_PER_S: u64 = 1_000_000_000;
 
 /// Logs the frame if its IPv4 source is inside the trace target `t` (from [`active`]).
 #[inline(always)]
-pub fn v4(
-    ctx: &XdpContext,
-    t: *mut TraceTarget,
-    addr: [u8; 4],
-    found: Found,
-    now: &mut Option<u64>,
-) {
-    // SAFETY: `t` is TRACE[0] (see `active`); the fields are plain integers.
-    let (family, net, mask) = unsafe { ((*t).family, (*t).addr, (*t).mask) };
+pub fn v4(ctx: &XdpContext, t: *mut TraceTarget, addr: [u8; 4], found: Found, now: &mut u64) {
+    // SAFETY: `t` is TRACE (see `active`); the fields are plain integers, and `addr` and
+    // `mask` start 8-byte aligned (after a u64 and two u32s).
+    let (family, net, mask) = unsafe {
+        (
+            read_volatile(&raw const (*t).family),
+            read_volatile((&raw const (*t).addr).cast::<u32>()),
+            read_volatile((&raw const (*t).mask).cast::<u32>()),
+        )
+    };
     let src = u32::from_ne_bytes(addr);
-    let net = u32::from_ne_bytes([net[0], net[1], net[2], net[3]]);
-    let mask = u32::from_ne_bytes([mask[0], mask[1], mask[2], mask[3]]);
     if family != 4 || src & mask != net {
         return;
     }
@@ -39,15 +39,9 @@ pub fn v4(
 
 /// Logs the frame if its IPv6 source is inside the trace target `t` (from [`active`]).
 #[inline(always)]
-pub fn v6(
-    ctx: &XdpContext,
-    t: *mut TraceTarget,
-    addr: [u8; 16],
-    found: Found,
-    now: &mut Option<u64>,
-) {
-    // SAFETY: `t` is TRACE[0] (see `active`); the fields are plain integers.
-    let (family, net, mask) = unsafe { ((*t).family, (*t).addr, (*t).mask) };
+pub fn v6(ctx: &XdpContext, t: *mut TraceTarget, addr: [u8; 16], found: Found, now: &mut u64) {
+    // SAFETY: `t` is TRACE (see `active`); read as in `v4`.
+    let family = unsafe { read_volatile(&raw const (*t).family) };
     if family != 6 {
         return;
     }
@@ -63,36 +57,44 @@ pub fn v6(
             b[i + 7],
         ])
     };
-    for i in [0, 8] {
-        if half(&addr, i) & half(&mask, i) != half(&net, i) {
+    for i in 0..2 {
+        // SAFETY: as above; word `i` of the 16-byte, 8-byte aligned fields.
+        let (net, mask) = unsafe {
+            (
+                read_volatile((&raw const (*t).addr).cast::<u64>().add(i)),
+                read_volatile((&raw const (*t).mask).cast::<u64>().add(i)),
+            )
+        };
+        if half(&addr, i * 8) & mask != net {
             return;
         }
     }
     log(ctx, addr, found, now);
 }
 
-/// TRACE[0] when a trace is on. Past its deadline the entry is switched off here, so a trace
+/// TRACE when a trace is on. Past its deadline the entry is switched off here, so a trace
 /// whose `detector trace` process died stops by itself (and the off-cost returns).
 #[inline(always)]
-pub fn active(now: &mut Option<u64>) -> Option<*mut TraceTarget> {
-    let t = trace_target()?;
-    // SAFETY: `t` is the array's own pointer to its single element, valid for the program's
-    // run; user space replaces the element whole, and an aligned u64 read cannot tear.
-    let until = unsafe { (*t).until_ns };
+pub fn active(now: &mut u64) -> Option<*mut TraceTarget> {
+    let t = trace_target();
+    // SAFETY: `t` is the TRACE global (its map's value), valid for the program's run; user
+    // space replaces the value whole, and an aligned u64 read cannot tear. Volatile: user
+    // space writes it while the program runs (maps::TRACE).
+    let until = unsafe { read_volatile(&raw const (*t).until_ns) };
     if until == 0 {
         return None;
     }
     if coarse_now(now) >= until {
-        // SAFETY: as above; the element is writable (get_ptr_mut). A racing new trace written
-        // by user space in between loses at worst this one switch-off, never memory safety.
-        unsafe { (*t).until_ns = 0 };
+        // SAFETY: as above; the global is writable. A racing new trace written by user space
+        // in between loses at worst this one switch-off, never memory safety.
+        unsafe { write_volatile(&raw mut (*t).until_ns, 0) };
         return None;
     }
     Some(t)
 }
 
 #[inline(always)]
-fn log(ctx: &XdpContext, src: [u8; 16], found: Found, now: &mut Option<u64>) {
+fn log(ctx: &XdpContext, src: [u8; 16], found: Found, now: &mut u64) {
     // -1: permanent; otherwise whole seconds left (0 once expired).
     let left_s: i64 = if found.expires_ns == 0 {
         -1

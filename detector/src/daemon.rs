@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::enforce::{self, AttachOptions, Capacity, Enforcer, Reason};
-use crate::engine::Snapshot;
+use crate::engine::StateCopy;
 use crate::engine::{Action, Decision, Rule};
 use crate::metrics::{FamilyLabel, KindLabel, Metrics, RuleLabel, SourceLabel};
 use crate::parse::{Format, LineParser};
@@ -494,9 +494,7 @@ impl Daemon {
             }
         }
         self.notice_admin_unbans();
-        self.metrics
-            .tracked_ips
-            .set(self.pipeline.engine().tracked().0 as i64);
+        self.count_engine_churn();
     }
 
     /// Tells the engine about bans that left the kernel before their end (`detector unban`).
@@ -561,6 +559,7 @@ impl Daemon {
     /// positions of exactly the lines it has seen. `None` when nothing changed.
     fn take_save_job(&mut self) -> Option<SaveJob> {
         self.count_untrusted();
+        self.count_engine_churn();
         if !self.unsaved {
             return None;
         }
@@ -572,13 +571,34 @@ impl Daemon {
         self.counters.saved_at = Some(Utc::now());
         Some(SaveJob {
             state: self.state.clone(),
-            snapshot: self.pipeline.engine().snapshot(),
+            // Only a shallow copy is made here (copy-on-write states); the snapshot is made,
+            // sorted and encoded on the writer's thread.
+            snapshot: self.pipeline.engine().state_copy(),
             checkpoints: self.checkpoints.clone(),
             counters: self.counters.clone(),
             cluster: (self.cluster.as_ref())
                 .zip(self.kernel.cluster.as_ref())
                 .map(|(c, p)| c.saved_state(p)),
         })
+    }
+
+    /// Copies the engine's size and eviction counts into the metrics and the counters file.
+    fn count_engine_churn(&mut self) {
+        let engine = self.pipeline.engine();
+        let stats = engine.stats();
+        let c = &mut self.counters;
+        self.metrics.tracked_ips.set(engine.tracked().0 as i64);
+        (self.metrics.evicted_for_space)
+            .inc_by(stats.evicted_for_space.saturating_sub(c.evicted_for_space));
+        (self.metrics.evicted_with_evidence).inc_by(
+            stats
+                .evicted_with_evidence
+                .saturating_sub(c.evicted_with_evidence),
+        );
+        c.tracked_ips = engine.tracked().0 as u64;
+        c.max_tracked_ips = engine.config().max_tracked_ips as u64;
+        c.evicted_for_space = stats.evicted_for_space;
+        c.evicted_with_evidence = stats.evicted_with_evidence;
     }
 
     /// Copies the sources' untrusted-entry counts into the metric and the counters file.
@@ -617,7 +637,7 @@ impl Daemon {
 /// Everything one save writes, owned, so it can run away from the engine task.
 struct SaveJob {
     state: StateDir,
-    snapshot: Snapshot,
+    snapshot: StateCopy,
     checkpoints: Checkpoints,
     counters: DaemonCounters,
     /// Stream positions and marks, saved like the source positions (after the snapshot).
@@ -634,16 +654,22 @@ impl SaveJob {
     /// Writes the engine snapshot, then the positions (blocking: encodes and fsyncs). The
     /// positions are written only once the snapshot is: after a crash between the two, the
     /// old positions replay a few lines into the new snapshot (at least once), never skip any.
+    /// The cluster's position is the exception (see below).
     fn write(mut self) -> SaveOutcome {
         let started = Instant::now();
         let result = (|| {
-            let bytes = serde_json::to_vec(&self.snapshot)
+            let snapshot = self.snapshot.into_snapshot();
+            let bytes = serde_json::to_vec(&snapshot)
                 .map_err(|e| Error::Store(format!("encoding the engine state: {e}")))?;
-            self.state.write_atomic(ENGINE_STATE_FILE, &bytes)?;
-            self.checkpoints.save(&self.state)?;
+            // The cluster's position and marks go first, unlike the log positions: after a
+            // crash between the two writes, peers' events fed again would be counted twice
+            // (their marks older than the snapshot) and could ban early; this way a few are
+            // missed instead, the safer error for a node that bans.
             if let Some(cluster) = &self.cluster {
                 cluster.save(&self.state)?;
             }
+            self.state.write_atomic(ENGINE_STATE_FILE, &bytes)?;
+            self.checkpoints.save(&self.state)?;
             self.counters.save(&self.state)?;
             Ok(bytes.len())
         })();
@@ -928,7 +954,7 @@ mod tests {
         checkpoints.commit(&SourceId::stdin(), &Position::Stdin { line: 7 });
         SaveJob {
             state: state.clone(),
-            snapshot: Engine::new(EngineConfig::default()).snapshot(),
+            snapshot: Engine::new(EngineConfig::default()).state_copy(),
             checkpoints,
             counters: DaemonCounters::default(),
             cluster: None,

@@ -61,6 +61,10 @@ pub struct Metrics {
     pub ban_hits: Gauge,
     pub journal_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub tracked_ips: Gauge,
+    /// Addresses the engine evicted to stay within its cap, and those of them that carried
+    /// evidence toward a ban (churn that costs detection).
+    pub evicted_for_space: Counter,
+    pub evicted_with_evidence: Counter,
     pub state_bytes: Gauge,
     /// Lines whose time ran too far ahead of the wall clock (dropped, not trusted).
     pub lines_ahead_of_clock: Counter,
@@ -104,6 +108,8 @@ impl Metrics {
             ban_hits: Gauge::default(),
             journal_lag_seconds: Gauge::default(),
             tracked_ips: Gauge::default(),
+            evicted_for_space: Counter::default(),
+            evicted_with_evidence: Counter::default(),
             state_bytes: Gauge::default(),
             lines_ahead_of_clock: Counter::default(),
             journal_untrusted: Counter::default(),
@@ -165,6 +171,16 @@ impl Metrics {
             "tracked_ips",
             "Addresses the engine keeps state for",
             m.tracked_ips.clone(),
+        );
+        registry.register(
+            "engine_evicted_for_space",
+            "Addresses the engine evicted to stay within max_tracked_ips (the least evidence first)",
+            m.evicted_for_space.clone(),
+        );
+        registry.register(
+            "engine_evicted_with_evidence",
+            "Of the addresses evicted for space, those that carried evidence toward a ban or a customer's successful login",
+            m.evicted_with_evidence.clone(),
         );
         registry.register(
             "state_bytes",

@@ -291,6 +291,75 @@ fn expired_bans_pass_and_do_not_hide_a_live_prefix_ban() {
     assert_eq!(obj.enforcer().sweep_expired().unwrap(), 1);
 }
 
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Keeps the calling thread on the CPU it runs on (per-CPU state must stay that CPU's).
+fn stay_on_this_cpu() {
+    // SAFETY: sched_getcpu has no arguments; a zeroed cpu_set_t is valid and CPU_SET stays
+    // within it; pid 0 is the calling thread.
+    unsafe {
+        let cpu = usize::try_from(libc::sched_getcpu()).expect("sched_getcpu");
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+/// The program reads the clock through a per-CPU cache refreshed when jiffies move: frames
+/// coming in all along on one CPU must keep being dropped until the ban's end, pass soon
+/// after it and from then on, never keep an old reading. (The kernel's coarse clock never
+/// runs ahead of CLOCK_MONOTONIC read after the run, so a frame whose run ended before the
+/// expiry must be dropped.)
+#[test]
+fn a_timed_ban_lifts_at_its_end_while_frames_keep_coming() {
+    stay_on_this_cpu();
+    let mut obj = object();
+    let addr = [198, 18, 13, 20];
+    let f = frame(&[&eth(&[], ETH_P_IP), &ipv4(addr, SERVER4, &[])]);
+    let expires = monotonic_ns() + 300_000_000;
+    obj.insert_exact_v4(addr, expires).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (mut drops, mut passes) = (0u64, 0u64);
+    while passes < 20 {
+        let v = verdict(&obj, &f);
+        let after = monotonic_ns();
+        if after < expires {
+            assert_eq!(
+                v,
+                action::DROP,
+                "passed {} ms before the end",
+                (expires - after) / 1_000_000
+            );
+        }
+        match v {
+            action::DROP => {
+                assert_eq!(passes, 0, "dropped again after the ban had lifted");
+                drops += 1
+            }
+            _ => passes += 1,
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still dropped {} ms after the end",
+            after.saturating_sub(expires) / 1_000_000
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    assert!(drops > 0);
+    assert_eq!(stats(&mut obj).expired_hits, passes);
+}
+
 #[test]
 fn map_full_is_a_clear_error() {
     let mut obj = TestObject::load(Capacity {

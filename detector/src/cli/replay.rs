@@ -1,5 +1,4 @@
 //! `detector replay`: its arguments and its output; the replay itself is [`crate::replay`].
-use std::fs::File;
 use std::io::{BufReader, IsTerminal};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -60,14 +59,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 args.format,
             ));
         } else {
-            let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
-            total_bytes += f.metadata().map(|m| m.len()).unwrap_or(0);
-            let name = path.display().to_string();
-            inputs.push(Input::new(
-                name,
-                Box::new(BufReader::with_capacity(1 << 16, f)),
-                args.format,
-            ));
+            total_bytes += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            inputs.push(Input::file(&path, args.format)?);
         }
     }
     let progress = progress_bar(total_bytes);

@@ -1,7 +1,5 @@
 //! `detector report`: the daily view of campaigns, compromises and bans; the data and its
 //! renderings are [`crate::report`].
-use std::fs::File;
-use std::io::BufReader;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -106,12 +104,7 @@ fn from_replay(args: &Args) -> Result<Report> {
     };
     let mut inputs = Vec::new();
     for path in &args.replay {
-        let f = File::open(path).map_err(|e| Error::io(path, e))?;
-        inputs.push(Input::new(
-            path.display().to_string(),
-            Box::new(BufReader::with_capacity(1 << 16, f)),
-            Format::Auto,
-        ));
+        inputs.push(Input::file(path, Format::Auto)?);
     }
     let done = replay(inputs, Engine::new(cfg), |_| {}, |_| {})?;
     let decisions: Vec<_> = done.decisions.iter().map(|d| d.decision.clone()).collect();

@@ -313,6 +313,23 @@ fn print_human(s: &Status) {
             c.truncated_lines
         );
     }
+    if let Some(c) = &s.untrusted
+        && c.max_tracked_ips > 0
+    {
+        println!(
+            "engine       {} addresses tracked (cap {}); {} evicted for space, {} of them with \
+             evidence toward a ban{}",
+            c.tracked_ips,
+            c.max_tracked_ips,
+            c.evicted_for_space,
+            c.evicted_with_evidence,
+            if c.evicted_with_evidence > 0 {
+                " (raise engine.max_tracked_ips)"
+            } else {
+                ""
+            }
+        );
+    }
     if let Some(c) = &s.cluster {
         print_cluster(c, s.daemon_pid.is_some());
     }

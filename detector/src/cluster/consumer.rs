@@ -34,6 +34,8 @@ pub enum Incoming {
     },
     /// The active-bans hash, read at (re)connect.
     ActiveBans(Vec<Message>),
+    /// A new node's starting point (the streams' ends), to be saved before any entry comes.
+    Start { events_id: String, bans_id: String },
 }
 
 pub struct Task {
@@ -93,7 +95,7 @@ impl Task {
 
     /// Reads until an error (returned), a cancel or a closed channel (`Ok`).
     async fn session(&mut self, conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
-        if self.events_id.is_empty() || self.bans_id.is_empty() {
+        if self.events_id.is_empty() && self.bans_id.is_empty() {
             // A new node: the ends of the streams first, then the active bans, so nothing
             // published in between is missed (it is in both: applying it twice is harmless).
             self.events_id = last_id(conn, &self.keys.events).await?;
@@ -103,6 +105,20 @@ impl Task {
                 bans = %self.bans_id,
                 "cluster: a new node starts at the streams' ends, from the active bans"
             );
+            let start = Incoming::Start {
+                events_id: self.events_id.clone(),
+                bans_id: self.bans_id.clone(),
+            };
+            if self.tx.send(start).await.is_err() {
+                return Ok(());
+            }
+        }
+        // A stream this node has a position in and one it never read: the latter from its
+        // (horizon-bounded) beginning.
+        for id in [&mut self.events_id, &mut self.bans_id] {
+            if id.is_empty() {
+                *id = "0-0".to_string();
+            }
         }
         let active: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(&self.keys.active)

@@ -253,6 +253,17 @@ impl Cluster {
     /// Checks an entry against this node's marks and moves the position past it.
     pub fn accept(&mut self, incoming: Incoming) -> Vec<Accepted> {
         match incoming {
+            Incoming::Start { events_id, bans_id } => {
+                for (saved, start) in [
+                    (&mut self.state.events_id, events_id),
+                    (&mut self.state.bans_id, bans_id),
+                ] {
+                    if saved.is_empty() {
+                        *saved = start;
+                    }
+                }
+                Vec::new()
+            }
             Incoming::ActiveBans(messages) => messages
                 .into_iter()
                 .filter(|m| *m.n != *self.node)
@@ -316,7 +327,12 @@ impl Cluster {
                 let node: Arc<str> = message.n.into();
                 match message.body {
                     Body::Event { e } => match e.to_event() {
-                        Some(event) => vec![Accepted::Event { node, event }],
+                        Some(mut event) => {
+                            // A session (Postfix `pid:<n>`, Dovecot's id) is one host's: the
+                            // same pid on two MX hosts is two connections.
+                            event.session = event.session.map(|s| format!("{node}/{s}"));
+                            vec![Accepted::Event { node, event }]
+                        }
                         None => Vec::new(),
                     },
                     Body::Ban { b } => vec![Accepted::Ban { node, ban: b }],
@@ -589,6 +605,43 @@ mod tests {
         Body::Event {
             e: WireEvent::from(&event(1)),
         }
+    }
+
+    /// A new node saves where it started at once: killed before it took a ban message, it
+    /// must not start at the streams' ends again (and miss the events in between).
+    #[test]
+    fn a_new_nodes_start_is_kept_and_never_moves_a_position_back() {
+        let mut c = cluster("edge");
+        let start = |e: &str, b: &str| Incoming::Start {
+            events_id: e.into(),
+            bans_id: b.into(),
+        };
+        assert!(c.accept(start("5-0", "3-0")).is_empty());
+        assert_eq!(
+            (c.state.events_id.as_str(), c.state.bans_id.as_str()),
+            ("5-0", "3-0")
+        );
+        c.accept(entry("6-0", "mx", Stamp(1, 1), ev_body()));
+        c.accept(start("9-0", "9-0"));
+        assert_eq!(
+            (c.state.events_id.as_str(), c.state.bans_id.as_str()),
+            ("6-0", "3-0")
+        );
+    }
+
+    #[test]
+    fn a_peers_sessions_are_its_own() {
+        let mut c = cluster("edge");
+        let mut e = event(1);
+        e.session = Some("pid:17".into());
+        let body = Body::Event {
+            e: WireEvent::from(&e),
+        };
+        let got = c.accept(entry("1-0", "mx1", Stamp(1, 1), body));
+        let [Accepted::Event { event, .. }] = &got[..] else {
+            panic!("{got:?}")
+        };
+        assert_eq!(event.session.as_deref(), Some("mx1/pid:17"));
     }
 
     #[test]

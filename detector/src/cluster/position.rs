@@ -1,5 +1,6 @@
 //! What a node keeps of the cluster in its state directory (`cluster.json`), saved with the
-//! engine snapshot (after it, like the source positions): where it is in each stream, the
+//! engine snapshot (just before it, so that a crash between the two writes never feeds a
+//! peer's event twice): where it is in each stream, the
 //! highest origin stamp it took from every peer (so a message delivered twice is counted
 //! once), its own last start stamp (so its stamps keep growing across restarts even if the
 //! clock went back), and which nodes contributed to each active ban (for `detector explain`).

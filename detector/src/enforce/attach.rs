@@ -7,7 +7,7 @@ use std::path::Path;
 
 use aya::{
     EbpfLoader,
-    maps::Array,
+    maps::{Array, Map, MapData},
     programs::{
         Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -15,10 +15,12 @@ use aya::{
     },
 };
 use aya_obj::programs::XdpAttachType;
-use detector_common::{LAYOUT_VERSION, REBAN_PROGRAM, Settings, XDP_PROGRAM, map_names};
+use detector_common::{
+    LAYOUT_VERSION, REBAN_PROGRAM, SETTINGS_GLOBAL, Settings, XDP_PROGRAM, map_names,
+};
 use tracing::{info, warn};
 
-use super::pins::{MAP_NAMES, PinPaths};
+use super::pins::{MAP_NAMES, PinPaths, object_map_name};
 use super::types::{AttachMode, Capacity};
 use super::{sys, verify};
 use crate::Error;
@@ -102,11 +104,27 @@ fn load_and_attach(
     adopting: bool,
 ) -> crate::Result<AttachReport> {
     let capacity = opts.capacity.unwrap_or_default();
+    // The program reads SETTINGS as a global, whose map aya fills with the global's value on
+    // every load, pinned or not: pass the pinned value, so adopting keeps the flags. (Another
+    // process changing a flag during the few milliseconds of the load loses that change, as
+    // with any two processes' read-modify-writes of the flags; the prefix flags are set again
+    // from the tries whenever the daemon walks the maps.)
+    let settings = if adopting {
+        let current = read_pinned_settings(pins)?;
+        verify::check_layout_version(pins, current.layout_version)?;
+        current
+    } else {
+        Settings {
+            flags: 0,
+            layout_version: LAYOUT_VERSION,
+        }
+    };
     let mut loader = EbpfLoader::new();
     for name in MAP_NAMES {
-        loader.map_pin_path(name, pins.map(name));
+        loader.map_pin_path(object_map_name(name), pins.map(name));
     }
     loader
+        .override_global(SETTINGS_GLOBAL, &settings, true)
         .map_max_entries(map_names::BANS_V4, capacity.exact)
         .map_max_entries(map_names::BANS_V6, capacity.exact)
         .map_max_entries(map_names::PREFIX_V4, capacity.prefix)
@@ -114,28 +132,6 @@ fn load_and_attach(
     let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| map_load_error(e, capacity))?;
-
-    {
-        let map = ebpf
-            .map_mut(map_names::SETTINGS)
-            .ok_or_else(|| missing(map_names::SETTINGS))?;
-        let mut settings: Array<_, Settings> =
-            Array::try_from(map).map_err(|e| Error::bpf("SETTINGS", e))?;
-        if adopting {
-            let current = settings
-                .get(&0, 0)
-                .map_err(|e| Error::bpf("reading SETTINGS", e))?;
-            verify::check_layout_version(pins, current.layout_version)?;
-        } else {
-            let fresh = Settings {
-                flags: 0,
-                layout_version: LAYOUT_VERSION,
-            };
-            settings
-                .set(0, fresh, 0)
-                .map_err(|e| Error::bpf("writing SETTINGS", e))?;
-        }
-    }
 
     let program: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
@@ -208,6 +204,18 @@ fn load_and_attach(
         report.ifaces.push((iface.clone(), outcome));
     }
     Ok(report)
+}
+
+/// SETTINGS as pinned by an earlier run (this build's or an older one's: same layout).
+fn read_pinned_settings(pins: &PinPaths) -> crate::Result<Settings> {
+    let path = pins.map(map_names::SETTINGS);
+    let data = MapData::from_pin(&path)
+        .map_err(|e| Error::bpf(format!("opening {}", path.display()), e))?;
+    let settings: Array<_, Settings> =
+        Array::try_from(Map::Array(data)).map_err(|e| Error::bpf("SETTINGS", e))?;
+    settings
+        .get(&0, 0)
+        .map_err(|e| Error::bpf("reading SETTINGS", e))
 }
 
 fn missing(what: &str) -> Error {

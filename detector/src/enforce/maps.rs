@@ -153,7 +153,7 @@ impl Enforcer {
                 .ok_or_else(|| Error::Bpf(format!("the XDP object has no map {name}")))
         };
         let mut settings: Array<MapData, Settings> =
-            typed(take(map_names::SETTINGS)?, map_names::SETTINGS)?;
+            typed(take(map_names::SETTINGS_OBJECT)?, map_names::SETTINGS)?;
         let fresh = Settings {
             flags: 0,
             layout_version: detector_common::LAYOUT_VERSION,

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use detector_common::map_names;
 
-/// Every map the program uses, in a fixed order.
+/// Every pinned map (pin file names), in a fixed order.
 pub const MAP_NAMES: [&str; 6] = [
     map_names::BANS_V4,
     map_names::BANS_V6,
@@ -12,6 +12,16 @@ pub const MAP_NAMES: [&str; 6] = [
     map_names::STATS,
     map_names::SETTINGS,
 ];
+
+/// The object's name for the map pinned as `pin_name`: the same, but for SETTINGS, which in
+/// the object is the map of the SETTINGS global (detector_common::map_names::SETTINGS_OBJECT).
+pub fn object_map_name(pin_name: &str) -> &str {
+    if pin_name == map_names::SETTINGS {
+        map_names::SETTINGS_OBJECT
+    } else {
+        pin_name
+    }
+}
 
 /// The pinned program (kept so a later `attach` on another interface reuses it).
 const PROGRAM_PIN: &str = "prog_detector_xdp";

@@ -153,6 +153,15 @@ impl TestObject {
     }
 }
 
+/// Runs the program pinned at `pin` (a `detector attach` pin directory's `prog_detector_xdp`)
+/// once on `frame`: what the attached program does with it, through the pinned maps.
+pub fn run_pinned(pin: &Path, frame: &[u8]) -> crate::Result<TestRun> {
+    sys::require_privileges()?;
+    let program = Xdp::from_pin(pin, aya_obj::programs::XdpAttachType::Interface)
+        .map_err(|e| Error::bpf(format!("opening {}", pin.display()), e))?;
+    test_run(&program, XDP_PROGRAM, frame, 1)
+}
+
 /// An object image copied to 8-byte alignment, which ELF parsing wants (a Vec<u8> need not
 /// have it).
 struct Aligned {
@@ -187,6 +196,10 @@ fn run_program(ebpf: &Ebpf, program: &str, frame: &[u8], repeat: u32) -> crate::
         .ok_or_else(|| Error::Bpf(format!("no program {program}")))?
         .try_into()
         .map_err(|e| Error::bpf(program, e))?;
+    test_run(p, program, frame, repeat)
+}
+
+fn test_run(p: &Xdp, program: &str, frame: &[u8], repeat: u32) -> crate::Result<TestRun> {
     let result = p
         .test_run(TestRunOptions {
             data_in: Some(frame),

@@ -16,7 +16,7 @@ use aya::maps::{Array, Map, MapData, MapInfo};
 use aya::programs::Xdp;
 use aya_log::EbpfLogger;
 use aya_obj::programs::XdpAttachType;
-use detector_common::trace::{MAP, TraceTarget, ban_kind, verdict};
+use detector_common::trace::{MAP, MAP_BEFORE_GLOBALS, TraceTarget, ban_kind, verdict};
 use ipnet::IpNet;
 
 use super::pins::PinPaths;
@@ -86,7 +86,7 @@ impl TraceSwitch {
         let trace = map_ids
             .iter()
             .filter_map(|id| MapInfo::from_id(*id).ok())
-            .find(|m| m.name_as_str() == Some(MAP))
+            .find(|m| matches!(m.name_as_str(), Some(MAP | MAP_BEFORE_GLOBALS)))
             .ok_or_else(|| {
                 Error::Usage(format!(
                     "the XDP program pinned at {} has no trace support (an older build); \

@@ -145,7 +145,7 @@ impl Engine {
         });
         let banned = p.is_some_and(|p| p.banned_until > self.now) || site_ban.is_some();
         let pending = s
-            .and_then(|s| s.pending.as_ref())
+            .and_then(|s| s.pending())
             .map(|x| (to_time(x.deadline), x.rule, x.note.clone()));
         let callouts: Vec<DateTime<Utc>> = s
             .map(|s| {
@@ -204,9 +204,9 @@ impl Engine {
             shared,
             known_client,
             pending,
-            campaign: s.and_then(|s| s.campaign).map(to_time),
+            campaign: s.and_then(|s| s.campaign()).map(to_time),
             compromise: s
-                .and_then(|s| s.compromise.as_ref())
+                .and_then(|s| s.compromise())
                 .map(|(t, u)| (to_time(*t), u.to_string())),
             callouts,
             site_ban,
@@ -229,9 +229,7 @@ impl Engine {
                 })
                 .unwrap_or_default(),
             attacked_users,
-            evidence: s
-                .map(|s| s.evidence.iter().cloned().collect())
-                .unwrap_or_default(),
+            evidence: s.map(|s| s.evidence_list()).unwrap_or_default(),
         }
     }
 }

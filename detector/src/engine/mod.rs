@@ -24,16 +24,18 @@ pub mod state;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use indexmap::IndexMap;
 use ipnet::IpNet;
 
 pub use config::EngineConfig;
 pub use decision::{Action, AlertKind, Decision, Evidence, Rule};
 pub use explain::{Explanation, FailureView};
 pub use rules::{mailbox_key, typo_of};
-pub use snapshot::{SNAPSHOT_VERSION, Snapshot};
-use state::{IpState, PrefixState, ProbeMark, UserState};
+pub use snapshot::{OLDEST_SNAPSHOT_VERSION, SNAPSHOT_VERSION, Snapshot, StateCopy};
+use state::{IpState, Names, PrefixState, ProbeMark, UserState};
 
 use crate::event::Event;
 
@@ -46,7 +48,16 @@ pub struct Engine {
     cfg: EngineConfig,
     /// Addresses of this host (never banned); see [`Engine::set_host_addrs`].
     host_addrs: Vec<IpAddr>,
-    ips: HashMap<IpAddr, IpState>,
+    /// Per address (IPv4, or the IPv6 /64): entries in one vector with a compact index. Each
+    /// state is shared copy-on-write, so a save copies pointers, not states
+    /// ([`Engine::state_copy`]).
+    ips: IndexMap<IpAddr, Arc<IpState>>,
+    /// Interned user names and recipients of every record.
+    names: Names,
+    /// State keys that had a trusted successful login (a superset: checked against `ips`
+    /// when read, pruned at each sweep), so a site ban finds its known clients without
+    /// walking every address.
+    clients: BTreeSet<IpAddr>,
     users: HashMap<Box<str>, UserState>,
     prefixes: HashMap<IpNet, PrefixState>,
     /// Non-mail-server probes by mailbox key (split-role links), oldest first.
@@ -74,9 +85,17 @@ pub struct EngineStats {
     /// Possible-compromise alerts.
     #[serde(default)]
     pub alerts: u64,
+    /// Addresses forgotten: past the horizon, or to keep within `max_tracked_ips`.
     pub evicted_ips: u64,
     pub evicted_users: u64,
     pub evicted_prefixes: u64,
+    /// Addresses evicted to keep within `max_tracked_ips` (the least evidence first).
+    #[serde(default)]
+    pub evicted_for_space: u64,
+    /// Of those, the ones that carried evidence toward a ban (failed logins, a held ban, a
+    /// campaign tie) or a customer's successful login: state churn that costs detection.
+    #[serde(default)]
+    pub evicted_with_evidence: u64,
 }
 
 impl Engine {
@@ -85,7 +104,9 @@ impl Engine {
         Engine {
             cfg,
             host_addrs: Vec::new(),
-            ips: HashMap::new(),
+            ips: IndexMap::new(),
+            names: Names::default(),
+            clients: BTreeSet::new(),
             users: HashMap::new(),
             prefixes: HashMap::new(),
             marks: HashMap::new(),
@@ -197,10 +218,13 @@ impl Engine {
             return Some("it overlaps the allowlist");
         }
         let since = t.saturating_sub(self.cfg.lenient_period.as_secs() as i64);
-        if self
-            .ips
-            .iter()
-            .any(|(k, s)| site.contains(k) && s.success_users_since(since) > 0)
+        let (first, last) = match site {
+            IpNet::V6(n) => (IpAddr::V6(n.network()), IpAddr::V6(n.broadcast())),
+            IpNet::V4(n) => (IpAddr::V4(n.network()), IpAddr::V4(n.broadcast())),
+        };
+        if (self.clients.range(first..=last))
+            .filter_map(|k| self.ips.get(k))
+            .any(|s| s.success_users_since(since) > 0)
         {
             return Some("a known client lives in it");
         }
@@ -307,16 +331,18 @@ impl Engine {
         let before = self.ips.len();
         self.ips.retain(|_, s| {
             // Successful logins are remembered for the leniency period, the rest for the horizon.
-            s.last_seen >= cutoff || s.successes.iter().any(|x| x.time >= lenient)
+            s.last_seen >= cutoff || s.successes().iter().any(|x| x.time >= lenient)
         });
         for s in self.ips.values_mut() {
-            s.failures.retain(|f| f.time >= cutoff);
-            s.probes.retain(|p| p.time >= cutoff);
-            s.pending_rcpts.retain(|p| p.time >= cutoff);
-            s.evidence.retain(|e| e.time.timestamp() >= cutoff);
-            s.successes.retain(|x| x.time >= lenient);
+            // Only what changes is written: a copy held by a save stays shared.
+            if s.needs_expiry(cutoff, lenient) {
+                Arc::make_mut(s).expire(cutoff, lenient);
+            }
         }
         self.stats.evicted_ips += (before - self.ips.len()) as u64;
+        let ips = &self.ips;
+        self.clients
+            .retain(|k| ips.get(k).is_some_and(|s| !s.successes().is_empty()));
         let before = self.users.len();
         self.users
             .retain(|_, u| u.last_seen >= cutoff || u.attacked_until.is_some_and(|t| t > self.now));
@@ -341,16 +367,21 @@ impl Engine {
         });
         let ips = &self.ips;
         self.pending.retain(|(_, ip)| ips.contains_key(ip));
+        self.names.collect();
     }
 
     fn enforce_caps(&mut self) {
         let now = self.now;
-        self.stats.evicted_ips += state::evict_oldest(
-            &mut self.ips,
-            self.cfg.max_tracked_ips,
-            |s| s.last_seen,
-            |_, _| false,
-        ) as u64;
+        let (evicted, weighty) =
+            state::evict_least_evidence(&mut self.ips, self.cfg.max_tracked_ips);
+        if evicted > 0 {
+            self.stats.evicted_ips += evicted as u64;
+            self.stats.evicted_for_space += evicted as u64;
+            self.stats.evicted_with_evidence += weighty as u64;
+            let ips = &self.ips;
+            self.pending.retain(|(_, ip)| ips.contains_key(ip));
+            self.clients.retain(|k| ips.contains_key(k));
+        }
         self.stats.evicted_users += state::evict_oldest(
             &mut self.users,
             self.cfg.max_tracked_users,
@@ -387,8 +418,8 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn to_time(secs: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(secs, 0).unwrap_or_default()
+fn to_time(secs: impl Into<i64>) -> DateTime<Utc> {
+    DateTime::from_timestamp(secs.into(), 0).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -37,16 +37,16 @@
 //! `name` and `name+tag@domain` are one mailbox; [`typo_of`] maps a user-name typo to the
 //! mailbox meant.
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use super::decision::{Action, AlertKind, Decision, Evidence, Rule};
+use super::decision::{Action, AlertKind, Decision, Rule};
 use super::state::{
-    Failure, IpState, Pending, PendingRcpt, PrefixState, Probe, ProbeMark, Success, UserFailure,
+    Cite, Failure, IpState, Name, Pending, PendingRcpt, PrefixState, Probe, ProbeMark, SessionKey,
+    Success, Ts, UserFailure,
 };
-use super::state::{
-    MAX_PENDING_RCPTS, MAX_PROBE_RCPTS, MAX_PROBES, MAX_SUCCESS_USERS, SaslSide, bounded_name,
-};
+use super::state::{MAX_PENDING_RCPTS, MAX_PROBE_RCPTS, MAX_PROBES, MAX_SUCCESS_USERS, SaslSide};
 use super::{Engine, canonical, to_time};
 use crate::event::{Event, EventKind, Protocol, Service};
 
@@ -65,31 +65,30 @@ pub(super) fn observe(engine: &mut Engine, ev: &Event) -> Vec<Decision> {
         return Vec::new();
     }
     let cap = engine.cfg.max_evidence;
-    let state = engine.ips.entry(ip).or_insert_with(|| IpState {
-        first_seen: t,
-        ..IpState::default()
-    });
-    state.last_seen = state.last_seen.max(t);
-    state.push_evidence(
-        Evidence {
-            line: ev.line,
-            time: ev.time,
-            what: describe(ev),
-        },
-        cap,
-    );
+    let cite = Cite::of(ev, &mut engine.names);
+    let state = engine
+        .ips
+        .entry(ip)
+        .or_insert_with(|| IpState::new(t).into());
+    let state = Arc::make_mut(state);
+    state.last_seen = state.last_seen.max_with(t);
+    state.push_evidence(cite, cap);
 
     let mut out = Vec::new();
     match ev.kind {
         EventKind::Rcpt => {
             if let Some(rcpt) = &ev.recipient {
+                let rcpt = engine.names.intern(rcpt);
                 on_rcpt(state, ev, rcpt);
             }
         }
         EventKind::MessageAccepted => {
-            state
-                .pending_rcpts
-                .retain(|p| !same_session(p.session.as_deref(), ev.session.as_deref()));
+            let session = session_of(ev);
+            if let Some(x) = state.extra_mut_if_any() {
+                x.pending_rcpts
+                    .retain(|p| !same_session(p.session, session));
+            }
+            state.tidy();
         }
         EventKind::TransactionAborted | EventKind::LostConnection | EventKind::Disconnect => {
             if let Some(probe) = on_transaction_end(state, ev) {
@@ -133,44 +132,53 @@ pub(super) fn matters(ev: &Event) -> bool {
     }
 }
 
-fn on_rcpt(state: &mut IpState, ev: &Event, rcpt: &str) {
-    if state.pending_rcpts.len() >= MAX_PENDING_RCPTS {
-        state.pending_rcpts.remove(0);
+fn on_rcpt(state: &mut IpState, ev: &Event, rcpt: Name) {
+    let x = state.extra_mut();
+    if x.pending_rcpts.len() >= MAX_PENDING_RCPTS {
+        x.pending_rcpts.pop_front();
     }
-    state.pending_rcpts.push(PendingRcpt {
-        session: ev.session.as_deref().map(bounded_name),
-        recipient: bounded_name(rcpt),
-        time: ev.time.timestamp(),
+    x.pending_rcpts.push(PendingRcpt {
+        session: session_of(ev),
+        recipient: rcpt,
+        time: Ts::of(ev.time.timestamp()),
         peer: ev.peer.as_ref().map(|p| p.looks_like_mta()),
     });
 }
 
+fn session_of(ev: &Event) -> Option<SessionKey> {
+    ev.session.as_deref().map(SessionKey::of)
+}
+
 /// Two lines belong to the same SMTP session when their session keys are equal or either
 /// line has none (Postfix `NOQUEUE` and `lost connection` lines may come without one).
-fn same_session(a: Option<&str>, b: Option<&str>) -> bool {
+fn same_session(a: Option<SessionKey>, b: Option<SessionKey>) -> bool {
     a.is_none() || b.is_none() || a == b
 }
 
 /// A probe that just ended: its recipients, whether the client looked like a mail server,
 /// and whether the RCPT line told (no peer information: `None`).
 struct EndedProbe {
-    recipients: Vec<Box<str>>,
+    recipients: Vec<Name>,
     mta_like: Option<bool>,
 }
 
 /// An SMTP session ended: if it named a recipient and no message was accepted, it was a probe.
 fn on_transaction_end(state: &mut IpState, ev: &Event) -> Option<EndedProbe> {
     let t = ev.time.timestamp();
-    let same_session = |s: &Option<Box<str>>| same_session(s.as_deref(), ev.session.as_deref());
+    let session = session_of(ev);
+    let same_session = |s: &Option<SessionKey>| same_session(*s, session);
     let ended: Vec<&PendingRcpt> = state
-        .pending_rcpts
+        .pending_rcpts()
         .iter()
         .filter(|p| same_session(&p.session))
         .collect();
-    let recipients: Vec<Box<str>> = ended.iter().map(|p| p.recipient.clone()).collect();
+    let recipients: Vec<Name> = ended.iter().map(|p| p.recipient.clone()).collect();
     // Mail-server-like if any RCPT of the session said so (sparing is the safe side).
     let mta_like = ended.iter().filter_map(|p| p.peer).reduce(|a, b| a || b);
-    state.pending_rcpts.retain(|p| !same_session(&p.session));
+    if let Some(x) = state.extra_mut_if_any() {
+        x.pending_rcpts.retain(|p| !same_session(&p.session));
+    }
+    state.tidy();
     let counters_say_probe = ev.smtp.is_some_and(|c| c.rcpt_ok >= 1 && c.data_ok == 0);
     let is_probe = match ev.kind {
         EventKind::TransactionAborted => ev.smtp.is_none_or(|c| c.data_ok == 0),
@@ -190,11 +198,11 @@ fn on_transaction_end(state: &mut IpState, ev: &Event) -> Option<EndedProbe> {
                 last.recipients.push(r);
             }
         }
-        last.time = last.time.max(t);
+        last.time = last.time.max_with(t);
         last.mta_like |= mta_like.unwrap_or(false);
         last.peer_known |= mta_like.is_some();
         return Some(EndedProbe {
-            recipients: last.recipients.clone(),
+            recipients: last.recipients.to_vec(),
             mta_like: last.peer_known.then_some(last.mta_like),
         });
     }
@@ -204,11 +212,11 @@ fn on_transaction_end(state: &mut IpState, ev: &Event) -> Option<EndedProbe> {
     let mut recipients = recipients;
     recipients.dedup();
     recipients.truncate(MAX_PROBE_RCPTS);
-    state.probes.push_back(Probe {
-        time: t,
+    state.probes.push(Probe {
+        time: Ts::of(t),
         line: ev.line,
-        session: ev.session.as_deref().map(bounded_name),
-        recipients: recipients.clone(),
+        session,
+        recipients: recipients.clone().into(),
         mta_like: mta_like.unwrap_or(false),
         peer_known: mta_like.is_some(),
     });
@@ -251,7 +259,7 @@ fn on_probe(
     }
     let lenient_since = t.saturating_sub(engine.cfg.lenient_period.as_secs() as i64);
     if engine.ips[&ip]
-        .successes
+        .successes()
         .iter()
         .any(|s| s.time >= lenient_since)
     {
@@ -268,8 +276,8 @@ fn on_probe(
         "aborted an SMTP transaction to <{r}>, {why}; never logged in and no mail server \
          (banned before the login that follows)"
     );
-    if let Some(s) = engine.ips.get_mut(&ip) {
-        s.campaign = Some(t);
+    if let Some(s) = engine.ips.get_mut(&ip).map(Arc::make_mut) {
+        s.extra_mut().campaign = Some(Ts::of(t));
     }
     ban(engine, ip, Rule::CampaignProbe, note, t, out);
 }
@@ -294,7 +302,7 @@ fn login_read_before_its_probe(
         return;
     };
     if state
-        .successes
+        .successes()
         .iter()
         .any(|s| s.trusted && s.time >= lenient_since)
     {
@@ -316,10 +324,10 @@ fn login_read_before_its_probe(
     );
     ban(engine, ip, Rule::ProbeLogin, note, t, out);
     if !out.is_empty()
-        && let Some(s) = engine.ips.get_mut(&ip)
+        && let Some(s) = engine.ips.get_mut(&ip).map(Arc::make_mut)
     {
         // The weaker ban held for the grace period is superseded.
-        s.pending = None;
+        s.clear_pending();
     }
 }
 
@@ -353,45 +361,48 @@ fn on_success(
     out: &mut Vec<Decision>,
 ) {
     let t = ev.time.timestamp();
-    let user = bounded_name(user);
+    let user = engine.names.intern(user);
     let suspicion = compromise_evidence(engine, ip, &user, t);
     let lenient_since = t.saturating_sub(engine.cfg.lenient_period.as_secs() as i64);
     let shared_users = engine.cfg.shared_ip_users as usize;
-    let Some(state) = engine.ips.get_mut(&ip) else {
+    let Some(state) = engine.ips.get_mut(&ip).map(Arc::make_mut) else {
         return;
     };
     let trusted = suspicion.is_none();
-    if let Some(s) = state
-        .successes
+    if trusted {
+        engine.clients.insert(ip);
+    }
+    let successes = &mut state.extra_mut().successes;
+    if let Some(s) = successes
         .iter_mut()
         .find(|s| s.user == user && s.trusted == trusted)
     {
-        s.time = s.time.max(t);
+        s.time = s.time.max_with(t);
     } else {
-        if state.successes.len() >= MAX_SUCCESS_USERS
-            && let Some(i) = state
-                .successes
+        if successes.len() >= MAX_SUCCESS_USERS
+            && let Some(i) = successes
                 .iter()
                 .enumerate()
                 .min_by_key(|(_, s)| s.time)
                 .map(|(i, _)| i)
         {
             // Drop the oldest success.
-            state.successes.remove(i);
+            successes.remove(i);
         }
-        state.successes.push(Success {
+        successes.push(Success {
             user: user.clone(),
-            time: t,
+            time: Ts::of(t),
             trusted,
         });
     }
     if let Some(why) = suspicion {
         // A guessed password: never leniency; tell the administrator and ban.
-        state.compromise = Some((t, user.clone()));
-        state.campaign = Some(t);
-        state.pending = None;
+        let x = state.extra_mut();
+        x.compromise = Some((Ts::of(t), user.clone()));
+        x.campaign = Some(Ts::of(t));
+        x.pending = None;
         let shared = shared_users > 0 && state.success_users_since(lenient_since) >= shared_users;
-        let evidence: Vec<Evidence> = state.evidence.iter().cloned().collect();
+        let evidence = state.evidence_list();
         let note = format!("successful login as {user} {why}: most likely a guessed password");
         out.push(Decision {
             action: Action::Alert,
@@ -419,7 +430,7 @@ fn on_success(
     // The owner: failures shortly before that map to this mailbox were typos, and a ban
     // held for the grace period is cancelled. Older ones stay counted: a guesser that
     // finally gets in does not clear its record.
-    state.pending = None;
+    state.clear_pending();
     let since = t - TYPO_FORGIVENESS_S;
     let mut forgiven: Vec<Box<str>> = Vec::new();
     for f in state.failures.iter_mut() {
@@ -503,7 +514,7 @@ fn compromise_evidence(engine: &Engine, ip: IpAddr, user: &str, t: i64) -> Optio
     {
         return Some(format!("after failing as {u}, a mailbox under attack"));
     }
-    if let Some(c) = state.campaign.filter(|c| *c >= horizon) {
+    if let Some(c) = state.campaign().filter(|c| *c >= horizon) {
         return Some(format!(
             "from an address tied to a campaign {}s earlier",
             t - c
@@ -527,9 +538,9 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, addr: IpAddr, ev: &Event, out: &m
     }
     let cfg = &engine.cfg;
     let t = ev.time.timestamp();
-    let user = ev.user.as_deref().map(bounded_name);
+    let user = ev.user.as_deref().map(|u| engine.names.intern(u));
     let lenient_since = t.saturating_sub(cfg.lenient_period.as_secs() as i64);
-    let Some(state) = engine.ips.get_mut(&ip) else {
+    let Some(state) = engine.ips.get_mut(&ip).map(Arc::make_mut) else {
         return;
     };
     // A known client: a failure is a typo or a stale device.
@@ -553,8 +564,8 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, addr: IpAddr, ev: &Event, out: &m
     if state.failures.len() >= cfg.max_failures_per_ip {
         state.failures.pop_front();
     }
-    state.failures.push_back(Failure {
-        time: t,
+    state.failures.push(Failure {
+        time: Ts::of(t),
         line: ev.line,
         user: user.clone(),
         count: ev.failures,
@@ -621,8 +632,8 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, addr: IpAddr, ev: &Event, out: &m
     }
     // Tied to a probe: a later success from here is not the owner's. (Failing on a mailbox
     // under attack is not enough: its owner mistypes during attacks too.)
-    if linked && let Some(s) = engine.ips.get_mut(&ip) {
-        s.campaign = Some(t);
+    if linked && let Some(s) = engine.ips.get_mut(&ip).map(Arc::make_mut) {
+        s.extra_mut().campaign = Some(Ts::of(t));
     }
 
     // The prober of a split-role link is part of it.
@@ -683,13 +694,13 @@ fn conclude(
     let grace = cfg.grace_period.as_secs() as i64;
     let shared = is_shared(engine, &engine.ips[&ip], t);
     let prefix = engine.ban_prefix(addr);
-    let Some(state) = engine.ips.get_mut(&ip) else {
+    let Some(state) = engine.ips.get_mut(&ip).map(Arc::make_mut) else {
         return;
     };
     if shared {
         engine.stats.spared_shared += 1;
-        if state.shared_noticed.is_none_or(|n| n < t - horizon) {
-            state.shared_noticed = Some(t);
+        if state.shared_noticed().is_none_or(|n| n < t - horizon) {
+            state.extra_mut().shared_noticed = Some(Ts::of(t));
             let users: Vec<&str> = state
                 .known_users(t - cfg.lenient_period.as_secs() as i64)
                 .take(3)
@@ -703,7 +714,7 @@ fn conclude(
                 duration: std::time::Duration::ZERO,
                 offence: 0,
                 dry_run: cfg.dry_run,
-                evidence: state.evidence.iter().cloned().collect(),
+                evidence: state.evidence_list(),
                 note: format!(
                     "not banned: a shared address ({} users logged in here, e.g. {}); {} would \
                      have banned it: {}",
@@ -725,13 +736,13 @@ fn conclude(
         .get(&prefix)
         .is_some_and(|p| p.offences > 0 && p.last_offence >= t.saturating_sub(memory));
     if v.strong || grace == 0 || repeat {
-        state.pending = None;
+        state.clear_pending();
         ban(engine, ip, v.rule, v.note, t, out);
         return;
     }
-    if state.pending.is_none() {
+    if state.pending().is_none() {
         let deadline = t.saturating_add(grace);
-        state.pending = Some(Pending {
+        state.extra_mut().pending = Some(Pending {
             deadline,
             rule: v.rule,
             note: v.note,
@@ -752,7 +763,8 @@ pub(super) fn fire_due(engine: &mut Engine, now: i64) -> Vec<Decision> {
         let Some(p) = engine
             .ips
             .get_mut(&ip)
-            .and_then(|s| s.pending.take_if(|p| p.deadline == deadline))
+            .filter(|s| s.pending().is_some_and(|p| p.deadline == deadline))
+            .and_then(|s| Arc::make_mut(s).take_pending_at(deadline))
         else {
             continue;
         };
@@ -1065,7 +1077,7 @@ fn slow_repeat(engine: &Engine, ip: IpAddr, t: i64) -> Option<Verdict> {
         return None;
     }
     let unknown = counted.iter().filter(|f| f.unknown_user).count();
-    let first = counted.first().map_or(t, |f| f.time);
+    let first = counted.first().map_or(t, |f| f.time.get());
     Some(Verdict {
         rule: Rule::SlowRepeat,
         note: format!(
@@ -1189,7 +1201,7 @@ fn ban_prefix(
     let evidence = engine
         .ips
         .get(&ip)
-        .map(|s| s.evidence.iter().cloned().collect())
+        .map(|s| s.evidence_list())
         .unwrap_or_default();
     Some(Decision {
         action: Action::Ban,
@@ -1281,7 +1293,7 @@ fn one_edit(a: &str, b: &str) -> bool {
     }
 }
 
-fn protocol_name(p: Protocol) -> &'static str {
+pub(super) fn protocol_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Smtp => "SMTP AUTH",
         Protocol::Submission => "submission",
@@ -1290,35 +1302,5 @@ fn protocol_name(p: Protocol) -> &'static str {
         Protocol::Pop3 => "POP3",
         Protocol::Managesieve => "ManageSieve",
         Protocol::Lmtp => "LMTP",
-    }
-}
-
-/// A short description of an event for evidence lists.
-fn describe(ev: &Event) -> String {
-    let user = ev.user.as_deref().map(bounded_name);
-    let user = user.as_deref().unwrap_or("?");
-    let login = ev.protocol.map_or("login".to_string(), |p| {
-        format!("{} login", protocol_name(p))
-    });
-    match ev.kind {
-        EventKind::Rcpt => format!(
-            "RCPT to <{}>",
-            ev.recipient
-                .as_deref()
-                .map(bounded_name)
-                .as_deref()
-                .unwrap_or("?")
-        ),
-        EventKind::MessageAccepted => "message accepted".into(),
-        EventKind::TransactionAborted => "SMTP transaction aborted without a message".into(),
-        EventKind::LostConnection => "SMTP connection lost".into(),
-        EventKind::Disconnect if ev.smtp.is_some_and(|c| c.data_ok > 0) => {
-            "SMTP disconnect after a message".into()
-        }
-        EventKind::Disconnect => "SMTP disconnect without a message".into(),
-        EventKind::AuthSuccess => format!("{login} as {user} succeeded"),
-        EventKind::AuthFailure => format!("{login} as {user} failed"),
-        EventKind::AuthUnknownUser => format!("{login} as non-existent {user} failed"),
-        _ => format!("{:?}", ev.kind),
     }
 }

@@ -1,22 +1,31 @@
 //! Correlation state: per IP, per user name and per ban prefix. Times are Unix seconds of log
 //! time. Every collection is bounded (caps from [`EngineConfig`](super::EngineConfig)).
 //!
-//! Memory: `IpState` is about 200 bytes inline plus its heap parts. A typical bot (one probe
-//! with one recipient, two counted failures, five evidence lines) measures 1.5 KiB including
-//! its hash-map entry (`bytes_per_tracked_ip` test: `cargo test -p detector --lib bytes_per --
-//! --nocapture`). Over 48 h of simulated traffic the average is 1.9–2.2 KiB per tracked IP
-//! (`cargo run --release -p detector-tests --bin engine-bench`: 6 114 IPs in 13 MiB). The worst
-//! case per IP is bounded by the per-IP caps (about 12 KiB with the defaults: 64 failures,
-//! 8 evidence lines, 16 users, 4 probes). With the default cap of 100 000 IPs that is about
-//! 200 MB typical at the cap; busy hosts track a few thousand IPs, i.e. a few MB. User-name
-//! state is about 100 bytes per name (one failing IP) up to 256 IPs per name.
-
-use std::collections::VecDeque;
+//! Memory: the per-address state is kept compact, because a botnet rotating IPv6 addresses
+//! shows the engine millions of sources (`cargo xtask bench engine` measures it from the
+//! allocator's own counters). User names and recipients are interned ([`Name`]: one
+//! allocation per distinct name, shared by every record that mentions it); times are [`Ts`]
+//! (u32 seconds); lists are boxed slices of exactly their length ([`Tiny`]); evidence is a
+//! line reference plus what is needed to describe it ([`Cite`]), not a copy of text; what few
+//! addresses have (successful logins, a held ban, alerts, open transactions) lives in one
+//! optional box ([`Extra`]). The worst case per IP is bounded by the per-IP caps (64
+//! failures, 8 evidence lines, 16 users, 4 probes with the defaults).
+//!
+//! The snapshot form (serde) is the one of snapshot version 1 where it could stay so: a
+//! version-1 file loads into these types (times as integers are clamped into [`Ts`], session
+//! names are hashed into [`SessionKey`], evidence text is kept as text).
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
 use std::net::IpAddr;
+use std::ops::Deref;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use chrono::{DateTime, Utc};
+use indexmap::IndexMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::decision::{Evidence, Rule};
+use crate::event::{Event, EventKind, Protocol};
 
 /// Longest user name or recipient kept (bytes); longer attacker-supplied names are cut.
 pub const MAX_NAME_LEN: usize = 128;
@@ -29,14 +38,300 @@ pub const MAX_PROBES: usize = 4;
 /// Recipients remembered per aborted transaction.
 pub const MAX_PROBE_RCPTS: usize = 4;
 
+/// A log time in whole Unix seconds, as u32 (1970 to 2106); times outside are clamped (the
+/// engine's own clock stays i64). Compares with i64 seconds directly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ts(u32);
+
+impl Ts {
+    pub fn of(secs: i64) -> Ts {
+        Ts(secs.clamp(0, i64::from(u32::MAX)) as u32)
+    }
+    pub fn get(self) -> i64 {
+        i64::from(self.0)
+    }
+    /// The later of this and `secs`.
+    pub fn max_with(self, secs: i64) -> Ts {
+        self.max(Ts::of(secs))
+    }
+}
+
+impl From<Ts> for i64 {
+    fn from(t: Ts) -> i64 {
+        t.get()
+    }
+}
+
+impl PartialEq<i64> for Ts {
+    fn eq(&self, o: &i64) -> bool {
+        self.get() == *o
+    }
+}
+impl PartialOrd<i64> for Ts {
+    fn partial_cmp(&self, o: &i64) -> Option<std::cmp::Ordering> {
+        self.get().partial_cmp(o)
+    }
+}
+impl PartialEq<Ts> for i64 {
+    fn eq(&self, o: &Ts) -> bool {
+        *self == o.get()
+    }
+}
+impl PartialOrd<Ts> for i64 {
+    fn partial_cmp(&self, o: &Ts) -> Option<std::cmp::Ordering> {
+        self.partial_cmp(&o.get())
+    }
+}
+impl std::ops::Sub<Ts> for i64 {
+    type Output = i64;
+    fn sub(self, o: Ts) -> i64 {
+        self - o.get()
+    }
+}
+impl std::ops::Sub<i64> for Ts {
+    type Output = i64;
+    fn sub(self, o: i64) -> i64 {
+        self.get() - o
+    }
+}
+impl std::ops::Sub for Ts {
+    type Output = i64;
+    fn sub(self, o: Ts) -> i64 {
+        self.get() - o.get()
+    }
+}
+
+impl Serialize for Ts {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.0)
+    }
+}
+impl<'de> Deserialize<'de> for Ts {
+    /// Any integer (version 1 wrote i64 seconds), clamped.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Ts, D::Error> {
+        i64::deserialize(d).map(Ts::of)
+    }
+}
+
+/// An interned user name or recipient: every record naming it shares one allocation.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(Arc<str>);
+
+impl Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl PartialEq<str> for Name {
+    fn eq(&self, o: &str) -> bool {
+        &*self.0 == o
+    }
+}
+impl Serialize for Name {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+impl<'de> Deserialize<'de> for Name {
+    /// Not interned yet: [`Names::intern_name`] shares it on restore.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(Name(bounded_name(&s).into()))
+    }
+}
+
+/// The engine's name interner. Names nobody refers to any more are dropped at each sweep.
+#[derive(Debug, Default)]
+pub struct Names(HashSet<Arc<str>>);
+
+impl Names {
+    /// The shared copy of `raw` cut to [`MAX_NAME_LEN`] with control characters replaced.
+    pub fn intern(&mut self, raw: &str) -> Name {
+        let bounded = bounded_name(raw);
+        if let Some(a) = self.0.get(&*bounded) {
+            return Name(a.clone());
+        }
+        let a: Arc<str> = bounded.into();
+        self.0.insert(a.clone());
+        Name(a)
+    }
+
+    /// Replaces `name` by the shared copy (after a restore).
+    pub fn intern_name(&mut self, name: &mut Name) {
+        *name = self.intern(&name.0);
+    }
+
+    /// Forgets names that only the interner still holds.
+    pub fn collect(&mut self) {
+        self.0.retain(|a| Arc::strong_count(a) > 1);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// An SMTP session id (`smtpd:1234`, a queue id) kept as a 64-bit FNV-1a hash: only compared
+/// for equality, and 8 bytes instead of a string. Server-written, so not chosen by a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SessionKey(u64);
+
+impl SessionKey {
+    pub fn of(session: &str) -> SessionKey {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in session.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        SessionKey(h)
+    }
+}
+impl Serialize for SessionKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+impl<'de> Deserialize<'de> for SessionKey {
+    /// A number, or the session's text as version 1 wrote it.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<SessionKey, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Hash(u64),
+            Text(String),
+        }
+        Ok(match Repr::deserialize(d)? {
+            Repr::Hash(h) => SessionKey(h),
+            Repr::Text(t) => SessionKey::of(&t),
+        })
+    }
+}
+
+/// A list stored as a boxed slice of exactly its length: 16 bytes inline and no spare
+/// capacity (state lists are short and change rarely, so a push may reallocate).
+#[derive(Clone, PartialEq)]
+pub struct Tiny<T>(Box<[T]>);
+
+impl<T> Default for Tiny<T> {
+    fn default() -> Self {
+        Tiny(Box::new([]))
+    }
+}
+impl<T: fmt::Debug> fmt::Debug for Tiny<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.iter()).finish()
+    }
+}
+impl<T> Deref for Tiny<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.0
+    }
+}
+impl<T> std::ops::DerefMut for Tiny<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.0
+    }
+}
+impl<T> From<Vec<T>> for Tiny<T> {
+    fn from(v: Vec<T>) -> Self {
+        Tiny(v.into_boxed_slice())
+    }
+}
+impl<T> FromIterator<T> for Tiny<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(it: I) -> Self {
+        Tiny(it.into_iter().collect())
+    }
+}
+impl<'a, T> IntoIterator for &'a Tiny<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+impl<T: Serialize> Serialize for Tiny<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Tiny<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<T>::deserialize(d).map(Tiny::from)
+    }
+}
+
+impl<T> Tiny<T> {
+    fn edit(&mut self, f: impl FnOnce(&mut Vec<T>)) {
+        let mut v = std::mem::take(&mut self.0).into_vec();
+        f(&mut v);
+        self.0 = v.into_boxed_slice();
+    }
+    pub fn push(&mut self, x: T) {
+        self.edit(|v| {
+            v.reserve_exact(1);
+            v.push(x)
+        });
+    }
+    /// Removes and returns the first (oldest) element.
+    pub fn pop_front(&mut self) -> Option<T> {
+        let mut out = None;
+        if !self.0.is_empty() {
+            self.edit(|v| out = Some(v.remove(0)));
+        }
+        out
+    }
+    pub fn remove(&mut self, i: usize) -> T {
+        let mut out = None;
+        self.edit(|v| out = Some(v.remove(i)));
+        out.expect("removed")
+    }
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        if self.0.iter().all(&mut keep) {
+            return;
+        }
+        self.edit(|v| v.retain(keep));
+    }
+    pub fn truncate(&mut self, len: usize) {
+        if self.0.len() > len {
+            self.edit(|v| v.truncate(len));
+        }
+    }
+    pub fn back(&self) -> Option<&T> {
+        self.0.last()
+    }
+    pub fn back_mut(&mut self) -> Option<&mut T> {
+        self.0.last_mut()
+    }
+    /// Heap bytes held.
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of_val(&*self.0)
+    }
+}
+
 /// One counted failed login.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Failure {
-    pub time: i64,
-    pub line: u64,
-    pub user: Option<Box<str>>,
+    pub time: Ts,
     /// Attempts this line counted (`Event::failures`).
     pub count: u32,
+    pub line: u64,
+    pub user: Option<Name>,
     /// The mailbox does not exist (`auth_unknown_user`).
     pub unknown_user: bool,
     /// The IP has logged in successfully as this user (before or after): only the lenient
@@ -61,8 +356,8 @@ pub enum SaslSide {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Success {
-    pub user: Box<str>,
-    pub time: i64,
+    pub user: Name,
+    pub time: Ts,
     /// False when the login looked like a guessed password (possible compromise): it makes
     /// the address neither a known client nor shared.
     #[serde(default = "yes")]
@@ -94,15 +389,15 @@ pub struct ProbeMark {
     pub prober: IpAddr,
     /// The prober's own address.
     pub addr: IpAddr,
-    pub recipient: Box<str>,
+    pub recipient: Name,
 }
 
 /// An accepted RCPT whose transaction has not ended yet.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PendingRcpt {
-    pub session: Option<Box<str>>,
-    pub recipient: Box<str>,
-    pub time: i64,
+    pub session: Option<SessionKey>,
+    pub recipient: Name,
+    pub time: Ts,
     /// Whether the RCPT line's client looked like a mail server (`None`: not told).
     #[serde(default)]
     pub peer: Option<bool>,
@@ -111,10 +406,7 @@ pub struct PendingRcpt {
 /// An SMTP transaction that named a recipient and ended without an accepted message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Probe {
-    pub time: i64,
-    pub line: u64,
-    pub session: Option<Box<str>>,
-    pub recipients: Vec<Box<str>>,
+    pub time: Ts,
     /// The client looked like a mail server verifying a sender (see `SmtpPeer`): such a
     /// probe is weak evidence only and never ties other addresses to it.
     #[serde(default)]
@@ -122,34 +414,275 @@ pub struct Probe {
     /// The RCPT line told what the client looked like (`mta_like` is a finding, not a default).
     #[serde(default)]
     pub peer_known: bool,
+    pub line: u64,
+    pub session: Option<SessionKey>,
+    pub recipients: Tiny<Name>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct IpState {
-    pub first_seen: i64,
-    pub last_seen: i64,
-    pub failures: VecDeque<Failure>,
-    pub successes: Vec<Success>,
-    pub pending_rcpts: Vec<PendingRcpt>,
-    pub probes: VecDeque<Probe>,
-    pub evidence: VecDeque<Evidence>,
+/// What a cited line was, enough to describe it again (see [`Cite::evidence`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CiteKind {
+    Rcpt,
+    MessageAccepted,
+    Aborted,
+    Lost,
+    DisconnectAfterMessage,
+    Disconnect,
+    Success,
+    Failure,
+    UnknownUser,
+    /// Any other kind: the name holds its description.
+    Other,
+    /// Evidence restored from a version-1 snapshot: the name holds its description.
+    Text,
+}
+
+/// One evidence line by reference: its number and time, what it was and the name it named.
+/// The description is made when a decision or `explain` needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Cite {
+    pub line: u64,
+    pub name: Option<Name>,
+    pub time: Ts,
+    pub kind: CiteKind,
+    pub protocol: Option<Protocol>,
+}
+
+impl Cite {
+    /// The evidence of `ev` (names interned in `names`).
+    pub fn of(ev: &Event, names: &mut Names) -> Cite {
+        let (kind, name) = match ev.kind {
+            EventKind::Rcpt => (CiteKind::Rcpt, ev.recipient.as_deref()),
+            EventKind::MessageAccepted => (CiteKind::MessageAccepted, None),
+            EventKind::TransactionAborted => (CiteKind::Aborted, None),
+            EventKind::LostConnection => (CiteKind::Lost, None),
+            EventKind::Disconnect if ev.smtp.is_some_and(|c| c.data_ok > 0) => {
+                (CiteKind::DisconnectAfterMessage, None)
+            }
+            EventKind::Disconnect => (CiteKind::Disconnect, None),
+            EventKind::AuthSuccess => (CiteKind::Success, ev.user.as_deref()),
+            EventKind::AuthFailure => (CiteKind::Failure, ev.user.as_deref()),
+            EventKind::AuthUnknownUser => (CiteKind::UnknownUser, ev.user.as_deref()),
+            other => (CiteKind::Other, Some(other.name())),
+        };
+        Cite {
+            line: ev.line,
+            name: name.map(|n| names.intern(n)),
+            time: Ts::of(ev.time.timestamp()),
+            kind,
+            protocol: ev.protocol,
+        }
+    }
+
+    /// The evidence as decisions carry it (the same words as ever).
+    pub fn evidence(&self) -> Evidence {
+        let name = self.name.as_deref().unwrap_or("?");
+        let login = self.protocol.map_or("login".to_string(), |p| {
+            format!("{} login", super::rules::protocol_name(p))
+        });
+        let what = match self.kind {
+            CiteKind::Rcpt => format!("RCPT to <{name}>"),
+            CiteKind::MessageAccepted => "message accepted".into(),
+            CiteKind::Aborted => "SMTP transaction aborted without a message".into(),
+            CiteKind::Lost => "SMTP connection lost".into(),
+            CiteKind::DisconnectAfterMessage => "SMTP disconnect after a message".into(),
+            CiteKind::Disconnect => "SMTP disconnect without a message".into(),
+            CiteKind::Success => format!("{login} as {name} succeeded"),
+            CiteKind::Failure => format!("{login} as {name} failed"),
+            CiteKind::UnknownUser => format!("{login} as non-existent {name} failed"),
+            CiteKind::Other | CiteKind::Text => name.to_string(),
+        };
+        Evidence {
+            line: self.line,
+            time: DateTime::from_timestamp(self.time.get(), 0).unwrap_or_default(),
+            what,
+        }
+    }
+}
+
+/// The snapshot form of a [`Cite`]: version 2 writes the reference, version 1 wrote the
+/// description (`what`) with an RFC 3339 time.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum CiteRepr {
+    Ref {
+        line: u64,
+        t: Ts,
+        k: CiteKind,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        p: Option<Protocol>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        n: Option<Name>,
+    },
+    Text {
+        line: u64,
+        time: DateTime<Utc>,
+        what: String,
+    },
+}
+
+impl Serialize for Cite {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        CiteRepr::Ref {
+            line: self.line,
+            t: self.time,
+            k: self.kind,
+            p: self.protocol,
+            n: self.name.clone(),
+        }
+        .serialize(s)
+    }
+}
+impl<'de> Deserialize<'de> for Cite {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Cite, D::Error> {
+        Ok(match CiteRepr::deserialize(d)? {
+            CiteRepr::Ref { line, t, k, p, n } => Cite {
+                line,
+                name: n,
+                time: t,
+                kind: k,
+                protocol: p,
+            },
+            CiteRepr::Text { line, time, what } => Cite {
+                line,
+                // Cut like any name: the description of a version-1 line is short anyway.
+                name: Some(Name(what.into())),
+                time: Ts::of(time.timestamp()),
+                kind: CiteKind::Text,
+                protocol: None,
+            },
+        })
+    }
+}
+
+/// What only some addresses have: successful logins, open transactions, a held ban, alerts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extra {
+    pub successes: Tiny<Success>,
+    pub pending_rcpts: Tiny<PendingRcpt>,
     /// A ban waiting out the grace period.
-    #[serde(default)]
     pub pending: Option<Pending>,
     /// Last log time the address was tied to a campaign (a login linked to a probe, a
     /// failure on a mailbox under attack): a success from it is not trusted.
-    #[serde(default)]
-    pub campaign: Option<i64>,
+    pub campaign: Option<Ts>,
     /// Last log time a shared-address alert was raised for it.
-    #[serde(default)]
-    pub shared_noticed: Option<i64>,
+    pub shared_noticed: Option<Ts>,
     /// Last possible-compromise alert: log time, user.
-    #[serde(default)]
-    pub compromise: Option<(i64, Box<str>)>,
+    pub compromise: Option<(Ts, Name)>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        self.successes.is_empty()
+            && self.pending_rcpts.is_empty()
+            && self.pending.is_none()
+            && self.campaign.is_none()
+            && self.shared_noticed.is_none()
+            && self.compromise.is_none()
+    }
+}
+
+/// Everything the engine remembers about one address (IPv4, or an IPv6 /64).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IpState {
+    pub first_seen: Ts,
+    pub last_seen: Ts,
+    pub failures: Tiny<Failure>,
+    pub probes: Tiny<Probe>,
+    pub evidence: Tiny<Cite>,
+    extra: Option<Box<Extra>>,
 }
 
 impl IpState {
-    pub fn push_evidence(&mut self, ev: Evidence, cap: usize) {
+    pub fn new(t: i64) -> IpState {
+        IpState {
+            first_seen: Ts::of(t),
+            last_seen: Ts::of(t),
+            ..IpState::default()
+        }
+    }
+
+    /// The rarely present parts, if any.
+    pub fn extra(&self) -> Option<&Extra> {
+        self.extra.as_deref()
+    }
+
+    /// The rarely present parts, for a change; boxed on first use. [`IpState::tidy`] frees
+    /// the box again once it is empty.
+    pub fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    /// The rarely present parts for a change, if there are any (nothing is boxed).
+    pub fn extra_mut_if_any(&mut self) -> Option<&mut Extra> {
+        self.extra.as_deref_mut()
+    }
+
+    /// Something in it is older than `cutoff` (successful logins: than `lenient`).
+    pub fn needs_expiry(&self, cutoff: i64, lenient: i64) -> bool {
+        self.failures.iter().any(|f| f.time < cutoff)
+            || self.probes.iter().any(|p| p.time < cutoff)
+            || self.evidence.iter().any(|e| e.time < cutoff)
+            || self.pending_rcpts().iter().any(|p| p.time < cutoff)
+            || self.successes().iter().any(|x| x.time < lenient)
+    }
+
+    /// Forgets what is older than `cutoff` (successful logins: than `lenient`).
+    pub fn expire(&mut self, cutoff: i64, lenient: i64) {
+        self.failures.retain(|f| f.time >= cutoff);
+        self.probes.retain(|p| p.time >= cutoff);
+        self.evidence.retain(|e| e.time >= cutoff);
+        if let Some(x) = self.extra_mut_if_any() {
+            x.pending_rcpts.retain(|p| p.time >= cutoff);
+            x.successes.retain(|x| x.time >= lenient);
+        }
+        self.tidy();
+    }
+
+    /// Frees the extra box when nothing is left in it.
+    pub fn tidy(&mut self) {
+        if self.extra.as_deref().is_some_and(Extra::is_empty) {
+            self.extra = None;
+        }
+    }
+
+    pub fn successes(&self) -> &[Success] {
+        self.extra().map_or(&[], |x| &x.successes)
+    }
+    pub fn pending_rcpts(&self) -> &[PendingRcpt] {
+        self.extra().map_or(&[], |x| &x.pending_rcpts)
+    }
+    pub fn pending(&self) -> Option<&Pending> {
+        self.extra()?.pending.as_ref()
+    }
+    pub fn campaign(&self) -> Option<Ts> {
+        self.extra()?.campaign
+    }
+    pub fn shared_noticed(&self) -> Option<Ts> {
+        self.extra()?.shared_noticed
+    }
+    pub fn compromise(&self) -> Option<&(Ts, Name)> {
+        self.extra()?.compromise.as_ref()
+    }
+
+    /// Drops a held ban (if any).
+    pub fn clear_pending(&mut self) {
+        if let Some(x) = self.extra.as_deref_mut() {
+            x.pending = None;
+        }
+        self.tidy();
+    }
+
+    /// Takes the held ban if its deadline is `deadline`.
+    pub fn take_pending_at(&mut self, deadline: i64) -> Option<Pending> {
+        let x = self.extra.as_deref_mut()?;
+        let p = x.pending.take_if(|p| p.deadline == deadline);
+        self.tidy();
+        p
+    }
+
+    pub fn push_evidence(&mut self, ev: Cite, cap: usize) {
         // Duplicate descriptions of one line (same number) are kept once.
         if self
             .evidence
@@ -158,22 +691,37 @@ impl IpState {
         {
             return;
         }
-        self.evidence.push_back(ev);
-        while self.evidence.len() > cap {
-            self.evidence.pop_front();
+        if cap > 0 && self.evidence.len() >= cap {
+            // One reallocation: drop the oldest ones and add the new one together.
+            let keep = cap - 1;
+            let mut v: Vec<Cite> = Vec::with_capacity(cap);
+            let skip = self.evidence.len() - keep;
+            v.extend(self.evidence.iter().skip(skip).cloned());
+            v.push(ev);
+            self.evidence = v.into();
+            return;
         }
+        if cap == 0 {
+            return;
+        }
+        self.evidence.push(ev);
+    }
+
+    /// The evidence as decisions carry it, oldest first.
+    pub fn evidence_list(&self) -> Vec<Evidence> {
+        self.evidence.iter().map(Cite::evidence).collect()
     }
 
     /// Did this IP log in successfully as `user` at or after `since`?
     pub fn succeeded_as(&self, user: &str, since: i64) -> bool {
-        self.successes
+        self.successes()
             .iter()
             .any(|s| &*s.user == user && s.time >= since)
     }
 
     /// Distinct users with a trusted successful login at or after `since`.
     pub fn success_users_since(&self, since: i64) -> usize {
-        self.successes
+        self.successes()
             .iter()
             .filter(|s| s.trusted && s.time >= since)
             .count()
@@ -181,39 +729,161 @@ impl IpState {
 
     /// Users this address logged in as (trusted) at or after `since`.
     pub fn known_users(&self, since: i64) -> impl Iterator<Item = &str> {
-        self.successes
+        self.successes()
             .iter()
             .filter(move |s| s.trusted && s.time >= since)
             .map(|s| &*s.user)
     }
 
-    /// Heap plus inline bytes, for the memory estimate.
+    /// How much this address's state is worth keeping when the state is full: what it
+    /// would cost to lose. Cheap events that never ban alone (a lost connection, a probe)
+    /// count for little; counted failures, a held ban, a campaign tie and a customer's
+    /// successful login (its leniency) count for much. Eviction drops the lowest first.
+    pub fn evidence_weight(&self) -> u32 {
+        let failures: u32 = (self.failures.iter())
+            .filter(|f| !f.lenient)
+            .map(|f| f.count.min(16))
+            .sum();
+        let probes = self.probes.iter().filter(|p| !p.mta_like).count() as u32;
+        let mut w = failures.saturating_mul(4) + probes;
+        if let Some(x) = self.extra() {
+            if !x.successes.is_empty() {
+                w += 32;
+            }
+            if x.pending.is_some() || x.campaign.is_some() || x.compromise.is_some() {
+                w += 64;
+            }
+        }
+        w
+    }
+
+    /// The weight from which an address's state counts as evidence toward a ban (a counted
+    /// failed login, a held ban, a campaign tie) or a customer's leniency: evicting it is
+    /// churn that costs detection (`evicted_with_evidence`).
+    pub const WEIGHTY: u32 = 4;
+
+    /// Replaces every name by its interned copy (after a restore).
+    pub fn intern(&mut self, names: &mut Names) {
+        for f in self.failures.iter_mut() {
+            if let Some(u) = &mut f.user {
+                names.intern_name(u);
+            }
+        }
+        for p in self.probes.iter_mut() {
+            for r in p.recipients.iter_mut() {
+                names.intern_name(r);
+            }
+        }
+        for c in self.evidence.iter_mut() {
+            if let Some(n) = &mut c.name {
+                names.intern_name(n);
+            }
+        }
+        if let Some(x) = self.extra.as_deref_mut() {
+            for s in x.successes.iter_mut() {
+                names.intern_name(&mut s.user);
+            }
+            for r in x.pending_rcpts.iter_mut() {
+                names.intern_name(&mut r.recipient);
+            }
+            if let Some((_, u)) = &mut x.compromise {
+                names.intern_name(u);
+            }
+        }
+    }
+
+    /// Heap plus inline bytes (names counted in full, although they are shared), for tests.
     pub fn approx_bytes(&self) -> usize {
         use std::mem::size_of;
-        let name = |s: &Option<Box<str>>| s.as_ref().map_or(0, |s| s.len());
+        let name = |n: &Option<Name>| n.as_ref().map_or(0, |s| s.len());
+        let x = self.extra.as_deref();
         size_of::<IpAddr>()
             + size_of::<Self>()
-            + self.failures.capacity() * size_of::<Failure>()
+            + self.failures.heap_bytes()
             + self.failures.iter().map(|f| name(&f.user)).sum::<usize>()
-            + self.successes.capacity() * size_of::<Success>()
-            + self.successes.iter().map(|s| s.user.len()).sum::<usize>()
-            + self.pending_rcpts.capacity() * size_of::<PendingRcpt>()
-            + self.pending_rcpts.iter().map(|p| p.recipient.len() + name(&p.session)).sum::<usize>()
-            + self.probes.capacity() * size_of::<Probe>()
-            + self
-                .probes
-                .iter()
+            + self.probes.heap_bytes()
+            + (self.probes.iter())
                 .map(|p| {
-                    p.recipients.capacity() * size_of::<Box<str>>()
-                        + p.recipients.iter().map(|r| r.len()).sum::<usize>()
-                        + name(&p.session)
+                    p.recipients.heap_bytes() + p.recipients.iter().map(|r| r.len()).sum::<usize>()
                 })
                 .sum::<usize>()
-            + self.evidence.capacity() * size_of::<Evidence>()
-            + self.evidence.iter().map(|e| e.what.capacity()).sum::<usize>()
-            // hashbrown: one control byte per bucket and about 1/8 spare buckets.
-            + (size_of::<IpAddr>() + size_of::<Self>()) / 8
-            + 1
+            + self.evidence.heap_bytes()
+            + self.evidence.iter().map(|e| name(&e.name)).sum::<usize>()
+            + x.map_or(0, |x| {
+                size_of::<Extra>()
+                    + x.successes.heap_bytes()
+                    + x.pending_rcpts.heap_bytes()
+                    + x.pending.as_ref().map_or(0, |p| p.note.len())
+            })
+    }
+}
+
+/// The snapshot form of an [`IpState`]: the field names of version 1, the extra parts
+/// flattened back into it.
+#[derive(Serialize, Deserialize)]
+struct IpStateRepr {
+    first_seen: Ts,
+    last_seen: Ts,
+    #[serde(default)]
+    failures: Tiny<Failure>,
+    #[serde(default)]
+    successes: Tiny<Success>,
+    #[serde(default)]
+    pending_rcpts: Tiny<PendingRcpt>,
+    #[serde(default)]
+    probes: Tiny<Probe>,
+    #[serde(default)]
+    evidence: Tiny<Cite>,
+    #[serde(default)]
+    pending: Option<Pending>,
+    #[serde(default)]
+    campaign: Option<Ts>,
+    #[serde(default)]
+    shared_noticed: Option<Ts>,
+    #[serde(default)]
+    compromise: Option<(Ts, Name)>,
+}
+
+impl Serialize for IpState {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let empty = Extra::default();
+        let x = self.extra().unwrap_or(&empty);
+        let mut st = s.serialize_struct("IpState", 11)?;
+        st.serialize_field("first_seen", &self.first_seen)?;
+        st.serialize_field("last_seen", &self.last_seen)?;
+        st.serialize_field("failures", &self.failures)?;
+        st.serialize_field("successes", &x.successes)?;
+        st.serialize_field("pending_rcpts", &x.pending_rcpts)?;
+        st.serialize_field("probes", &self.probes)?;
+        st.serialize_field("evidence", &self.evidence)?;
+        st.serialize_field("pending", &x.pending)?;
+        st.serialize_field("campaign", &x.campaign)?;
+        st.serialize_field("shared_noticed", &x.shared_noticed)?;
+        st.serialize_field("compromise", &x.compromise)?;
+        st.end()
+    }
+}
+impl<'de> Deserialize<'de> for IpState {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<IpState, D::Error> {
+        let r = IpStateRepr::deserialize(d)?;
+        let mut s = IpState {
+            first_seen: r.first_seen,
+            last_seen: r.last_seen,
+            failures: r.failures,
+            probes: r.probes,
+            evidence: r.evidence,
+            extra: Some(Box::new(Extra {
+                successes: r.successes,
+                pending_rcpts: r.pending_rcpts,
+                pending: r.pending,
+                campaign: r.campaign,
+                shared_noticed: r.shared_noticed,
+                compromise: r.compromise,
+            })),
+        };
+        s.tidy();
+        Ok(s)
     }
 }
 
@@ -278,7 +948,7 @@ pub fn bounded_name(s: &str) -> Box<str> {
 /// Removes the entries with the oldest `last_seen` until `map` holds at most 90% of `cap`
 /// (so eviction runs rarely). Ties break on the key for determinism.
 pub fn evict_oldest<K, V>(
-    map: &mut std::collections::HashMap<K, V>,
+    map: &mut HashMap<K, V>,
     cap: usize,
     last_seen: impl Fn(&V) -> i64,
     keep: impl Fn(&K, &V) -> bool,
@@ -301,4 +971,34 @@ where
         map.remove(&k);
     }
     excess
+}
+
+/// Evicts addresses until `map` holds at most 90% of `cap`: those with the least evidence
+/// first ([`IpState::evidence_weight`]), the least recently seen among equals, ties broken
+/// on the key. Oldest-first alone would evict exactly the slow bots, and let a flood of
+/// cheap events from fresh addresses push out the evidence against them. What was evicted:
+/// (addresses, how many of them carried evidence that counts toward a ban).
+pub fn evict_least_evidence(
+    map: &mut IndexMap<IpAddr, std::sync::Arc<IpState>>,
+    cap: usize,
+) -> (usize, usize) {
+    if map.len() <= cap {
+        return (0, 0);
+    }
+    let target = cap - cap / 10;
+    let excess = map.len() - target;
+    let mut order: Vec<(u32, Ts, IpAddr)> = map
+        .iter()
+        .map(|(k, v)| (v.evidence_weight(), v.last_seen, *k))
+        .collect();
+    if excess < order.len() {
+        order.select_nth_unstable(excess);
+        order.truncate(excess);
+    }
+    let weighty = (order.iter())
+        .filter(|(w, _, _)| *w >= IpState::WEIGHTY)
+        .count();
+    let gone: HashSet<IpAddr> = order.into_iter().map(|(_, _, k)| k).collect();
+    map.retain(|k, _| !gone.contains(k));
+    (excess, weighty)
 }

@@ -1253,3 +1253,186 @@ fn a_login_after_failing_on_a_mailbox_under_attack_is_a_possible_compromise() {
     assert!(alerts(&out).is_empty());
     assert!(alerts(&f.ok(320, "198.18.96.1", "info@example.test")).is_empty());
 }
+
+/// The churn attack: a real bot's first failure, then a flood of cheap probes (RCPT and an
+/// abort, which never ban alone) from fresh IPv6 /64s, more than the state cap, then the
+/// bot's second failure two hours later. Oldest-first eviction forgot the first failure and
+/// the bot got away; evicting the least evidence first keeps it, and the flood evicts itself.
+#[test]
+fn a_flood_of_cheap_probes_does_not_evict_a_real_bots_failure() {
+    let mut c = only(Rule::SlowRepeat);
+    c.max_tracked_ips = 1000;
+    let mut f = Feed::new(c);
+    assert!(f.fail(0, BOT, "admin@example.test").is_empty());
+    for i in 0..1100u32 {
+        let ip = format!("2001:db8:{:x}:{:x}::1", 0x100 + (i >> 16), i & 0xffff);
+        let at = 60 + i64::from(i) * 6;
+        assert!(f.probe(at, &ip, "info@example.test").is_empty());
+    }
+    let d = f.fail(2 * 3600, BOT, "admin@example.test");
+    assert_eq!(d.len(), 1, "the first failure was forgotten: {d:?}");
+    assert_eq!(d[0].rule, Rule::SlowRepeat);
+    assert_eq!(d[0].ip, BOT.parse::<IpAddr>().unwrap());
+    // The churn shows: probes were evicted, nothing that counts toward a ban.
+    let stats = f.engine.stats();
+    assert!(stats.evicted_for_space >= 100, "{stats:?}");
+    assert_eq!(stats.evicted_with_evidence, 0, "{stats:?}");
+}
+
+/// Among addresses with equal evidence the least recently seen goes first, and an address
+/// with a customer's successful login (its leniency) outlives failures.
+#[test]
+fn eviction_prefers_the_least_evidence_then_the_oldest() {
+    let mut c = cfg();
+    c.max_tracked_ips = 10;
+    c.slow_repeat_score = 100;
+    let mut f = Feed::new(c);
+    f.ok(0, "198.18.5.1", "alice@example.test");
+    for i in 0..5 {
+        f.fail(
+            10 + i,
+            &format!("198.18.6.{i}"),
+            &format!("u{i}@example.test"),
+        );
+    }
+    for i in 0..6 {
+        let mut e = f.ev(100 + i, &format!("198.18.7.{i}"), EventKind::LostConnection);
+        e.session = Some(format!("pid:{i}"));
+        f.push(e);
+    }
+    // The 11th address is one too many: down to 9, the two oldest lost connections go
+    // first; the 12th makes 10 again.
+    let (ips, _, _) = f.engine.tracked();
+    assert_eq!(ips, 10);
+    let kept = |f: &Feed, ip: &str| f.engine.ips.contains_key(&ip.parse::<IpAddr>().unwrap());
+    assert!(kept(&f, "198.18.5.1"), "the customer is kept");
+    assert!(
+        (0..5).all(|i| kept(&f, &format!("198.18.6.{i}"))),
+        "failures are kept"
+    );
+    assert!(!kept(&f, "198.18.7.0") && !kept(&f, "198.18.7.1") && kept(&f, "198.18.7.2"));
+    assert_eq!(f.engine.stats().evicted_with_evidence, 0);
+}
+
+/// A version-1 snapshot (written by the previous detector) loads: its ban stays active, its
+/// offences escalate the next ban, its evidence and failures are explained as they were.
+#[test]
+fn a_version_1_snapshot_loads_with_its_bans_and_evidence() {
+    let t = T0 + 100;
+    let v1 = format!(
+        r#"{{"version":1,"now":{t},
+        "stats":{{"events":9,"bans":1,"spared":0,"spared_shared":0,"alerts":0,
+                  "evicted_ips":0,"evicted_users":0,"evicted_prefixes":0}},
+        "ips":[["198.18.0.2",{{"first_seen":{t0},"last_seen":{t},
+            "failures":[{{"time":{t},"line":7,"user":"admin@example.test","count":1,
+                          "unknown_user":false,"lenient":false,"sasl":null,"paired":false}}],
+            "successes":[],
+            "pending_rcpts":[{{"session":"pid:9","recipient":"x@example.test","time":{t},
+                               "peer":null}}],
+            "probes":[{{"time":{t0},"line":5,"session":"pid:100",
+                        "recipients":["admin@example.test"],"mta_like":false,
+                        "peer_known":false}}],
+            "evidence":[{{"line":5,"time":"2026-11-18T11:06:40Z",
+                          "what":"SMTP transaction aborted without a message"}},
+                        {{"line":7,"time":"2026-11-18T11:08:20Z",
+                          "what":"IMAP login as admin@example.test failed"}}],
+            "pending":null,"campaign":{t},"shared_noticed":null,
+            "compromise":[{t},"bob@example.test"]}}]],
+        "users":[["admin",{{"last_seen":{t},"failures":[{{"ip":"198.18.0.2","time":{t},
+            "addr":"198.18.0.2"}}],"attacked_until":null,"linked":[],"owner_seen":null}}]],
+        "prefixes":[["198.18.0.2/32",{{"offences":1,"last_offence":{t},
+            "banned_until":{until},"last_rule":"probe-login","last_note":"a login"}}]],
+        "marks":[["admin",[{{"time":{t0},"prober":"198.18.0.2","addr":"198.18.0.2",
+            "recipient":"admin@example.test"}}]]],
+        "sites":[]}}"#,
+        t0 = T0,
+        until = t + 3600
+    );
+    let snap: Snapshot = serde_json::from_str(&v1).unwrap();
+    let mut e = Engine::restore(cfg(), snap).unwrap();
+    let bans = e.active_bans();
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!(bans[0].0, "198.18.0.2/32".parse::<IpNet>().unwrap());
+    assert_eq!(bans[0].1.timestamp(), t + 3600);
+    let x = e.explain("198.18.0.2".parse().unwrap());
+    assert_eq!(x.offences, 1);
+    assert_eq!(x.failures.len(), 1);
+    assert_eq!(x.failures[0].user.as_deref(), Some("admin@example.test"));
+    assert_eq!(x.probes.len(), 1);
+    assert!(x.campaign.is_some());
+    assert_eq!(x.compromise.as_ref().unwrap().1, "bob@example.test");
+    let what: Vec<&str> = x.evidence.iter().map(|e| e.what.as_str()).collect();
+    assert_eq!(
+        what,
+        [
+            "SMTP transaction aborted without a message",
+            "IMAP login as admin@example.test failed"
+        ]
+    );
+    // Written again, it is version 2 and reads back to the same state.
+    let again = e.snapshot();
+    assert_eq!(again.version, SNAPSHOT_VERSION);
+    let json = serde_json::to_string(&again).unwrap();
+    let back: Snapshot = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, again);
+    // After the ban ends, the next offence is the second one (24 h).
+    let mut ev = Feed::new(cfg()).ev(3 * 3600, "198.18.0.2", EventKind::AuthFailure);
+    ev.user = Some("root@example.test".into());
+    ev.failures = 1;
+    let mut d = e.observe(&ev);
+    ev.time = at_time(3 * 3600 + 10);
+    ev.line += 1;
+    d.extend(e.observe(&ev));
+    let ban = d.iter().find(|d| d.action == Action::Ban).expect("a ban");
+    assert_eq!(ban.offence, 2, "{d:?}");
+}
+
+/// Evidence is kept as references and described when needed, in the same words.
+#[test]
+fn evidence_is_described_from_its_reference() {
+    let mut f = Feed::new(only(Rule::ProbeLogin));
+    f.probe(0, BOT, "admin@example.test");
+    let d = f.fail(5, BOT, "admin@example.test");
+    let what: Vec<&str> = d[0].evidence.iter().map(|e| e.what.as_str()).collect();
+    assert_eq!(
+        what,
+        [
+            "RCPT to <admin@example.test>",
+            "SMTP transaction aborted without a message",
+            "IMAP login as admin@example.test failed"
+        ]
+    );
+    assert_eq!(d[0].evidence[2].time, at_time(5));
+}
+
+/// One allocation per distinct name, however many records name it; names nobody refers to
+/// are dropped at the sweep.
+#[test]
+fn names_are_interned_and_collected() {
+    let mut f = Feed::new(cfg());
+    for i in 0..50 {
+        f.probe(i, &format!("198.18.9.{i}"), "shared@example.test");
+    }
+    assert_eq!(f.engine.names.len(), 1);
+    f.fail(60, "198.18.10.1", "other@example.test");
+    assert_eq!(f.engine.names.len(), 2);
+    // Past the horizon everything is swept, and the names with it.
+    f.fail(3 * 86400, "198.18.10.2", "late@example.test");
+    assert_eq!(f.engine.names.len(), 1, "only the name still referred to");
+}
+
+/// A save's copy shares the address states with the engine; what the engine changes after
+/// it (the same address, a new one) does not reach the copy.
+#[test]
+fn a_state_copy_is_the_state_at_its_instant() {
+    let mut f = Feed::new(cfg());
+    f.fail(0, BOT, "a@example.test");
+    f.probe(5, "2001:db8:5::1", "x@example.test");
+    let at_copy = f.engine.snapshot();
+    let copy = f.engine.state_copy();
+    f.fail(10, BOT, "b@example.test");
+    f.ok(20, "2001:db8:5::2", "x@example.test");
+    f.fail(30, "198.18.1.1", "c@example.test");
+    assert_ne!(f.engine.snapshot(), at_copy);
+    assert_eq!(copy.into_snapshot(), at_copy);
+}

@@ -28,7 +28,7 @@ use crate::parse::{LineParser, Outcome};
 mod evidence;
 
 use evidence::LineStore;
-pub use evidence::RawLine;
+pub use evidence::{DEFAULT_TEXT_BYTES, LineAt, LineReader, RawLine};
 
 /// Default tolerance of [`ClockGuard`]: log time may run this far ahead of the wall clock.
 pub const DEFAULT_MAX_AHEAD: Duration = Duration::from_secs(300);
@@ -97,6 +97,10 @@ pub struct PipelineStats {
     pub max_ahead_s: u64,
     /// Decisions handed to the sink.
     pub decisions: u64,
+    /// Citable lines of inputs that cannot be read again (stdin) whose text was dropped to
+    /// stay within the text bound before the horizon let them go: decisions citing them show
+    /// fewer raw lines (the engine's own evidence summaries are complete).
+    pub evidence_text_dropped: u64,
 }
 
 /// Drops events whose log time runs ahead of the wall clock by more than `max_ahead`.
@@ -149,6 +153,8 @@ pub struct Pipeline {
     /// Raw text of citable lines (replay); `None` in the daemon, which logs the engine's own
     /// evidence summaries and need not hold hours of log text.
     evidence: Option<LineStore>,
+    /// Reads lines kept by reference back from their files (replay).
+    reader: Option<Box<dyn LineReader + Send>>,
     guard: Option<ClockGuard>,
     /// Sequence number of the last event: the `line` the engine records in its evidence.
     seq: u64,
@@ -162,17 +168,31 @@ impl Pipeline {
             parser,
             engine,
             evidence: None,
+            reader: None,
             guard: None,
             seq: 0,
             stats: PipelineStats::default(),
         }
     }
 
-    /// Keep the raw text of lines the engine may cite, so decisions carry their raw evidence.
-    /// Bounded by the engine's horizon.
-    pub fn with_evidence_text(mut self) -> Self {
+    /// Keep the lines the engine may cite, so decisions carry their raw evidence: by
+    /// reference for lines fed with [`Pipeline::feed_event_at`] (read back through the
+    /// [`LineReader`] of [`Pipeline::with_line_reader`]), as text otherwise, at most
+    /// [`DEFAULT_TEXT_BYTES`] of it. Bounded by the engine's horizon.
+    pub fn with_evidence_text(self) -> Self {
+        self.with_evidence_text_bound(DEFAULT_TEXT_BYTES)
+    }
+
+    /// [`Pipeline::with_evidence_text`] keeping at most `max_text_bytes` of text.
+    pub fn with_evidence_text_bound(mut self, max_text_bytes: usize) -> Self {
         let keep_s = self.engine.config().horizon.as_secs() as i64 + 3600;
-        self.evidence = Some(LineStore::new(keep_s));
+        self.evidence = Some(LineStore::new(keep_s, max_text_bytes));
+        self
+    }
+
+    /// Reads lines kept by reference back from their files when a decision cites them.
+    pub fn with_line_reader(mut self, reader: Box<dyn LineReader + Send>) -> Self {
+        self.reader = Some(reader);
         self
     }
 
@@ -200,7 +220,9 @@ impl Pipeline {
     }
 
     pub fn stats(&self) -> PipelineStats {
-        self.stats
+        let mut s = self.stats;
+        s.evidence_text_dropped = self.evidence.as_ref().map_or(0, |e| e.text_dropped);
+        s
     }
 
     /// Parses one raw line (without its newline) from `origin`, where it is line `line_no`,
@@ -214,10 +236,13 @@ impl Pipeline {
     ) -> Fed {
         match self.parser.parse_line(bytes, self.seq + 1) {
             Outcome::Event(event) => {
-                let raw = || RawLine {
-                    file: origin.to_string(),
-                    line: line_no,
-                    text: String::from_utf8_lossy(bytes).into_owned(),
+                let raw = |store: &mut LineStore, seq, time| {
+                    let raw = RawLine {
+                        file: origin.to_string(),
+                        line: line_no,
+                        text: String::from_utf8_lossy(bytes).into_owned(),
+                    };
+                    store.push(seq, time, raw)
                 };
                 self.feed(event, raw, sink)
             }
@@ -235,13 +260,19 @@ impl Pipeline {
 
     /// Feeds an event parsed elsewhere, with the raw line it came from.
     pub fn feed_event(&mut self, event: Event, raw: RawLine, sink: &mut dyn Sink) -> Fed {
-        self.feed(event, || raw, sink)
+        self.feed(event, |store, seq, time| store.push(seq, time, raw), sink)
+    }
+
+    /// Feeds an event parsed elsewhere from a line of a file that can be read again: only
+    /// where the line lies is kept, its text is read back if a decision cites it.
+    pub fn feed_event_at(&mut self, event: Event, at: LineAt, sink: &mut dyn Sink) -> Fed {
+        self.feed(event, |store, seq, time| store.push_at(seq, time, at), sink)
     }
 
     fn feed(
         &mut self,
         mut event: Event,
-        raw: impl FnOnce() -> RawLine,
+        keep: impl FnOnce(&mut LineStore, u64, i64),
         sink: &mut dyn Sink,
     ) -> Fed {
         if let Some(ahead) = self
@@ -260,7 +291,7 @@ impl Pipeline {
         if let Some(store) = &mut self.evidence {
             // Only lines the engine can cite as evidence are kept (bounded by the horizon).
             if Engine::may_cite(&event) {
-                store.push(self.seq, event.time.timestamp(), raw());
+                keep(store, self.seq, event.time.timestamp());
             }
         }
         sink.event(&event);
@@ -276,12 +307,13 @@ impl Pipeline {
     /// a restore) to `sink` the same way.
     pub fn deliver(&mut self, decisions: Vec<Decision>, sink: &mut dyn Sink) {
         for decision in decisions {
-            let raw = match &self.evidence {
-                Some(store) => (decision.evidence.iter())
-                    .filter_map(|e| store.get(e.line).cloned())
-                    .collect(),
-                None => Vec::new(),
-            };
+            let mut raw = Vec::new();
+            if let Some(store) = &self.evidence {
+                for e in &decision.evidence {
+                    let reader = self.reader.as_deref_mut().map(|r| r as &mut dyn LineReader);
+                    raw.extend(store.get(e.line, reader));
+                }
+            }
             // The engine's own count: de-duplicated, within the horizon, including the
             // failure that triggered the decision.
             let attempts_before = (self.engine.explain(decision.ip).failures.iter())
@@ -408,5 +440,89 @@ mod tests {
         assert_eq!(seen[0].attempts_before, fed);
         let lines: Vec<u64> = seen[0].raw.iter().map(|r| r.line).collect();
         assert_eq!(lines, (1..=fed).collect::<Vec<_>>());
+    }
+
+    /// Two failures ban at once (slow-repeat without the grace period).
+    fn no_grace() -> EngineConfig {
+        EngineConfig {
+            grace_period: Duration::ZERO,
+            ..EngineConfig::default()
+        }
+    }
+
+    /// Reads lines back by reference and counts the reads.
+    #[derive(Debug, Default)]
+    struct Reads(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+    impl LineReader for Reads {
+        fn read(&mut self, at: &LineAt) -> Option<String> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Some(format!(
+                "read back: {} at {}+{}",
+                at.line, at.offset, at.len
+            ))
+        }
+    }
+
+    #[test]
+    fn lines_kept_by_reference_are_read_back_only_for_a_decision() {
+        let reads = Reads::default();
+        let count = reads.0.clone();
+        let mut p = Pipeline::new(LineParser::new(Format::Auto), Engine::new(no_grace()))
+            .with_evidence_text()
+            .with_line_reader(Box::new(reads));
+        let mut seen = Vec::new();
+        let mut sink = FnSink(|d: &DecisionRecord| seen.push(d.clone()));
+        for n in 1..=3u64 {
+            let at = LineAt {
+                file: "mail.log".into(),
+                line: n,
+                offset: 100 * n,
+                len: 90,
+            };
+            let t = wall() + chrono::Duration::seconds(n as i64 * 30);
+            p.feed_event_at(failure(t), at, &mut sink);
+        }
+        assert_eq!(seen.len(), 1, "{seen:?}");
+        let texts: Vec<&str> = seen[0].raw.iter().map(|r| r.text.as_str()).collect();
+        assert_eq!(texts, ["read back: 1 at 100+90", "read back: 2 at 200+90"]);
+        assert_eq!(seen[0].raw[0].file, "mail.log");
+        assert_eq!(count.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn text_that_cannot_be_read_again_is_bounded_and_counted() {
+        let mut p = Pipeline::new(LineParser::new(Format::Auto), Engine::new(no_grace()))
+            .with_evidence_text_bound(20);
+        let mut seen = Vec::new();
+        let mut sink = FnSink(|d: &DecisionRecord| seen.push(d.clone()));
+        for n in 1..=2u64 {
+            let t = wall() + chrono::Duration::seconds(n as i64 * 30);
+            // 10 bytes each ("line 1..."): both fit, a third would not.
+            let mut r = raw(n);
+            r.text = format!("line {n:05}");
+            p.feed_event(failure(t), r, &mut sink);
+        }
+        assert_eq!(p.stats().evidence_text_dropped, 0);
+        let lines: Vec<u64> = seen[0].raw.iter().map(|r| r.line).collect();
+        assert_eq!(lines, [1, 2]);
+        let mut p = Pipeline::new(LineParser::new(Format::Auto), Engine::new(no_grace()))
+            .with_evidence_text_bound(15);
+        let mut seen = Vec::new();
+        let mut sink = FnSink(|d: &DecisionRecord| seen.push(d.clone()));
+        for n in 1..=2u64 {
+            let t = wall() + chrono::Duration::seconds(n as i64 * 30);
+            let mut r = raw(n);
+            r.text = format!("line {n:05}");
+            p.feed_event(failure(t), r, &mut sink);
+        }
+        assert_eq!(p.stats().evidence_text_dropped, 1);
+        let lines: Vec<u64> = seen[0].raw.iter().map(|r| r.line).collect();
+        assert_eq!(lines, [2], "the oldest text went first");
+        assert_eq!(
+            seen[0].decision.evidence.len(),
+            2,
+            "the engine's evidence is whole"
+        );
     }
 }

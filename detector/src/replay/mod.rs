@@ -2,18 +2,25 @@
 //!
 //! Several inputs are merged by event time (k-way merge; each input keeps its own order and
 //! its own parser, since year inference and de-duplication follow one log's order), so a
-//! Postfix and a Dovecot log can be replayed together. The pipeline keeps the raw text of the
-//! lines it may cite, so each decision comes with the log lines behind it.
-use std::collections::{BTreeMap, BinaryHeap};
+//! Postfix and a Dovecot log can be replayed together. Each decision comes with the log lines
+//! behind it: for a file the pipeline keeps only where each citable line lies and reads the
+//! cited ones back when a decision is printed, so a replay does not hold the log in memory;
+//! for stdin, which cannot be read again, it keeps the text of the most recent citable lines
+//! up to [`crate::pipeline::DEFAULT_TEXT_BYTES`] (older evidence is then shown by the
+//! engine's own summaries only; the summary says how many lines that was).
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::fs::File;
 use std::io::BufRead;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
 use crate::engine::{Action, Engine, Rule};
 use crate::event::Event;
 use crate::parse::{Format, LineParser, Outcome};
-use crate::pipeline::{DecisionRecord, FnSink, Pipeline, RawLine, Sink};
+use crate::pipeline::{DecisionRecord, FnSink, LineAt, LineReader, Pipeline, RawLine, Sink};
 use crate::source::MAX_LINE_BYTES;
 use crate::{Error, Result};
 
@@ -22,6 +29,10 @@ pub mod output;
 /// One input: its reader, its own parser. Or, for tests, events that are already parsed.
 pub struct Input {
     name: String,
+    /// The file, when it can be read again (evidence is then kept by offset).
+    path: Option<PathBuf>,
+    /// Bytes read so far: the offset of the next line.
+    offset: u64,
     reader: Box<dyn BufRead>,
     parser: LineParser,
     line_no: u64,
@@ -34,6 +45,8 @@ impl Input {
     pub fn new(name: String, reader: Box<dyn BufRead>, format: Format) -> Self {
         Input {
             name,
+            path: None,
+            offset: 0,
             reader,
             parser: LineParser::new(format),
             line_no: 0,
@@ -41,6 +54,16 @@ impl Input {
             done: false,
             parsed: None,
         }
+    }
+
+    /// A log file: read once in order, cited lines read again by offset when a decision
+    /// needs them.
+    pub fn file(path: &Path, format: Format) -> Result<Self> {
+        let f = File::open(path).map_err(|e| Error::io(path, e))?;
+        let reader = Box::new(std::io::BufReader::with_capacity(1 << 16, f));
+        let mut input = Input::new(path.display().to_string(), reader, format);
+        input.path = Some(path.to_path_buf());
+        Ok(input)
     }
 
     /// An input of already parsed events with their raw lines (line numbers are 1, 2, ...).
@@ -102,7 +125,7 @@ impl Input {
                 stats.lines += 1;
                 stats.events += 1;
                 stats.bytes += text.len() as u64 + 1;
-                Head::new(event, text, self.line_no)
+                Head::new(event, Line::Text(text), self.line_no)
             }));
         }
         while !self.done {
@@ -114,6 +137,8 @@ impl Input {
                 break;
             };
             stats.bytes += n;
+            let offset = self.offset;
+            self.offset += n;
             self.line_no += 1;
             stats.lines += 1;
             if cut {
@@ -124,8 +149,14 @@ impl Input {
             match self.parser.parse_line(line, self.line_no) {
                 Outcome::Event(event) => {
                     stats.events += 1;
-                    let text = String::from_utf8_lossy(line).into_owned();
-                    return Ok(Some(Head::new(event, text, self.line_no)));
+                    let line = match self.path {
+                        Some(_) => Line::At {
+                            offset,
+                            len: line.len() as u32,
+                        },
+                        None => Line::Text(String::from_utf8_lossy(line).into_owned()),
+                    };
+                    return Ok(Some(Head::new(event, line, self.line_no)));
                 }
                 Outcome::Ignored => {}
                 Outcome::Unparsed => stats.unparsed += 1,
@@ -155,6 +186,8 @@ pub struct ReplayStats {
     pub unparsed: u64,
     /// Lines longer than [`MAX_LINE_BYTES`]: counted, not parsed.
     pub truncated: u64,
+    /// Citable stdin lines whose text was let go to bound memory (see the module docs).
+    pub evidence_text_dropped: u64,
 }
 
 /// What a replay found.
@@ -191,6 +224,14 @@ impl ReplayReport {
             s.unparsed,
             self.decisions.len()
         );
+        if s.evidence_text_dropped > 0 {
+            out += &format!(
+                "  stdin cannot be read again: the text of {} older citable lines was let go \
+                 (the newest {} MiB are kept); their decisions show fewer raw lines\n",
+                s.evidence_text_dropped,
+                crate::pipeline::DEFAULT_TEXT_BYTES >> 20
+            );
+        }
         for (rule, n) in self.bans_per_rule() {
             out += &format!("  bans by {rule}: {n}\n");
         }
@@ -214,22 +255,28 @@ impl ReplayReport {
     }
 }
 
+/// An event's raw line: where it lies in its file, or its text (stdin, parsed events).
+enum Line {
+    At { offset: u64, len: u32 },
+    Text(String),
+}
+
 /// Heap entry: the next event of one input, ordered by time, then input index (stable).
 struct Head {
     time: DateTime<Utc>,
     input: usize,
     event: Event,
-    text: String,
+    line: Line,
     line_no: u64,
 }
 
 impl Head {
-    fn new(event: Event, text: String, line_no: u64) -> Self {
+    fn new(event: Event, line: Line, line_no: u64) -> Self {
         Head {
             time: event.time,
             input: 0,
             event,
-            text,
+            line,
             line_no,
         }
     }
@@ -255,6 +302,27 @@ impl Ord for Head {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         // BinaryHeap is a max-heap: reverse for earliest first.
         (o.time, o.input).cmp(&(self.time, self.input))
+    }
+}
+
+/// Reads cited lines back from the replayed files (opened once, on first use).
+#[derive(Debug)]
+struct FileLines {
+    paths: HashMap<Arc<str>, PathBuf>,
+    open: HashMap<Arc<str>, File>,
+}
+
+impl LineReader for FileLines {
+    fn read(&mut self, at: &LineAt) -> Option<String> {
+        use std::os::unix::fs::FileExt;
+        if !self.open.contains_key(&at.file) {
+            let f = File::open(self.paths.get(&at.file)?).ok()?;
+            self.open.insert(at.file.clone(), f);
+        }
+        let f = self.open.get(&at.file)?;
+        let mut buf = vec![0u8; at.len as usize];
+        f.read_exact_at(&mut buf, at.offset).ok()?;
+        Some(String::from_utf8_lossy(&buf).into_owned())
     }
 }
 
@@ -295,7 +363,16 @@ pub fn replay_into(
     sink: &mut dyn Sink,
     mut on_progress: impl FnMut(u64),
 ) -> Result<ReplayReport> {
-    let mut pipeline = Pipeline::new(LineParser::new(Format::Auto), engine).with_evidence_text();
+    let files: HashMap<Arc<str>, PathBuf> = (inputs.iter())
+        .filter_map(|i| Some((Arc::from(i.name.as_str()), i.path.clone()?)))
+        .collect();
+    let names: Vec<Arc<str>> = inputs.iter().map(|i| Arc::from(i.name.as_str())).collect();
+    let mut pipeline = Pipeline::new(LineParser::new(Format::Auto), engine)
+        .with_evidence_text()
+        .with_line_reader(Box::new(FileLines {
+            paths: files,
+            open: HashMap::new(),
+        }));
     let mut stats = ReplayStats::default();
     let mut collect = Collect {
         inner: sink,
@@ -311,12 +388,25 @@ pub fn replay_into(
     let mut last_progress = 0u64;
     while let Some(head) = heap.pop() {
         let input = head.input;
-        let raw = RawLine {
-            file: inputs[input].name.clone(),
-            line: head.line_no,
-            text: head.text,
-        };
-        pipeline.feed_event(head.event, raw, &mut collect);
+        match head.line {
+            Line::At { offset, len } => {
+                let at = LineAt {
+                    file: names[input].clone(),
+                    line: head.line_no,
+                    offset,
+                    len,
+                };
+                pipeline.feed_event_at(head.event, at, &mut collect);
+            }
+            Line::Text(text) => {
+                let raw = RawLine {
+                    file: inputs[input].name.clone(),
+                    line: head.line_no,
+                    text,
+                };
+                pipeline.feed_event(head.event, raw, &mut collect);
+            }
+        }
         if let Some(next) = inputs[input].next_event(&mut stats)? {
             heap.push(next.from(input));
         }
@@ -333,6 +423,7 @@ pub fn replay_into(
         while input.next_event(&mut stats)?.is_some() {}
     }
     on_progress(stats.bytes);
+    stats.evidence_text_dropped = pipeline.stats().evidence_text_dropped;
     Ok(ReplayReport {
         stats,
         decisions: collect.decisions,
@@ -525,5 +616,26 @@ mod tests {
         let report = replay(inputs, Engine::new(EngineConfig::default()), |_| {}, |_| {}).unwrap();
         assert_eq!(report.stats.lines, 4);
         assert_eq!(report.stats.bytes, 15);
+    }
+
+    /// A file input keeps its citable lines by offset and reads the cited ones back.
+    #[test]
+    fn a_file_input_cites_lines_read_back_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mail.log");
+        let lines = [
+            "2025-06-01T10:00:00+00:00 mx dovecot: auth: passwd-file(x@example.test,198.18.0.7): unknown user",
+            "2025-06-01T10:00:01+00:00 mx postfix/anvil[1]: statistics: nothing",
+            "2025-06-01T10:05:00+00:00 mx dovecot: auth: passwd-file(y@example.test,198.18.0.7): unknown user",
+        ];
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let inputs = vec![Input::file(&path, Format::Auto).unwrap()];
+        let report = replay(inputs, Engine::new(EngineConfig::default()), |_| {}, |_| {}).unwrap();
+        let ban = (report.decisions.iter())
+            .find(|d| d.decision.action == Action::Ban)
+            .expect("a ban");
+        let raw: Vec<(u64, &str)> = ban.raw.iter().map(|r| (r.line, r.text.as_str())).collect();
+        assert_eq!(raw, [(1, lines[0]), (3, lines[2])]);
+        assert_eq!(ban.raw[0].file, path.display().to_string());
     }
 }

@@ -147,12 +147,12 @@ impl Report {
         let mut seen = BTreeSet::new();
         let mut compromises = Vec::new();
         for (ip, s) in &snap.ips {
-            if let Some((t, user)) = &s.compromise
+            if let Some((t, user)) = s.compromise()
                 && *t >= from
                 && seen.insert((*ip, user.to_string()))
             {
                 compromises.push(Compromise {
-                    time: time(*t),
+                    time: time(t.get()),
                     ip: *ip,
                     user: user.to_string(),
                 });
@@ -236,7 +236,7 @@ impl Report {
         for (ip, s) in &snap.ips {
             let users: BTreeSet<String> =
                 s.known_users(lenient_since).map(str::to_string).collect();
-            if s.shared_noticed.is_some_and(|t| t >= from) {
+            if s.shared_noticed().is_some_and(|t| t >= from) {
                 spared.shared_addresses.push(SharedAddress {
                     ip: *ip,
                     users: users.len(),

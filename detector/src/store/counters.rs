@@ -1,5 +1,6 @@
-//! The daemon's counters of input it did not trust, saved beside the engine snapshot so that
-//! `detector status` can show them without asking the daemon.
+//! The daemon's counters of input it did not trust and of engine state churn, saved beside
+//! the engine snapshot so that `detector status` can show them without asking the daemon
+//! (or reading the whole snapshot).
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +23,14 @@ pub struct DaemonCounters {
     pub journal_untrusted: u64,
     /// The last of those, described by its trusted fields (`_UID`, `_COMM`, ...).
     pub journal_untrusted_last: Option<String>,
+    /// Addresses the engine tracks, and its cap (`engine.max_tracked_ips`).
+    pub tracked_ips: u64,
+    pub max_tracked_ips: u64,
+    /// Addresses evicted to stay within the cap (the least evidence first), and how many of
+    /// those carried evidence toward a ban or a customer's login: state churn (see
+    /// `EngineStats::evicted_with_evidence`).
+    pub evicted_for_space: u64,
+    pub evicted_with_evidence: u64,
     /// Lines longer than the line limit: cut by their source and not parsed.
     pub truncated_lines: u64,
 }

@@ -19,7 +19,11 @@
 //! and the syscall itself; it is never used.
 //!
 //! usage: xdp-bench [--sizes 1,10000,1000000] [--runs 5] [--target-ms 100] [--cpu 1]
-//!        [--prefixes 1000] [--random-calls 20000]
+//!        [--prefixes 1000] [--random-calls 20000] [--notrace true]
+//!
+//! `--prefixes 0` skips the rows with prefix bans, `--notrace false` the real/notrace pairs.
+//! The last table of the same-key part lists the issue-14 targets (miss, timed hit-drop;
+//! 1/10k/1M entries; IPv4, IPv6), each with the bare reference of the same run.
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
@@ -52,6 +56,7 @@ struct Opts {
     cpu: usize,
     prefixes: u32,
     random_calls: u32,
+    notrace: bool,
 }
 
 fn parse_args() -> Result<Opts> {
@@ -62,6 +67,7 @@ fn parse_args() -> Result<Opts> {
         cpu: 1,
         prefixes: 1000,
         random_calls: 20_000,
+        notrace: true,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut it = args.iter();
@@ -79,6 +85,7 @@ fn parse_args() -> Result<Opts> {
             "--cpu" => o.cpu = v.parse()?,
             "--prefixes" => o.prefixes = v.parse()?,
             "--random-calls" => o.random_calls = v.parse()?,
+            "--notrace" => o.notrace = v.parse()?,
             _ => bail!("unknown option {a}"),
         }
     }
@@ -256,6 +263,42 @@ struct Row {
     trace_off: f64,
 }
 
+/// Issue 14's targets, one line per case (entries x family x miss/hit-drop, no prefix bans),
+/// each next to the bare reference measured alternately with it in this run.
+fn print_targets(rows: &[Row], o: &Opts) {
+    println!();
+    println!(
+        "# targets (issue 14): real <= 1.3x bare on a miss, <= 1.6x bare on a hit-drop (timed ban), at every size, IPv4 and IPv6; hot cache, no prefix bans; bare and real alternate run by run, ratio = median of {} per-run ratios",
+        o.runs
+    );
+    println!(
+        "{:>8} {:<5} {:<9} {:>8} {:>8} {:>10} {:>7} {:>7}",
+        "entries", "fam", "case", "bare ns", "real ns", "real/bare", "target", "verdict"
+    );
+    let mut missed = 0;
+    for r in rows.iter().filter(|r| r.prefixes == 0) {
+        let limit = match r.case {
+            "miss" => 1.3,
+            "hit-drop" => 1.6,
+            _ => continue,
+        };
+        let ok = r.ratio <= limit;
+        missed += usize::from(!ok);
+        println!(
+            "{:>8} {:<5} {:<9} {:>8.0} {:>8.0} {:>10.2} {:>7} {:>7}",
+            r.entries,
+            r.family,
+            r.case,
+            r.bare,
+            r.real,
+            r.ratio,
+            format!("<= {limit}"),
+            if ok { "ok" } else { "MISSED" }
+        );
+    }
+    println!("# {missed} case(s) over target");
+}
+
 fn main() -> Result<()> {
     let o = parse_args()?;
     pin_cpu(o.cpu);
@@ -317,6 +360,9 @@ fn main() -> Result<()> {
             )?);
         }
         for with_prefixes in [false, true] {
+            if with_prefixes && o.prefixes == 0 {
+                continue;
+            }
             if with_prefixes {
                 // Prefix bans elsewhere (100.64.0.0/10 and 2001:db8:ffff::/48): the trie is
                 // walked on every miss but matches nothing the test frames carry.
@@ -375,8 +421,11 @@ fn main() -> Result<()> {
             for (family, case, bare_prog, pkt, want) in cases {
                 let (bare, real, ratio) =
                     measure_pair(&obj, bare_prog, XDP_PROGRAM, pkt, want, &o)?;
-                let (no_trace, _, trace_off) =
-                    measure_pair(&obj, bench_programs::NO_TRACE, XDP_PROGRAM, pkt, want, &o)?;
+                let (no_trace, _, trace_off) = if o.notrace {
+                    measure_pair(&obj, bench_programs::NO_TRACE, XDP_PROGRAM, pkt, want, &o)?
+                } else {
+                    (f64::NAN, f64::NAN, f64::NAN)
+                };
                 rows.push(Row {
                     entries: n,
                     family,
@@ -451,6 +500,7 @@ fn main() -> Result<()> {
             r.trace_off
         );
     }
+    print_targets(&rows, &o);
     if !random_rows.is_empty() {
         println!();
         println!(

@@ -1,5 +1,6 @@
 //! `cargo xtask bench xdp`: builds and runs the BPF_PROG_TEST_RUN micro-benchmark
-//! (tests/src/bin/xdp-bench.rs: same-key and random-key rows) in release mode, as root.
+//! (tests/src/bin/xdp-bench.rs: same-key and random-key rows, then issue 14's targets, each
+//! case beside the bare reference of the same run) in release mode, as root.
 use std::process::Command;
 
 use anyhow::Result;
@@ -21,12 +22,15 @@ pub struct Options {
     /// CPU to pin the benchmark to.
     #[arg(long, default_value_t = 1)]
     cpu: u32,
-    /// Prefix bans added for the "with prefix bans" rows.
+    /// Prefix bans added for the "with prefix bans" rows; 0 skips those rows.
     #[arg(long, default_value_t = 1000)]
     prefixes: u32,
     /// Calls per program and run for the random-key (cache-cold) rows; 0 skips them.
     #[arg(long, default_value_t = 20000)]
     random_calls: u32,
+    /// Skip measuring the real program against its build without trace support.
+    #[arg(long)]
+    skip_notrace: bool,
 }
 
 pub fn run(opts: Options) -> Result<()> {
@@ -48,6 +52,7 @@ pub fn run(opts: Options) -> Result<()> {
             .args(["--target-ms", &opts.target_ms.to_string()])
             .args(["--cpu", &opts.cpu.to_string()])
             .args(["--prefixes", &opts.prefixes.to_string()])
-            .args(["--random-calls", &opts.random_calls.to_string()]),
+            .args(["--random-calls", &opts.random_calls.to_string()])
+            .args(["--notrace", &(!opts.skip_notrace).to_string()]),
     )
 }
