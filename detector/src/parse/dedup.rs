@@ -93,7 +93,11 @@ impl<K: Eq + Hash + Clone, V> BoundedMap<K, V> {
         self.current.insert(k, v);
     }
 
-    pub fn remove(&mut self, k: &K) -> Option<V> {
+    pub fn remove<Q>(&mut self, k: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.current.remove(k).or_else(|| self.previous.remove(k))
     }
 
@@ -262,7 +266,7 @@ impl State {
     }
 
     pub fn queue_take(&mut self, qid: &str) -> Option<(IpAddr, Option<Protocol>)> {
-        self.queues.remove(&qid.to_owned())
+        self.queues.remove(qid)
     }
 
     fn add_pending(&mut self, ip: IpAddr, side: Side, user: Option<String>, now: DateTime<Utc>) {

@@ -22,7 +22,7 @@ use std::borrow::Cow;
 
 use chrono::{DateTime, FixedOffset, Utc};
 
-use super::text::parse_u32;
+use super::text::{TAG, parse_u32, span_of};
 use super::time::{Reference, parse_stamp};
 use super::zone::LocalZone;
 
@@ -262,11 +262,7 @@ fn bare(line: &[u8]) -> Envelope<'_> {
 /// Splits `tag[pid]: message`. Tags are `[A-Za-z0-9_./-]+`; anything else leaves the whole
 /// text as the message (Dovecot process prefixes with parentheses are handled there).
 fn tagged(b: &[u8]) -> Envelope<'_> {
-    let n = b
-        .iter()
-        .take(96)
-        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'/' | b'-'))
-        .count();
+    let n = span_of(b, 96, TAG);
     let whole = Envelope {
         time: None,
         ident: None,

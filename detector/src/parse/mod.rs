@@ -236,8 +236,24 @@ impl LineParser {
     }
 }
 
+/// `pid:<n>`, written without `core::fmt` (once per Postfix line).
 fn pid_session(pid: Option<u32>) -> Option<String> {
-    pid.map(|p| format!("pid:{p}"))
+    let pid = pid?;
+    let mut digits = [0u8; 10];
+    let mut i = digits.len();
+    let mut v = pid;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let mut s = String::with_capacity(4 + digits.len() - i);
+    s.push_str("pid:");
+    s.extend(digits[i..].iter().map(|&d| char::from(d)));
+    Some(s)
 }
 
 fn event(

@@ -9,7 +9,8 @@ use crate::event::{EventKind, Protocol, Service, SmtpCounters, SmtpPeer};
 
 use super::record::{Link, Parsed, Record};
 use super::text::{
-    after, angle_value, client_token, find, owned_lower, parse_ip, parse_u32, split_digits,
+    ALNUM, after, angle_value, client_token, find, owned_lower, parse_ip, parse_u32, rfind,
+    span_of, split_digits,
 };
 
 /// `ident` is the syslog tag without pid (`postfix/smtpd`, `postfix-out/submission/smtpd`,
@@ -66,11 +67,7 @@ fn strip_queue_id(msg: &[u8]) -> (Option<&[u8]>, &[u8]) {
     if let Some(r) = msg.strip_prefix(b"NOQUEUE: ") {
         return (None, r);
     }
-    let n = msg
-        .iter()
-        .take(32)
-        .take_while(|c| c.is_ascii_alphanumeric())
-        .count();
+    let n = span_of(msg, 32, ALNUM);
     let id = &msg[..n];
     // Short ids are upper-case hex; long ids (enable_long_queue_ids) are 12+ base-52 chars
     // with digits. Words such as `warning` or `Anonymous` are neither.
@@ -200,7 +197,7 @@ fn peer(client_name: &[u8], tail: &[u8]) -> SmtpPeer {
         .is_some_and(<[u8]>::is_empty);
     // HELO is the last field; a HELO that itself contains ` helo=<` only fools the match
     // into a mismatch.
-    let helo = memchr::memmem::rfind(tail, b" helo=<")
+    let helo = rfind(tail, b" helo=<")
         .map(|i| &tail[i + 7..])
         .map(|h| h.strip_suffix(b">").unwrap_or(h));
     let helo_is_rdns = has_rdns && helo.is_some_and(|h| h.eq_ignore_ascii_case(client_name));

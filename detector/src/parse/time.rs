@@ -64,6 +64,14 @@ pub(crate) fn parse_stamp(b: &[u8], reference: &Reference, zone: &mut LocalZone)
 
 /// `Mmm dd HH:MM:SS` with the day space-padded (`Apr  6`) or not (`Mar 7`).
 fn rfc3164(b: &[u8], reference: &Reference, zone: &mut LocalZone) -> Option<Stamp> {
+    let now = reference.now();
+    if let Some((time, len)) = zone.remembered(b, now.timestamp()) {
+        return Some(Stamp {
+            time,
+            len,
+            offset_given: false,
+        });
+    }
     let month = MONTHS.iter().position(|m| b.get(..3) == Some(&m[..]))? as u32 + 1;
     let mut i = 3;
     if b.get(i) != Some(&b' ') {
@@ -80,17 +88,21 @@ fn rfc3164(b: &[u8], reference: &Reference, zone: &mut LocalZone) -> Option<Stam
     let day = num(day);
     let (h, m, s, len) = hms(&b[i..])?;
     i += len;
-    let now = reference.now();
     let local_now = now.with_timezone(&zone.offset_at(now));
     // The year is not in the line: take the reference year, and when that puts the line more
     // than a day in the future (a December line read in January), the previous year. Feb 29
     // in a non-leap year also walks back to the last leap year.
     let mut year = local_now.year();
-    for _ in 0..8 {
+    for attempt in 0..8 {
         if let Some(date) = NaiveDate::from_ymd_opt(year, month, day) {
             let naive = date.and_hms_opt(h, m, s)?;
             let t = zone.resolve_local(naive, reference.live_now())?;
             if t <= now + Duration::days(1) {
+                // The text read is `b[..i]` (nothing after it); one resolution only, so the
+                // result depends on the text and the reference second alone.
+                if attempt == 0 {
+                    zone.remember(&b[..i], now.timestamp(), t);
+                }
                 return Some(Stamp {
                     time: t,
                     len: i,
@@ -293,6 +305,56 @@ mod tests {
         );
         assert!(p("2026-13-27T05:31:10Z", &r).is_none());
         assert!(p("2026-11-27X05:31:10Z", &r).is_none());
+    }
+
+    /// A run of lines in one second reuses the last conversion: same instants and lengths as
+    /// converting each line in a zone of its own, whatever follows the timestamp.
+    #[test]
+    fn a_repeated_second_converts_as_a_fresh_one() {
+        let r = at("2026-11-27T06:00:00Z");
+        let berlin = || LocalZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").unwrap();
+        let mut zone = berlin();
+        let lines = [
+            "Nov 27 04:58:37 mail x",
+            "Nov 27 04:58:37 other text",
+            "Nov 27 04:58:37",
+            "Nov 27 04:58:38 mail x",
+            "Nov  7 04:58:38 mail x",
+            "Nov 7 04:58:38 mail x",
+            "Nov 27 04:58:3",
+            "Feb 29 10:00:00 h",
+            "Feb 29 10:00:00 h",
+            "Dec 31 23:59:59 h",
+            "Dec 31 23:59:59 h",
+            "2026-11-27 04:58:38 h",
+            "Nov 27 04:58:38 mail x",
+        ];
+        for l in lines {
+            let got = parse_stamp(l.as_bytes(), &r, &mut zone).map(|s| (s.time, s.len));
+            let fresh = parse_stamp(l.as_bytes(), &r, &mut berlin()).map(|s| (s.time, s.len));
+            assert_eq!(got, fresh, "{l}");
+        }
+    }
+
+    /// The repeated hour is decided by the previous conversion: a line converted in between
+    /// (another form of timestamp) makes the same text mean the other instant, so nothing
+    /// remembered from before it may be used.
+    #[test]
+    fn a_conversion_in_between_forgets_the_repeated_second() {
+        let r = at("2025-10-27T12:00:00Z");
+        let mut zone = LocalZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").unwrap();
+        let mut utc = |l: &str| {
+            parse_stamp(l.as_bytes(), &r, &mut zone)
+                .unwrap()
+                .time
+                .to_rfc3339()
+        };
+        // No history: the earlier (summer time) instant.
+        assert_eq!(utc("Oct 26 02:30:00 h"), "2025-10-26T00:30:00+00:00");
+        assert_eq!(utc("Oct 26 02:30:00 h"), "2025-10-26T00:30:00+00:00");
+        // Past the repeated hour, then the same text again: now the later (winter) instant.
+        assert_eq!(utc("2025-10-26 03:10:00 h"), "2025-10-26T02:10:00+00:00");
+        assert_eq!(utc("Oct 26 02:30:00 h"), "2025-10-26T01:30:00+00:00");
     }
 
     #[test]

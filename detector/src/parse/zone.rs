@@ -30,7 +30,24 @@ pub struct LocalZone {
     now_span: Option<Span>,
     /// The last instant a local time was resolved to (seconds), for the repeated hour.
     last: Option<i64>,
+    /// The last RFC 3164 timestamp converted (busy logs repeat one second for many lines).
+    memo: Option<Memo>,
 }
+
+/// One timestamp text, the reference second it was read against, and its instant. Only a
+/// result that is a pure function of those two is kept (see [`LocalZone::remember`]), and any
+/// other conversion forgets it, so a hit returns exactly what converting again would.
+#[derive(Clone, Copy, Debug)]
+struct Memo {
+    text: [u8; MEMO_TEXT],
+    len: u8,
+    reference_second: i64,
+    time: DateTime<Utc>,
+}
+
+/// Longest timestamp text remembered (`Nov 27 04:58:37` is 15 bytes; runs of padding spaces
+/// make it longer, and such lines are simply not remembered).
+const MEMO_TEXT: usize = 24;
 
 /// One offset in force from `utc_lo` to `utc_hi` (UTC seconds); local times (seconds of the
 /// wall clock read as if UTC) in `local_lo..local_hi` map to it and to nothing else.
@@ -72,7 +89,43 @@ impl LocalZone {
             line_span: None,
             now_span: None,
             last: None,
+            memo: None,
         }
+    }
+
+    /// The instant of timestamp text `b` starts with, when it is the text converted last, read
+    /// against the same reference second; with the number of bytes it takes.
+    pub(crate) fn remembered(
+        &self,
+        b: &[u8],
+        reference_second: i64,
+    ) -> Option<(DateTime<Utc>, usize)> {
+        let m = self.memo.as_ref()?;
+        let len = usize::from(m.len);
+        (m.reference_second == reference_second && b.get(..len) == Some(&m.text[..len]))
+            .then_some((m.time, len))
+    }
+
+    /// Remembers the conversion of `text` (all the bytes the conversion looked at) against
+    /// `reference_second`. Callers only pass results that do not depend on earlier
+    /// conversions: [`LocalZone::resolve_local`] called once, so only the repeated hour could
+    /// have used the history, and there the history is this very result when the text comes
+    /// again (nothing else was converted in between, or the memo would be gone).
+    pub(crate) fn remember(&mut self, text: &[u8], reference_second: i64, time: DateTime<Utc>) {
+        let Ok(len) = u8::try_from(text.len()) else {
+            return;
+        };
+        if text.len() > MEMO_TEXT {
+            return;
+        }
+        let mut m = Memo {
+            text: [0; MEMO_TEXT],
+            len,
+            reference_second,
+            time,
+        };
+        m.text[..text.len()].copy_from_slice(text);
+        self.memo = Some(m);
     }
 
     /// The zone's name for messages (`Europe/Berlin`), when it has one.
@@ -99,6 +152,8 @@ impl LocalZone {
         naive: NaiveDateTime,
         live_now: Option<DateTime<Utc>>,
     ) -> Option<DateTime<Utc>> {
+        // Any conversion may change the history the repeated hour is decided by.
+        self.memo = None;
         let local = naive.and_utc().timestamp();
         let secs = match self.line_span {
             Some(s) if (s.local_lo..s.local_hi).contains(&local) => local - i64::from(s.offset),

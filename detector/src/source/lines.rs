@@ -172,39 +172,110 @@ impl LineSplitter {
 }
 
 /// The blocking twin of [`LineSplitter`] for commands that read files themselves (`detector
-/// parse`): reads one line into `buf` (cleared first, without its newline), keeping at most
-/// `max_line` bytes and skipping the rest of a longer line. `None` at end of input, else
-/// whether the line was cut. Memory stays bounded by `max_line` plus the reader's buffer.
-pub fn read_capped_line<R: std::io::BufRead>(
-    reader: &mut R,
-    buf: &mut Vec<u8>,
+/// parse`): hands out each line (without its newline) as a slice of its own buffer, keeping at
+/// most `max_line` bytes of a longer line and skipping the rest. Memory stays bounded by
+/// `max_line` plus two read chunks whatever the input; a line is copied only when its start
+/// has to move to the front of the buffer for the next read (once per chunk, not per line).
+#[derive(Debug)]
+pub struct CappedLines<R> {
+    reader: R,
+    buf: Vec<u8>,
+    /// Unhanded bytes are `buf[start..end]`; `buf[start..scanned]` holds no newline.
+    start: usize,
+    scanned: usize,
+    end: usize,
     max_line: usize,
-) -> std::io::Result<Option<bool>> {
-    buf.clear();
-    let mut truncated = false;
-    let mut any = false;
-    loop {
-        let chunk = match reader.fill_buf() {
-            Ok(c) => c,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if chunk.is_empty() {
-            return Ok(any.then_some(truncated));
+    eof: bool,
+    /// Inside an over-long line: its first `max_line` bytes, while the rest is skipped.
+    overlong: Option<Vec<u8>>,
+    /// The head of the last over-long line handed out (the caller borrows it).
+    handed_head: Vec<u8>,
+}
+
+/// Bytes asked for per blocking read.
+const BLOCKING_CHUNK: usize = 128 * 1024;
+
+impl<R: std::io::Read> CappedLines<R> {
+    pub fn new(reader: R, max_line: usize) -> Self {
+        CappedLines {
+            reader,
+            buf: vec![0; 2 * BLOCKING_CHUNK],
+            start: 0,
+            scanned: 0,
+            end: 0,
+            max_line: max_line.max(1),
+            eof: false,
+            overlong: None,
+            handed_head: Vec::new(),
         }
-        any = true;
-        let (part, used, done) = match memchr::memchr(b'\n', chunk) {
-            Some(i) => (&chunk[..i], i + 1, true),
-            None => (chunk, chunk.len(), false),
-        };
-        let room = max_line.saturating_sub(buf.len());
-        if part.len() > room {
-            truncated = true;
+    }
+
+    /// The next line and whether it was cut; `None` at end of input (a last line without
+    /// newline is still a line).
+    pub fn next_line(&mut self) -> std::io::Result<Option<(&[u8], bool)>> {
+        loop {
+            if let Some(i) = memchr::memchr(b'\n', &self.buf[self.scanned..self.end]) {
+                let (from, nl) = (self.start, self.scanned + i);
+                self.start = nl + 1;
+                self.scanned = self.start;
+                return Ok(Some(self.take(from, nl)));
+            }
+            self.scanned = self.end;
+            if self.eof {
+                if self.overlong.is_none() && self.start == self.end {
+                    return Ok(None);
+                }
+                let (from, to) = (self.start, self.end);
+                self.start = self.end;
+                return Ok(Some(self.take(from, to)));
+            }
+            if self.overlong.is_none() && self.end - self.start > self.max_line {
+                let head = self.buf[self.start..self.start + self.max_line].to_vec();
+                self.overlong = Some(head);
+            }
+            if self.overlong.is_some() {
+                // The rest of an over-long line is not kept.
+                self.start = self.end;
+                self.scanned = self.end;
+            }
+            self.fill()?;
         }
-        buf.extend_from_slice(&part[..part.len().min(room)]);
-        reader.consume(used);
-        if done {
-            return Ok(Some(truncated));
+    }
+
+    /// `buf[from..to]` as a line (or the kept head of the over-long line that ends there).
+    fn take(&mut self, from: usize, to: usize) -> (&[u8], bool) {
+        if let Some(head) = self.overlong.take() {
+            self.handed_head = head;
+            return (&self.handed_head, true);
+        }
+        let len = to - from;
+        if len > self.max_line {
+            (&self.buf[from..from + self.max_line], true)
+        } else {
+            (&self.buf[from..to], false)
+        }
+    }
+
+    /// One read after the unhanded bytes, moved to the front first when room is short.
+    fn fill(&mut self) -> std::io::Result<()> {
+        if self.buf.len() - self.end < BLOCKING_CHUNK {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.scanned -= self.start;
+            self.start = 0;
+            if self.buf.len() - self.end < BLOCKING_CHUNK {
+                // Only a line up to `max_line` long gets here.
+                self.buf.resize(self.end + BLOCKING_CHUNK, 0);
+            }
+        }
+        loop {
+            match self.reader.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            return Ok(());
         }
     }
 }
@@ -300,24 +371,79 @@ mod tests {
         assert_eq!(lines(&mut s), vec![("next".into(), false, 89)]);
     }
 
+    /// A reader that hands out at most `step` bytes per read, so lines span reads.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(out.len()).min(self.data.len());
+            out[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    fn blocking_lines(data: &[u8], step: usize, max_line: usize) -> Vec<(String, bool)> {
+        let mut r = CappedLines::new(Trickle { data, step }, max_line);
+        let mut got = Vec::new();
+        while let Some((line, cut)) = r.next_line().unwrap() {
+            got.push((String::from_utf8(line.to_vec()).unwrap(), cut));
+        }
+        got
+    }
+
     #[test]
     fn blocking_reader_caps_lines_the_same_way() {
-        let input: &[u8] = b"one\nthree-is-long\n\nfour";
-        // A tiny reader buffer: lines span several fill_buf calls.
-        let mut r = std::io::BufReader::with_capacity(2, input);
-        let mut buf = Vec::new();
-        let mut got = Vec::new();
-        while let Some(cut) = read_capped_line(&mut r, &mut buf, 8).unwrap() {
-            got.push((String::from_utf8(buf.clone()).unwrap(), cut));
-        }
+        let input: &[u8] = b"one\nthree-is-long\n\nexactly8\nnine-long\nfour";
         let want = [
             ("one", false),
             ("three-is", true),
             ("", false),
+            ("exactly8", false),
+            ("nine-lon", true),
             ("four", false),
         ];
         let want: Vec<_> = want.iter().map(|(s, c)| (s.to_string(), *c)).collect();
+        // Tiny reads: lines span several reads; and everything in one read.
+        for step in [1, 2, 3, 7, 1 << 20] {
+            assert_eq!(blocking_lines(input, step, 8), want, "step {step}");
+        }
+        assert_eq!(blocking_lines(b"", 1, 8), vec![]);
+        assert_eq!(blocking_lines(b"\n", 1, 8), vec![(String::new(), false)]);
+    }
+
+    #[test]
+    fn blocking_reader_skips_an_overlong_line_across_many_reads() {
+        // Far longer than the reader's buffer: memory stays bounded, the head is kept, the
+        // lines around it are whole.
+        let long = vec![b'x'; 5 * BLOCKING_CHUNK + 17];
+        let mut input = b"before\n".to_vec();
+        input.extend_from_slice(&long);
+        input.extend_from_slice(b"\nafter\n");
+        input.extend_from_slice(&long);
+        let max = BLOCKING_CHUNK + 5;
+        let got = blocking_lines(&input, BLOCKING_CHUNK / 3, max);
+        let head = "x".repeat(max);
+        let want = vec![
+            ("before".to_string(), false),
+            (head.clone(), true),
+            ("after".to_string(), false),
+            (head, true),
+        ];
         assert_eq!(got, want);
+        let mut r = CappedLines::new(
+            Trickle {
+                data: &input,
+                step: 1 << 20,
+            },
+            max,
+        );
+        while r.next_line().unwrap().is_some() {
+            assert!(r.buf.len() <= max + 3 * BLOCKING_CHUNK, "{}", r.buf.len());
+        }
     }
 
     #[test]

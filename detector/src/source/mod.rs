@@ -95,7 +95,7 @@ mod stdin;
 mod trust;
 
 pub use journal::DEFAULT_MATCHES;
-pub use lines::read_capped_line;
+pub use lines::CappedLines;
 pub use trust::{Sender, Trust, TrustConfig};
 
 /// The one line-length limit: what sources deliver by default and at most, and the longest

@@ -45,6 +45,23 @@ pub fn unavailable() -> Option<String> {
         .map(|conf| format!("{conf} missing; ratio skipped"))
 }
 
+/// `fail2ban-regex --version`'s first line (`fail2ban-regex 1.0.2`), for the method.
+pub fn version() -> String {
+    Command::new("fail2ban-regex")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_string())
+        })
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "fail2ban-regex (version unknown)".into())
+}
+
 /// Runs `fail2ban-regex LOG /etc/fail2ban/filter.d/FILTER.conf` (on CPU 0 with `one_core`, as
 /// the detector runs).
 pub fn run_filter(log: &Path, filter: &str, one_core: bool) -> Result<FilterRun> {

@@ -75,9 +75,14 @@ pub fn run(o: Options) -> Result<()> {
         size as f64 / 1e6 / whole.wall.as_secs_f64(),
         if one_core { ", pinned to one core" } else { "" }
     );
+    let ours_cpu = o.lines as f64 / whole.cpu.as_secs_f64();
     println!(
-        "target: >= 500000 lines/s -> {}",
-        if ours >= 500_000.0 { "met" } else { "NOT met" }
+        "target: >= 2100000 lines/s (CPU time; wall times stretch with the machine's load) -> {}",
+        if ours_cpu >= 2_100_000.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
     );
     detector_testkit::bench::summary(
         &format!(
@@ -111,16 +116,21 @@ pub fn run(o: Options) -> Result<()> {
         }
         fs::write(&subset, s)?;
     }
+    let pin = if one_core { "taskset -c 0 " } else { "" };
     println!(
-        "comparison on the first {n} lines ({}): fail2ban-regex's own [processed in] time per stock filter, \
-         detector parse --json wall time (process start included, best of {}){}",
+        "comparison, same work on the same lines:\n\
+         \x20 input:    the first {n} lines of the log above ({}), generated busy-MX mix of Postfix\n\
+         \x20           (smtpd, postscreen, qmgr, ...) and Dovecot (login, auth) syslog lines\n\
+         \x20 fail2ban: {} (Debian package), both stock filters, one run each, every line through both:\n\
+         \x20           {pin}fail2ban-regex --print-no-missed --print-no-ignored LOG /etc/fail2ban/filter.d/postfix.conf\n\
+         \x20           {pin}fail2ban-regex --print-no-missed --print-no-ignored LOG /etc/fail2ban/filter.d/dovecot.conf\n\
+         \x20           rate = {n} / (time postfix + time dovecot); time = its own [processed in S sec] (wall),\n\
+         \x20           and CPU time (user+sys) minus the same command's CPU time on a one-line file\n\
+         \x20 detector: {pin}detector parse --json LOG > /dev/null: envelope, both daemons' parsers,\n\
+         \x20           cross-line de-duplication, JSON per event; process start included; best of {}",
         subset.display(),
+        fail2ban::version(),
         o.runs.max(3),
-        if one_core {
-            ", both pinned to one core"
-        } else {
-            ""
-        }
     );
     let one_line = dir.join("parse-one-line.log");
     fs::write(&one_line, format!("{}\n", text_head(&subset)?))?;
@@ -157,10 +167,11 @@ pub fn run(o: Options) -> Result<()> {
          detector is {ratio:.1}x faster on the same lines (target >= 50x -> {})",
         if ratio >= 50.0 { "met" } else { "NOT met" }
     );
+    let ratio_cpu = ours_head_cpu / theirs_cpu;
     println!(
         "CPU:  fail2ban-regex postfix+dovecot {theirs_cpu:.0} lines/s, detector parse {ours_head_cpu:.0} lines/s: \
-         detector is {:.1}x faster on the same lines",
-        ours_head_cpu / theirs_cpu
+         detector is {ratio_cpu:.1}x faster on the same lines (target >= 50x -> {})",
+        if ratio_cpu >= 50.0 { "met" } else { "NOT met" }
     );
     detector_testkit::bench::summary(
         &format!("parse vs fail2ban-regex (both stock filters), first {n} lines, CPU time"),
