@@ -317,20 +317,7 @@ fn used_memory(addr: SocketAddr) -> Result<i64> {
 }
 
 fn line(label: &str, v: &[Duration]) {
-    if v.is_empty() {
-        println!("{label}: no samples");
-        return;
-    }
-    let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1];
-    println!(
-        "{label}: n={} p50={:.2} ms p99={:.2} ms max={:.2} ms",
-        ms.len(),
-        pct(0.50),
-        pct(0.99),
-        ms[ms.len() - 1]
-    );
+    println!("{}", detector_testkit::bench::latency_line(label, v));
 }
 
 fn append(path: &Path, text: &str) -> Result<()> {

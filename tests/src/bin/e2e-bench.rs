@@ -126,7 +126,7 @@ impl Results {
                 println!(
                     "  detector after journalctl -f: p50={:.2} ms p99={:.2} ms; journald's share of the total: {:.1} %",
                     own[own.len() / 2],
-                    own[((own.len() as f64 * 0.99).ceil() as usize).clamp(1, own.len()) - 1],
+                    detector_testkit::bench::nearest_rank(&own, 0.99),
                     share * 100.0
                 );
             }
@@ -138,21 +138,7 @@ impl Results {
 }
 
 fn line(label: &str, v: &[Duration]) {
-    if v.is_empty() {
-        println!("{label}: no samples");
-        return;
-    }
-    let mut ms: Vec<f64> = v.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).clamp(1, ms.len()) - 1];
-    println!(
-        "{label}: n={} p50={:.2} ms p99={:.2} ms max={:.2} ms (min {:.2})",
-        ms.len(),
-        pct(0.50),
-        pct(0.99),
-        ms[ms.len() - 1],
-        ms[0]
-    );
+    println!("{}", detector_testkit::bench::latency_line(label, v));
 }
 
 /// Where the synthetic lines go.

@@ -67,3 +67,47 @@ mod tests {
         );
     }
 }
+
+/// The nearest-rank `p` quantile (0 < p <= 1) of `sorted` (ascending, not empty).
+pub fn nearest_rank<T: Copy>(sorted: &[T], p: f64) -> T {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// `LABEL: n=.. p50=.. ms p99=.. ms max=.. ms (min ..)` for a set of latencies, the line the
+/// latency benchmarks print.
+pub fn latency_line(label: &str, samples: &[std::time::Duration]) -> String {
+    if samples.is_empty() {
+        return format!("{label}: no samples");
+    }
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    format!(
+        "{label}: n={} p50={:.2} ms p99={:.2} ms max={:.2} ms (min {:.2})",
+        ms.len(),
+        nearest_rank(&ms, 0.50),
+        nearest_rank(&ms, 0.99),
+        ms[ms.len() - 1],
+        ms[0]
+    )
+}
+
+#[cfg(test)]
+mod latency_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn nearest_rank_picks_the_ranked_sample() {
+        let v: Vec<u32> = (1..=100).collect();
+        assert_eq!(nearest_rank(&v, 0.50), 50);
+        assert_eq!(nearest_rank(&v, 0.99), 99);
+        assert_eq!(nearest_rank(&v, 1.0), 100);
+        assert_eq!(nearest_rank(&[7], 0.99), 7);
+        let line = latency_line("x", &[Duration::from_millis(3), Duration::from_millis(1)]);
+        assert_eq!(
+            line,
+            "x: n=2 p50=1.00 ms p99=3.00 ms max=3.00 ms (min 1.00)"
+        );
+        assert_eq!(latency_line("x", &[]), "x: no samples");
+    }
+}
