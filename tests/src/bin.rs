@@ -120,8 +120,12 @@ pub fn detector(pins: &PinDir, netns: Option<&NetNs>, args: &[&str]) -> Result<R
 
 /// Runs `detector ARGS --pin-dir DIR` as user `nobody` (privilege checks).
 pub fn detector_unprivileged(pins: &PinDir, args: &[&str]) -> Result<Run> {
-    // The build tree may sit under a directory `nobody` cannot enter (/root): run a copy.
-    let dir = std::env::temp_dir().join(format!("dtk-unpriv-{}", std::process::id()));
+    // The build tree may sit under a directory `nobody` cannot enter (/root): run a copy,
+    // one per call (tests run in parallel threads: a shared copy could be rewritten or
+    // removed while another test runs it).
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("dtk-unpriv-{}-{call}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let bin = dir.join("detector");
     std::fs::copy(detector_bin(), &bin).context("copying the detector binary")?;
@@ -151,10 +155,22 @@ fn run_as_nobody(bin: &Path, pins: &PinDir, args: &[&str]) -> Result<Run> {
             Ok(())
         });
     }
-    Ok(cmd
-        .output()
-        .with_context(|| format!("running {} as nobody", bin.display()))?
-        .into())
+    // A thread of this test process that forks while the copy's write descriptor is open
+    // holds it until its child execs: exec fails with ETXTBSY for that moment. Try again.
+    let mut tries = 0;
+    loop {
+        match cmd.output() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => {
+                return Ok(r
+                    .with_context(|| format!("running {} as nobody", bin.display()))?
+                    .into());
+            }
+        }
+    }
 }
 
 /// A `detector` command running in the background (`trace`), its stdout read line by line on
