@@ -146,7 +146,7 @@ impl Engine {
         let banned = p.is_some_and(|p| p.banned_until > self.now) || site_ban.is_some();
         let pending = s
             .and_then(|s| s.pending())
-            .map(|x| (to_time(x.deadline), x.rule, x.note.clone()));
+            .map(|x| (to_time(x.deadline), x.rule, x.note.to_string()));
         let callouts: Vec<DateTime<Utc>> = s
             .map(|s| {
                 (s.probes.iter())
@@ -196,7 +196,7 @@ impl Engine {
                 .filter(|p| p.banned_until > self.now)
                 .map(|p| to_time(p.banned_until)),
             last_rule: p.map(|p| p.last_rule),
-            last_note: p.map(|p| p.last_note.clone()),
+            last_note: p.map(|p| p.last_note.to_string()),
             offences,
             next_ban: self.cfg.ban_duration(offences + 1),
             slow_repeat_score: s.map_or(0, |s| self.slow_repeat_score(s)),

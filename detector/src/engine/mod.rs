@@ -22,13 +22,13 @@ mod query;
 mod rules;
 mod snapshot;
 pub mod state;
+mod table;
+mod tiny;
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use indexmap::IndexMap;
 use ipnet::IpNet;
 
 pub use config::EngineConfig;
@@ -36,7 +36,8 @@ pub use decision::{Action, AlertKind, Decision, Evidence, Rule};
 pub use explain::{Explanation, FailureView};
 pub use rules::{mailbox_key, typo_of};
 pub use snapshot::{OLDEST_SNAPSHOT_VERSION, SNAPSHOT_VERSION, Snapshot, StateCopy};
-use state::{IpState, Names, PrefixState, ProbeMark, UserState};
+use state::{IpState, Names, PrefixState, ProbeMark, Tiny, Ts, UserState};
+use table::AddressTable;
 
 use crate::event::Event;
 
@@ -49,10 +50,9 @@ pub struct Engine {
     cfg: EngineConfig,
     /// Addresses of this host (never banned); see [`Engine::set_host_addrs`].
     host_addrs: Vec<IpAddr>,
-    /// Per address (IPv4, or the IPv6 /64): entries in one vector with a compact index. Each
-    /// state is shared copy-on-write, so a save copies pointers, not states
-    /// ([`Engine::state_copy`]).
-    ips: IndexMap<IpAddr, Arc<IpState>>,
+    /// Per address (IPv4, or the IPv6 /64). Each state is shared copy-on-write, so a save
+    /// copies pointers, not states ([`Engine::state_copy`]).
+    ips: AddressTable,
     /// Interned user names and recipients of every record.
     names: Names,
     /// State keys that had a trusted successful login (a superset: checked against `ips`
@@ -62,11 +62,11 @@ pub struct Engine {
     users: HashMap<Box<str>, UserState>,
     prefixes: HashMap<IpNet, PrefixState>,
     /// Non-mail-server probes by mailbox key (split-role links), oldest first.
-    marks: HashMap<Box<str>, VecDeque<ProbeMark>>,
+    marks: HashMap<Box<str>, Tiny<ProbeMark>>,
     /// Bans held for the grace period: (deadline, state key); details in `IpState::pending`.
     pending: BTreeSet<(i64, IpAddr)>,
     /// IPv6 sites (`ipv6_site_prefix`) and the banned /64s inside them with their ban times.
-    sites: HashMap<IpNet, VecDeque<(IpNet, i64)>>,
+    sites: HashMap<IpNet, Tiny<(IpNet, Ts)>>,
     /// Latest log time seen (Unix seconds); time never runs backwards inside the engine.
     now: i64,
     last_sweep: i64,
@@ -105,7 +105,7 @@ impl Engine {
         Engine {
             cfg,
             host_addrs: Vec::new(),
-            ips: IndexMap::new(),
+            ips: AddressTable::default(),
             names: Names::default(),
             clients: BTreeSet::new(),
             users: HashMap::new(),
@@ -275,7 +275,7 @@ impl Engine {
         if p.banned_until <= time.timestamp() {
             return None;
         }
-        p.banned_until = time.timestamp();
+        p.banned_until = Ts::of(time.timestamp());
         Some(Decision {
             action: Action::Unban,
             ip,
@@ -341,12 +341,11 @@ impl Engine {
             // Successful logins are remembered for the leniency period, the rest for the horizon.
             s.last_seen >= cutoff || s.successes().iter().any(|x| x.time >= lenient)
         });
-        for s in self.ips.values_mut() {
-            // Only what changes is written: a copy held by a save stays shared.
-            if s.needs_expiry(cutoff, lenient) {
-                Arc::make_mut(s).expire(cutoff, lenient);
-            }
-        }
+        // Only what changes is written: a copy held by a save stays shared.
+        self.ips.update(
+            |s| s.needs_expiry(cutoff, lenient),
+            |s| s.expire(cutoff, lenient),
+        );
         self.stats.evicted_ips += (before - self.ips.len()) as u64;
         let ips = &self.ips;
         self.clients
@@ -378,6 +377,38 @@ impl Engine {
         self.names.collect();
     }
 
+    /// For `cargo xtask bench engine`: frees the state one part at a time and calls `freed`
+    /// with the part's name after each, so a counting allocator can tell what each part held.
+    /// Interned names are freed last (every record shares them).
+    #[doc(hidden)]
+    pub fn release_for_measurement(mut self, mut freed: impl FnMut(&'static str)) {
+        let all = |_: &IpState| true;
+        self.ips.update(all, |s| s.failures = Default::default());
+        freed("address: failed logins");
+        self.ips.update(all, |s| s.probes = Default::default());
+        freed("address: aborted transactions");
+        self.ips.update(all, |s| s.evidence = Default::default());
+        freed("address: evidence lines");
+        self.ips.update(all, |s| s.clear_extra());
+        freed("address: logins, open RCPTs, held ban, alerts");
+        self.ips = AddressTable::default();
+        freed("address table (records with their keys, slots)");
+        self.clients = BTreeSet::new();
+        freed("known-client index");
+        self.pending = BTreeSet::new();
+        freed("held-ban queue");
+        self.users = HashMap::new();
+        freed("user names' state");
+        self.prefixes = HashMap::new();
+        freed("ban prefixes (offences, notes)");
+        self.marks = HashMap::new();
+        freed("probe marks by mailbox");
+        self.sites = HashMap::new();
+        freed("IPv6 sites");
+        self.names = Names::default();
+        freed("interned names");
+    }
+
     fn enforce_caps(&mut self) {
         let now = self.now;
         let (evicted, weighty) =
@@ -393,26 +424,26 @@ impl Engine {
         self.stats.evicted_users += state::evict_oldest(
             &mut self.users,
             self.cfg.max_tracked_users,
-            |u| u.last_seen,
+            |u| u.last_seen.get(),
             |_, _| false,
         ) as u64;
         // Active bans are never evicted for size: forgetting one would re-emit it.
         self.stats.evicted_prefixes += state::evict_oldest(
             &mut self.prefixes,
             self.cfg.max_tracked_prefixes,
-            |p| p.last_offence,
+            |p| p.last_offence.get(),
             |_, p| p.banned_until > now,
         ) as u64;
         state::evict_oldest(
             &mut self.marks,
             self.cfg.max_tracked_users,
-            |m| m.back().map_or(i64::MIN, |x| x.time),
+            |m| m.back().map_or(i64::MIN, |x| x.time.get()),
             |_, _| false,
         );
         state::evict_oldest(
             &mut self.sites,
             self.cfg.max_tracked_prefixes,
-            |s| s.back().map_or(i64::MIN, |x| x.1),
+            |s| s.back().map_or(i64::MIN, |x| x.1.get()),
             |_, _| false,
         );
     }

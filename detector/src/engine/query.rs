@@ -15,14 +15,14 @@ impl Engine {
         under_campaign(self, &key, self.now)?;
         let u = self.users.get(&key)?;
         let window = self.cfg.campaign_window.as_secs() as i64;
-        let mut linked: Vec<i64> = u.linked.iter().map(|f| f.time).collect();
+        let mut linked: Vec<i64> = u.linked.iter().map(|f| f.time.get()).collect();
         linked.sort_unstable_by(|a, b| b.cmp(a));
         let n = self.cfg.campaign_probe_ips as usize;
         // The campaign lasts while the n-th newest link is inside the window.
         let by_links = (n > 0)
             .then(|| linked.get(n - 1).map(|t| t.saturating_add(window)))
             .flatten();
-        let until = by_links.max(u.attacked_until)?;
+        let until = by_links.max(u.attacked_until.map(i64::from))?;
         (until >= self.now).then(|| to_time(until))
     }
 

@@ -37,7 +37,6 @@
 //! `name` and `name+tag@domain` are one mailbox; [`typo_of`] maps a user-name typo to the
 //! mailbox meant.
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use ipnet::IpNet;
 
@@ -66,11 +65,7 @@ pub(super) fn observe(engine: &mut Engine, ev: &Event) -> Vec<Decision> {
     }
     let cap = engine.cfg.max_evidence;
     let cite = Cite::of(ev, &mut engine.names);
-    let state = engine
-        .ips
-        .entry(ip)
-        .or_insert_with(|| IpState::new(t).into());
-    let state = Arc::make_mut(state);
+    let state = engine.ips.get_or_insert_with(ip, || IpState::new(t));
     state.last_seen = state.last_seen.max_with(t);
     state.push_evidence(cite, cap);
 
@@ -245,8 +240,8 @@ fn on_probe(
         if marks.len() >= MAX_MARKS_PER_MAILBOX {
             marks.pop_front();
         }
-        marks.push_back(ProbeMark {
-            time: t,
+        marks.push(ProbeMark {
+            time: Ts::of(t),
             prober: ip,
             addr,
             recipient: r.clone(),
@@ -276,7 +271,7 @@ fn on_probe(
         "aborted an SMTP transaction to <{r}>, {why}; never logged in and no mail server \
          (banned before the login that follows)"
     );
-    if let Some(s) = engine.ips.get_mut(&ip).map(Arc::make_mut) {
+    if let Some(s) = engine.ips.get_mut(&ip) {
         s.extra_mut().campaign = Some(Ts::of(t));
     }
     ban(engine, ip, Rule::CampaignProbe, note, t, out);
@@ -324,7 +319,7 @@ fn login_read_before_its_probe(
     );
     ban(engine, ip, Rule::ProbeLogin, note, t, out);
     if !out.is_empty()
-        && let Some(s) = engine.ips.get_mut(&ip).map(Arc::make_mut)
+        && let Some(s) = engine.ips.get_mut(&ip)
     {
         // The weaker ban held for the grace period is superseded.
         s.clear_pending();
@@ -365,7 +360,7 @@ fn on_success(
     let suspicion = compromise_evidence(engine, ip, &user, t);
     let lenient_since = t.saturating_sub(engine.cfg.lenient_period.as_secs() as i64);
     let shared_users = engine.cfg.shared_ip_users as usize;
-    let Some(state) = engine.ips.get_mut(&ip).map(Arc::make_mut) else {
+    let Some(state) = engine.ips.get_mut(&ip) else {
         return;
     };
     let trusted = suspicion.is_none();
@@ -452,8 +447,8 @@ fn on_success(
         }
     }
     let u = engine.users.entry(mailbox_key(&user)).or_default();
-    u.last_seen = u.last_seen.max(t);
-    u.owner_seen = Some(u.owner_seen.map_or(t, |x| x.max(t)));
+    u.last_seen = u.last_seen.max_with(t);
+    u.owner_seen = Some(u.owner_seen.map_or(Ts::of(t), |x| x.max_with(t)));
 }
 
 /// Why a successful login as `user` from `ip` is most likely a guessed password, if it is.
@@ -540,7 +535,7 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, addr: IpAddr, ev: &Event, out: &m
     let t = ev.time.timestamp();
     let user = ev.user.as_deref().map(|u| engine.names.intern(u));
     let lenient_since = t.saturating_sub(cfg.lenient_period.as_secs() as i64);
-    let Some(state) = engine.ips.get_mut(&ip).map(Arc::make_mut) else {
+    let Some(state) = engine.ips.get_mut(&ip) else {
         return;
     };
     // A known client: a failure is a typo or a stale device.
@@ -632,7 +627,7 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, addr: IpAddr, ev: &Event, out: &m
     }
     // Tied to a probe: a later success from here is not the owner's. (Failing on a mailbox
     // under attack is not enough: its owner mistypes during attacks too.)
-    if linked && let Some(s) = engine.ips.get_mut(&ip).map(Arc::make_mut) {
+    if linked && let Some(s) = engine.ips.get_mut(&ip) {
         s.extra_mut().campaign = Some(Ts::of(t));
     }
 
@@ -694,7 +689,7 @@ fn conclude(
     let grace = cfg.grace_period.as_secs() as i64;
     let shared = is_shared(engine, &engine.ips[&ip], t);
     let prefix = engine.ban_prefix(addr);
-    let Some(state) = engine.ips.get_mut(&ip).map(Arc::make_mut) else {
+    let Some(state) = engine.ips.get_mut(&ip) else {
         return;
     };
     if shared {
@@ -742,12 +737,13 @@ fn conclude(
     }
     if state.pending().is_none() {
         let deadline = t.saturating_add(grace);
-        state.extra_mut().pending = Some(Pending {
+        let note = engine.names.note(&v.note);
+        state.extra_mut().pending = Some(Box::new(Pending {
             deadline,
             rule: v.rule,
-            note: v.note,
+            note,
             addr,
-        });
+        }));
         engine.pending.insert((deadline, ip));
     }
 }
@@ -764,7 +760,7 @@ pub(super) fn fire_due(engine: &mut Engine, now: i64) -> Vec<Decision> {
             .ips
             .get_mut(&ip)
             .filter(|s| s.pending().is_some_and(|p| p.deadline == deadline))
-            .and_then(|s| Arc::make_mut(s).take_pending_at(deadline))
+            .and_then(|s| s.take_pending_at(deadline))
         else {
             continue;
         };
@@ -809,7 +805,7 @@ fn retro_campaign_bans(
         .failures
         .iter()
         .filter(|f| f.ip != ip && f.time >= t - horizon)
-        .map(|f| (f.ip, f.time, f.addr))
+        .map(|f| (f.ip, f.time.get(), f.addr))
         .collect();
     for (other, time, addr) in others {
         if is_lenient_or_shared(engine, other, t) || !engine.ips.contains_key(&other) {
@@ -869,16 +865,16 @@ fn record_user_failure(
 ) -> Option<(String, bool)> {
     let cfg = &engine.cfg;
     let u = engine.users.entry(key.into()).or_default();
-    u.last_seen = u.last_seen.max(t);
+    u.last_seen = u.last_seen.max_with(t);
     if let Some(pos) = u.failures.iter().position(|f| f.ip == ip) {
         u.failures.remove(pos);
     }
     if u.failures.len() >= cfg.max_ips_per_user {
         u.failures.pop_front();
     }
-    u.failures.push_back(UserFailure {
+    u.failures.push(UserFailure {
         ip,
-        time: t,
+        time: Ts::of(t),
         addr: Some(addr),
     });
     let was_attacked = u.attacked_until.is_some_and(|until| until >= t);
@@ -886,7 +882,10 @@ fn record_user_failure(
     let distinct = u.failures.iter().filter(|f| f.time >= since).count();
     if distinct >= cfg.campaign_ips as usize {
         let until = t + cfg.horizon.as_secs() as i64;
-        u.attacked_until = Some(u.attacked_until.map_or(until, |x| x.max(until)));
+        u.attacked_until = Some(
+            u.attacked_until
+                .map_or(Ts::of(until), |x| x.max_with(until)),
+        );
     }
     let attacked = u.attacked_until.is_some_and(|until| until >= t);
     attacked.then(|| {
@@ -902,14 +901,14 @@ fn record_user_failure(
 fn record_linked(engine: &mut Engine, key: &str, ip: IpAddr, addr: IpAddr, t: i64) {
     let cap = engine.cfg.max_ips_per_user;
     let u = engine.users.entry(key.into()).or_default();
-    u.last_seen = u.last_seen.max(t);
+    u.last_seen = u.last_seen.max_with(t);
     u.linked.retain(|f| f.ip != ip);
     if u.linked.len() >= cap {
         u.linked.pop_front();
     }
-    u.linked.push_back(UserFailure {
+    u.linked.push(UserFailure {
         ip,
-        time: t,
+        time: Ts::of(t),
         addr: Some(addr),
     });
 }
@@ -1137,7 +1136,7 @@ fn escalate_site(
     if offenders.len() >= MAX_SITE_OFFENDERS {
         offenders.pop_front();
     }
-    offenders.push_back((prefix, t));
+    offenders.push((prefix, Ts::of(t)));
     let n = offenders.len();
     if n < need {
         return;
@@ -1179,12 +1178,20 @@ fn ban_prefix(
     let cfg = &engine.cfg;
     let now = engine.now.max(t);
     let memory = cfg.offence_memory.as_secs() as i64;
+    if engine
+        .prefixes
+        .get(&prefix)
+        .is_some_and(|p| p.banned_until > now)
+    {
+        return None;
+    }
+    let last_note = engine.names.note(&note);
     let p = engine.prefixes.entry(prefix).or_insert(PrefixState {
         offences: 0,
-        last_offence: i64::MIN,
-        banned_until: i64::MIN,
+        last_offence: Ts::default(),
+        banned_until: Ts::default(),
         last_rule: rule,
-        last_note: String::new(),
+        last_note: last_note.clone(),
     });
     if p.banned_until > now {
         return None;
@@ -1194,10 +1201,10 @@ fn ban_prefix(
     }
     p.offences = p.offences.saturating_add(1).max(min_offence);
     let duration = cfg.ban_duration(p.offences);
-    p.last_offence = t;
-    p.banned_until = t.saturating_add(duration.as_secs() as i64);
+    p.last_offence = Ts::of(t);
+    p.banned_until = Ts::of(t.saturating_add(duration.as_secs() as i64));
     p.last_rule = rule;
-    p.last_note = note.clone();
+    p.last_note = last_note;
     let evidence = engine
         .ips
         .get(&ip)

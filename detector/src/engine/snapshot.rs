@@ -1,14 +1,12 @@
 //! Engine state export/import, so a daemon restart keeps correlation state and offences.
 //! Entries are sorted, so equal states give byte-identical snapshots.
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use std::collections::VecDeque;
-
-use super::state::{IpState, PrefixState, ProbeMark, UserState};
+use super::state::{IpState, PrefixState, ProbeMark, Tiny, Ts, UserState};
+use super::table::SharedState;
 use super::{Engine, EngineConfig, EngineStats};
 use crate::Error;
 
@@ -29,9 +27,9 @@ pub struct Snapshot {
     pub users: Vec<(Box<str>, UserState)>,
     pub prefixes: Vec<(IpNet, PrefixState)>,
     #[serde(default)]
-    pub marks: Vec<(Box<str>, VecDeque<ProbeMark>)>,
+    pub marks: Vec<(Box<str>, Tiny<ProbeMark>)>,
     #[serde(default)]
-    pub sites: Vec<(IpNet, VecDeque<(IpNet, i64)>)>,
+    pub sites: Vec<(IpNet, Tiny<(IpNet, Ts)>)>,
 }
 
 /// A copy of the engine's state taken at one instant, cheaply: the per-address states are
@@ -42,11 +40,11 @@ pub struct Snapshot {
 pub struct StateCopy {
     now: Option<i64>,
     stats: EngineStats,
-    ips: Vec<(IpAddr, Arc<IpState>)>,
+    ips: Vec<SharedState>,
     users: Vec<(Box<str>, UserState)>,
     prefixes: Vec<(IpNet, PrefixState)>,
-    marks: Vec<(Box<str>, VecDeque<ProbeMark>)>,
-    sites: Vec<(IpNet, VecDeque<(IpNet, i64)>)>,
+    marks: Vec<(Box<str>, Tiny<ProbeMark>)>,
+    sites: Vec<(IpNet, Tiny<(IpNet, Ts)>)>,
 }
 
 impl StateCopy {
@@ -57,7 +55,12 @@ impl StateCopy {
             now: self.now,
             stats: self.stats,
             ips: (self.ips.into_iter())
-                .map(|(k, v)| (k, Arc::unwrap_or_clone(v)))
+                .map(|r| {
+                    let ip = r.ip();
+                    let state =
+                        triomphe::Arc::try_unwrap(r).map_or_else(|r| r.state.clone(), |k| k.state);
+                    (ip, state)
+                })
                 .collect(),
             users: self.users,
             prefixes: self.prefixes,
@@ -94,7 +97,7 @@ impl Engine {
         StateCopy {
             now: (self.now != i64::MIN).then_some(self.now),
             stats: self.stats,
-            ips: self.ips.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            ips: self.ips.shared(),
             users: (self.users.iter())
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
@@ -116,9 +119,7 @@ impl Engine {
             version: SNAPSHOT_VERSION,
             now: (self.now != i64::MIN).then_some(self.now),
             stats: self.stats,
-            ips: (self.ips.iter())
-                .map(|(k, v)| (*k, IpState::clone(v)))
-                .collect(),
+            ips: (self.ips.iter()).map(|(k, v)| (k, v.clone())).collect(),
             users: self
                 .users
                 .iter()
@@ -152,21 +153,26 @@ impl Engine {
             .map(|(k, mut s)| {
                 // Restored names are separate copies: share them again.
                 s.intern(&mut engine.names);
-                (k, Arc::new(s))
+                (k, s)
             })
             .collect();
         engine.clients = (engine.ips.iter())
             .filter(|(_, s)| !s.successes().is_empty())
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k)
             .collect();
         engine.users = snap.users.into_iter().collect();
-        engine.prefixes = snap.prefixes.into_iter().collect();
+        engine.prefixes = (snap.prefixes.into_iter())
+            .map(|(k, mut p)| {
+                engine.names.intern_note(&mut p.last_note);
+                (k, p)
+            })
+            .collect();
         engine.marks = snap.marks.into_iter().collect();
         engine.sites = snap.sites.into_iter().collect();
         engine.pending = engine
             .ips
             .iter()
-            .filter_map(|(k, s)| s.pending().map(|p| (p.deadline, *k)))
+            .filter_map(|(k, s)| s.pending().map(|p| (p.deadline, k)))
             .collect();
         if engine.now != i64::MIN {
             engine.sweep();

@@ -5,7 +5,7 @@
 //! shows the engine millions of sources (`cargo xtask bench engine` measures it from the
 //! allocator's own counters). User names and recipients are interned ([`Name`]: one
 //! allocation per distinct name, shared by every record that mentions it); times are [`Ts`]
-//! (u32 seconds); lists are boxed slices of exactly their length ([`Tiny`]); evidence is a
+//! (u32 seconds); lists are packed pointers with a 16-bit length ([`Tiny`], 10 bytes); evidence is a
 //! line reference plus what is needed to describe it ([`Cite`]), not a copy of text; what few
 //! addresses have (successful logins, a held ban, alerts, open transactions) lives in one
 //! optional box ([`Extra`]). The worst case per IP is bounded by the per-IP caps (64
@@ -14,17 +14,17 @@
 //! The snapshot form (serde) is the one of snapshot version 1 where it could stay so: a
 //! version-1 file loads into these types (times as integers are clamped into [`Ts`], session
 //! names are hashed into [`SessionKey`], evidence text is kept as text).
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::ops::Deref;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use indexmap::IndexMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::decision::{Evidence, Rule};
+pub use super::tiny::Tiny;
 use crate::event::{Event, EventKind, Protocol};
 
 /// Longest user name or recipient kept (bytes); longer attacker-supplied names are cut.
@@ -113,9 +113,12 @@ impl<'de> Deserialize<'de> for Ts {
     }
 }
 
-/// An interned user name or recipient: every record naming it shares one allocation.
+/// An interned user name or recipient: every record naming it shares one allocation. A thin
+/// pointer (8 bytes, and `Option<Name>` too) to a shared boxed string: records name users
+/// and recipients far more often than there are distinct names, so the pointer's size counts
+/// and the second indirection does not.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Name(Arc<str>);
+pub struct Name(Arc<Box<str>>);
 
 impl Deref for Name {
     type Target = str;
@@ -123,9 +126,14 @@ impl Deref for Name {
         &self.0
     }
 }
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
 impl fmt::Debug for Name {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(&**self.0, f)
     }
 }
 impl fmt::Display for Name {
@@ -135,7 +143,7 @@ impl fmt::Display for Name {
 }
 impl PartialEq<str> for Name {
     fn eq(&self, o: &str) -> bool {
-        &*self.0 == o
+        &**self.0 == o
     }
 }
 impl Serialize for Name {
@@ -147,24 +155,76 @@ impl<'de> Deserialize<'de> for Name {
     /// Not interned yet: [`Names::intern_name`] shares it on restore.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Name, D::Error> {
         let s = String::deserialize(d)?;
-        Ok(Name(bounded_name(&s).into()))
+        Ok(Name(Arc::new(bounded_name(&s))))
+    }
+}
+
+/// A decision note as the engine remembers it (the last ban of a prefix, a held ban): its
+/// sentence with every run of digits cut out, interned, and the digit runs beside it. Bans
+/// of one campaign say the same sentence with other counts ("failed on info@, a mailbox
+/// under attack (7 distinct IPs ...)"), so a million bans share a few sentences instead of
+/// holding a million copies. [`fmt::Display`] gives the note back exactly.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Note {
+    /// The text with each digit run replaced by [`Note::RUN`] (a control character: names
+    /// in notes have theirs replaced by `?`, and the engine's own words have none).
+    skeleton: Name,
+    /// The digit runs in order, separated by spaces.
+    digits: Box<str>,
+}
+
+impl Note {
+    const RUN: char = '\u{1}';
+}
+
+impl fmt::Display for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut runs = self.digits.split(' ');
+        for part in self.skeleton.split_inclusive(Note::RUN) {
+            match part.strip_suffix(Note::RUN) {
+                Some(text) => {
+                    f.write_str(text)?;
+                    f.write_str(runs.next().unwrap_or_default())?;
+                }
+                None => f.write_str(part)?,
+            }
+        }
+        Ok(())
+    }
+}
+impl fmt::Debug for Note {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+impl Serialize for Note {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+impl<'de> Deserialize<'de> for Note {
+    /// Whole (not cut like a name); not shared yet: [`Names::intern_note`] does it on
+    /// restore.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Note, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(Names::default().note(&text))
     }
 }
 
 /// The engine's name interner. Names nobody refers to any more are dropped at each sweep.
 #[derive(Debug, Default)]
-pub struct Names(HashSet<Arc<str>>);
+pub struct Names(HashSet<Name>);
 
 impl Names {
     /// The shared copy of `raw` cut to [`MAX_NAME_LEN`] with control characters replaced.
     pub fn intern(&mut self, raw: &str) -> Name {
         let bounded = bounded_name(raw);
-        if let Some(a) = self.0.get(&*bounded) {
-            return Name(a.clone());
+        if let Some(n) = self.0.get(&*bounded) {
+            return n.clone();
         }
-        let a: Arc<str> = bounded.into();
-        self.0.insert(a.clone());
-        Name(a)
+        let n = Name(Arc::new(bounded));
+        self.0.insert(n.clone());
+        n
     }
 
     /// Replaces `name` by the shared copy (after a restore).
@@ -172,9 +232,49 @@ impl Names {
         *name = self.intern(&name.0);
     }
 
+    /// A decision note, its sentence shared ([`Note`]).
+    pub fn note(&mut self, text: &str) -> Note {
+        let mut skeleton = String::with_capacity(text.len());
+        let mut digits = String::new();
+        let mut in_run = false;
+        for c in text.chars() {
+            if c.is_ascii_digit() {
+                if !in_run {
+                    skeleton.push(Note::RUN);
+                    if !digits.is_empty() {
+                        digits.push(' ');
+                    }
+                    in_run = true;
+                }
+                digits.push(c);
+            } else {
+                in_run = false;
+                // Never the marker itself: a note could not be told back.
+                skeleton.push(if c == Note::RUN { '?' } else { c });
+            }
+        }
+        let skeleton = match self.0.get(skeleton.as_str()) {
+            Some(n) => n.clone(),
+            None => {
+                let n = Name(Arc::new(skeleton.into_boxed_str()));
+                self.0.insert(n.clone());
+                n
+            }
+        };
+        Note {
+            skeleton,
+            digits: digits.into_boxed_str(),
+        }
+    }
+
+    /// Shares the sentence of `note` again (after a restore).
+    pub fn intern_note(&mut self, note: &mut Note) {
+        *note = self.note(&note.to_string());
+    }
+
     /// Forgets names that only the interner still holds.
     pub fn collect(&mut self) {
-        self.0.retain(|a| Arc::strong_count(a) > 1);
+        self.0.retain(|n| Arc::strong_count(&n.0) > 1);
     }
 
     pub fn len(&self) -> usize {
@@ -188,8 +288,9 @@ impl Names {
 
 /// An SMTP session id (`smtpd:1234`, a queue id) kept as a 64-bit FNV-1a hash: only compared
 /// for equality, and 8 bytes instead of a string. Server-written, so not chosen by a client.
+/// Never zero, so `Option<SessionKey>` is 8 bytes too (a zero hash is taken as 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SessionKey(u64);
+pub struct SessionKey(std::num::NonZeroU64);
 
 impl SessionKey {
     pub fn of(session: &str) -> SessionKey {
@@ -198,12 +299,16 @@ impl SessionKey {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
-        SessionKey(h)
+        SessionKey::from_hash(h)
+    }
+
+    fn from_hash(h: u64) -> SessionKey {
+        SessionKey(std::num::NonZeroU64::new(h).unwrap_or(std::num::NonZeroU64::MIN))
     }
 }
 impl Serialize for SessionKey {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(self.0)
+        s.serialize_u64(self.0.get())
     }
 }
 impl<'de> Deserialize<'de> for SessionKey {
@@ -216,111 +321,9 @@ impl<'de> Deserialize<'de> for SessionKey {
             Text(String),
         }
         Ok(match Repr::deserialize(d)? {
-            Repr::Hash(h) => SessionKey(h),
+            Repr::Hash(h) => SessionKey::from_hash(h),
             Repr::Text(t) => SessionKey::of(&t),
         })
-    }
-}
-
-/// A list stored as a boxed slice of exactly its length: 16 bytes inline and no spare
-/// capacity (state lists are short and change rarely, so a push may reallocate).
-#[derive(Clone, PartialEq)]
-pub struct Tiny<T>(Box<[T]>);
-
-impl<T> Default for Tiny<T> {
-    fn default() -> Self {
-        Tiny(Box::new([]))
-    }
-}
-impl<T: fmt::Debug> fmt::Debug for Tiny<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.0.iter()).finish()
-    }
-}
-impl<T> Deref for Tiny<T> {
-    type Target = [T];
-    fn deref(&self) -> &[T] {
-        &self.0
-    }
-}
-impl<T> std::ops::DerefMut for Tiny<T> {
-    fn deref_mut(&mut self) -> &mut [T] {
-        &mut self.0
-    }
-}
-impl<T> From<Vec<T>> for Tiny<T> {
-    fn from(v: Vec<T>) -> Self {
-        Tiny(v.into_boxed_slice())
-    }
-}
-impl<T> FromIterator<T> for Tiny<T> {
-    fn from_iter<I: IntoIterator<Item = T>>(it: I) -> Self {
-        Tiny(it.into_iter().collect())
-    }
-}
-impl<'a, T> IntoIterator for &'a Tiny<T> {
-    type Item = &'a T;
-    type IntoIter = std::slice::Iter<'a, T>;
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
-    }
-}
-impl<T: Serialize> Serialize for Tiny<T> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
-}
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for Tiny<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Vec::<T>::deserialize(d).map(Tiny::from)
-    }
-}
-
-impl<T> Tiny<T> {
-    fn edit(&mut self, f: impl FnOnce(&mut Vec<T>)) {
-        let mut v = std::mem::take(&mut self.0).into_vec();
-        f(&mut v);
-        self.0 = v.into_boxed_slice();
-    }
-    pub fn push(&mut self, x: T) {
-        self.edit(|v| {
-            v.reserve_exact(1);
-            v.push(x)
-        });
-    }
-    /// Removes and returns the first (oldest) element.
-    pub fn pop_front(&mut self) -> Option<T> {
-        let mut out = None;
-        if !self.0.is_empty() {
-            self.edit(|v| out = Some(v.remove(0)));
-        }
-        out
-    }
-    pub fn remove(&mut self, i: usize) -> T {
-        let mut out = None;
-        self.edit(|v| out = Some(v.remove(i)));
-        out.expect("removed")
-    }
-    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
-        if self.0.iter().all(&mut keep) {
-            return;
-        }
-        self.edit(|v| v.retain(keep));
-    }
-    pub fn truncate(&mut self, len: usize) {
-        if self.0.len() > len {
-            self.edit(|v| v.truncate(len));
-        }
-    }
-    pub fn back(&self) -> Option<&T> {
-        self.0.last()
-    }
-    pub fn back_mut(&mut self) -> Option<&mut T> {
-        self.0.last_mut()
-    }
-    /// Heap bytes held.
-    pub fn heap_bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.0)
     }
 }
 
@@ -375,7 +378,7 @@ pub struct Pending {
     /// Log time at which the ban is made if nothing cancelled it.
     pub deadline: i64,
     pub rule: Rule,
-    pub note: String,
+    pub note: Note,
     /// The address the decision names (inside an IPv6 /64 it may differ from the key).
     pub addr: IpAddr,
 }
@@ -384,7 +387,7 @@ pub struct Pending {
 /// to it (split roles).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProbeMark {
-    pub time: i64,
+    pub time: Ts,
     /// State key of the prober.
     pub prober: IpAddr,
     /// The prober's own address.
@@ -547,7 +550,7 @@ impl<'de> Deserialize<'de> for Cite {
             CiteRepr::Text { line, time, what } => Cite {
                 line,
                 // Cut like any name: the description of a version-1 line is short anyway.
-                name: Some(Name(what.into())),
+                name: Some(Name(Arc::new(what.into()))),
                 time: Ts::of(time.timestamp()),
                 kind: CiteKind::Text,
                 protocol: None,
@@ -561,8 +564,8 @@ impl<'de> Deserialize<'de> for Cite {
 pub struct Extra {
     pub successes: Tiny<Success>,
     pub pending_rcpts: Tiny<PendingRcpt>,
-    /// A ban waiting out the grace period.
-    pub pending: Option<Pending>,
+    /// A ban waiting out the grace period (boxed: few addresses hold one).
+    pub pending: Option<Box<Pending>>,
     /// Last log time the address was tied to a campaign (a login linked to a probe, a
     /// failure on a mailbox under attack): a success from it is not trusted.
     pub campaign: Option<Ts>,
@@ -640,6 +643,11 @@ impl IpState {
         self.tidy();
     }
 
+    /// Drops the rarely present parts (for measurement).
+    pub fn clear_extra(&mut self) {
+        self.extra = None;
+    }
+
     /// Frees the extra box when nothing is left in it.
     pub fn tidy(&mut self) {
         if self.extra.as_deref().is_some_and(Extra::is_empty) {
@@ -654,7 +662,7 @@ impl IpState {
         self.extra().map_or(&[], |x| &x.pending_rcpts)
     }
     pub fn pending(&self) -> Option<&Pending> {
-        self.extra()?.pending.as_ref()
+        self.extra()?.pending.as_deref()
     }
     pub fn campaign(&self) -> Option<Ts> {
         self.extra()?.campaign
@@ -679,7 +687,7 @@ impl IpState {
         let x = self.extra.as_deref_mut()?;
         let p = x.pending.take_if(|p| p.deadline == deadline);
         self.tidy();
-        p
+        p.map(|p| *p)
     }
 
     pub fn push_evidence(&mut self, ev: Cite, cap: usize) {
@@ -789,6 +797,9 @@ impl IpState {
             if let Some((_, u)) = &mut x.compromise {
                 names.intern_name(u);
             }
+            if let Some(p) = &mut x.pending {
+                names.intern_note(&mut p.note);
+            }
         }
     }
 
@@ -813,7 +824,7 @@ impl IpState {
                 size_of::<Extra>()
                     + x.successes.heap_bytes()
                     + x.pending_rcpts.heap_bytes()
-                    + x.pending.as_ref().map_or(0, |p| p.note.len())
+                    + x.pending.as_ref().map_or(0, |p| p.note.digits.len())
             })
     }
 }
@@ -835,7 +846,7 @@ struct IpStateRepr {
     #[serde(default)]
     evidence: Tiny<Cite>,
     #[serde(default)]
-    pending: Option<Pending>,
+    pending: Option<Box<Pending>>,
     #[serde(default)]
     campaign: Option<Ts>,
     #[serde(default)]
@@ -892,7 +903,7 @@ impl<'de> Deserialize<'de> for IpState {
 pub struct UserFailure {
     /// State key (see `Engine::state_key`).
     pub ip: IpAddr,
-    pub time: i64,
+    pub time: Ts,
     /// The address itself (differs from `ip` inside an IPv6 /64), for decisions.
     #[serde(default)]
     pub addr: Option<IpAddr>,
@@ -900,31 +911,32 @@ pub struct UserFailure {
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct UserState {
-    pub last_seen: i64,
+    pub last_seen: Ts,
     /// One entry per failing IP (latest failure time), oldest first.
-    pub failures: VecDeque<UserFailure>,
+    pub failures: Tiny<UserFailure>,
     /// Log time until which the name counts as under attack (set when the campaign threshold
     /// is reached, extended by the horizon on each later crossing).
-    pub attacked_until: Option<i64>,
+    pub attacked_until: Option<Ts>,
     /// Addresses whose failed login on this mailbox was tied to a probe (own or split-role),
     /// latest first kept; `campaign_probe_ips` of them within `campaign_window` put the
     /// mailbox under a probe campaign (aborts that probe it are banned).
     #[serde(default)]
-    pub linked: VecDeque<UserFailure>,
+    pub linked: Tiny<UserFailure>,
     /// Last trusted successful login as this mailbox, from any address: it has an owner who
     /// may mistype during an attack.
     #[serde(default)]
-    pub owner_seen: Option<i64>,
+    pub owner_seen: Option<Ts>,
 }
 
 /// Bans and offences of one ban prefix (an IPv4 address or an IPv6 /64 by default).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PrefixState {
     pub offences: u32,
-    pub last_offence: i64,
-    pub banned_until: i64,
+    pub last_offence: Ts,
+    /// End of the ban (a ban past 2106 ends then).
+    pub banned_until: Ts,
     pub last_rule: Rule,
-    pub last_note: String,
+    pub last_note: Note,
 }
 
 /// Cuts an attacker-supplied name to [`MAX_NAME_LEN`] bytes on a char boundary and replaces
@@ -978,10 +990,7 @@ where
 /// on the key. Oldest-first alone would evict exactly the slow bots, and let a flood of
 /// cheap events from fresh addresses push out the evidence against them. What was evicted:
 /// (addresses, how many of them carried evidence that counts toward a ban).
-pub fn evict_least_evidence(
-    map: &mut IndexMap<IpAddr, std::sync::Arc<IpState>>,
-    cap: usize,
-) -> (usize, usize) {
+pub fn evict_least_evidence(map: &mut super::table::AddressTable, cap: usize) -> (usize, usize) {
     if map.len() <= cap {
         return (0, 0);
     }
@@ -989,7 +998,7 @@ pub fn evict_least_evidence(
     let excess = map.len() - target;
     let mut order: Vec<(u32, Ts, IpAddr)> = map
         .iter()
-        .map(|(k, v)| (v.evidence_weight(), v.last_seen, *k))
+        .map(|(k, v)| (v.evidence_weight(), v.last_seen, k))
         .collect();
     if excess < order.len() {
         order.select_nth_unstable(excess);
@@ -999,6 +1008,42 @@ pub fn evict_least_evidence(
         .filter(|(w, _, _)| *w >= IpState::WEIGHTY)
         .count();
     let gone: HashSet<IpAddr> = order.into_iter().map(|(_, _, k)| k).collect();
-    map.retain(|k, _| !gone.contains(k));
+    map.retain(|k, _| !gone.contains(&k));
     (excess, weighty)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_note_reads_back_exactly_and_campaign_notes_share_their_sentence() {
+        let mut names = Names::default();
+        for text in [
+            "failed on guess36876, a mailbox under attack (3 distinct IPs failed on it within 1day)",
+            "",
+            "2001:db8:7::/48 has 3 offending /64s",
+            "007 leading zeros 0 and 10 20",
+            "ends with 42",
+            "no digits at all",
+            "a marker \u{1} in the text",
+        ] {
+            let note = names.note(text);
+            let expected = text.replace('\u{1}', "?");
+            assert_eq!(note.to_string(), expected);
+            let json = serde_json::to_string(&note).unwrap();
+            let back: Note = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.to_string(), expected, "snapshot form");
+        }
+        let a = names.note("failed on guess1, a mailbox under attack (3 distinct IPs)");
+        let b = names.note("failed on guess22, a mailbox under attack (17 distinct IPs)");
+        assert!(
+            Arc::ptr_eq(&a.skeleton.0, &b.skeleton.0),
+            "one sentence, shared"
+        );
+        assert_eq!(
+            b.to_string(),
+            "failed on guess22, a mailbox under attack (17 distinct IPs)"
+        );
+    }
 }

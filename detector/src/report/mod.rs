@@ -135,7 +135,7 @@ impl Report {
                 },
                 failing_ips: u.failures.len(),
                 probe_linked_ips: u.linked.len(),
-                attacked_until: u.attacked_until.map(time),
+                attacked_until: u.attacked_until.map(|t| time(t.get())),
             })
             .collect();
         campaigns.sort_by(|a, b| {
@@ -181,9 +181,9 @@ impl Report {
                 prefix: *n,
                 rule: p.last_rule.name().to_string(),
                 offences: p.offences,
-                time: time(p.last_offence),
-                until: time(p.banned_until),
-                note: p.last_note.clone(),
+                time: time(p.last_offence.get()),
+                until: time(p.banned_until.get()),
+                note: p.last_note.to_string(),
             })
             .collect();
         let held: BTreeSet<IpNet> = bans.iter().map(|b| b.prefix).collect();
