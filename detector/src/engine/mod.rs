@@ -36,8 +36,9 @@ pub use decision::{Action, AlertKind, Decision, Evidence, Rule};
 pub use explain::{Explanation, FailureView};
 pub use rules::{mailbox_key, typo_of};
 pub use snapshot::{OLDEST_SNAPSHOT_VERSION, SNAPSHOT_VERSION, Snapshot, StateCopy};
-use state::{IpState, Names, PrefixState, ProbeMark, Tiny, Ts, UserState};
+use state::{IpState, Names, PrefixState, ProbeMark, SiteOffenders, Tiny, Ts, UserState};
 use table::AddressTable;
+use triomphe::Arc;
 
 use crate::event::Event;
 
@@ -59,14 +60,19 @@ pub struct Engine {
     /// when read, pruned at each sweep), so a site ban finds its known clients without
     /// walking every address.
     clients: BTreeSet<IpAddr>,
+    /// Per mailbox: copied by a save (the sweep reads every one, and a pointer per mailbox
+    /// would cost it a cache miss each).
     users: HashMap<Box<str>, UserState>,
-    prefixes: HashMap<IpNet, PrefixState>,
+    /// The maps below hold their values behind shared pointers for the same reason as
+    /// `ips`: a save copies pointers (`Arc::make_mut` copies a value only if a save still
+    /// holds it).
+    prefixes: HashMap<IpNet, Arc<PrefixState>>,
     /// Non-mail-server probes by mailbox key (split-role links), oldest first.
-    marks: HashMap<Box<str>, Tiny<ProbeMark>>,
+    marks: HashMap<Box<str>, Arc<Tiny<ProbeMark>>>,
     /// Bans held for the grace period: (deadline, state key); details in `IpState::pending`.
     pending: BTreeSet<(i64, IpAddr)>,
     /// IPv6 sites (`ipv6_site_prefix`) and the banned /64s inside them with their ban times.
-    sites: HashMap<IpNet, Tiny<(IpNet, Ts)>>,
+    sites: HashMap<IpNet, Arc<SiteOffenders>>,
     /// Latest log time seen (Unix seconds); time never runs backwards inside the engine.
     now: i64,
     last_sweep: i64,
@@ -275,6 +281,7 @@ impl Engine {
         if p.banned_until <= time.timestamp() {
             return None;
         }
+        let p = Arc::make_mut(p);
         p.banned_until = Ts::of(time.timestamp());
         Some(Decision {
             action: Action::Unban,
@@ -365,11 +372,15 @@ impl Engine {
         self.stats.evicted_prefixes += (before - self.prefixes.len()) as u64;
         let link = now.saturating_sub(self.cfg.link_window.as_secs() as i64);
         self.marks.retain(|_, m| {
-            m.retain(|x| x.time >= link);
+            if m.iter().any(|x| x.time < link) {
+                Arc::make_mut(m).retain(|x| x.time >= link);
+            }
             !m.is_empty()
         });
         self.sites.retain(|_, s| {
-            s.retain(|(_, t)| *t >= cutoff);
+            if s.iter().any(|(_, t)| *t < cutoff) {
+                Arc::make_mut(s).retain(|(_, t)| *t >= cutoff);
+            }
             !s.is_empty()
         });
         let ips = &self.ips;

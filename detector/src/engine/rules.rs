@@ -39,6 +39,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use triomphe::Arc;
 
 use super::decision::{Action, AlertKind, Decision, Rule};
 use super::state::{
@@ -235,7 +236,7 @@ fn on_probe(
         return;
     }
     for r in &probe.recipients {
-        let marks = engine.marks.entry(mailbox_key(r)).or_default();
+        let marks = Arc::make_mut(engine.marks.entry(mailbox_key(r)).or_default());
         marks.retain(|m| m.prober != ip);
         if marks.len() >= MAX_MARKS_PER_MAILBOX {
             marks.pop_front();
@@ -1131,7 +1132,7 @@ fn escalate_site(
 ) {
     let horizon = engine.cfg.horizon.as_secs() as i64;
     let need = engine.cfg.ipv6_site_offenders as usize;
-    let offenders = engine.sites.entry(site).or_default();
+    let offenders = Arc::make_mut(engine.sites.entry(site).or_default());
     offenders.retain(|(p, at)| *p != prefix && *at >= t - horizon);
     if offenders.len() >= MAX_SITE_OFFENDERS {
         offenders.pop_front();
@@ -1186,16 +1187,15 @@ fn ban_prefix(
         return None;
     }
     let last_note = engine.names.note(&note);
-    let p = engine.prefixes.entry(prefix).or_insert(PrefixState {
-        offences: 0,
-        last_offence: Ts::default(),
-        banned_until: Ts::default(),
-        last_rule: rule,
-        last_note: last_note.clone(),
-    });
-    if p.banned_until > now {
-        return None;
-    }
+    let p = Arc::make_mut(engine.prefixes.entry(prefix).or_insert_with(|| {
+        Arc::new(PrefixState {
+            offences: 0,
+            last_offence: Ts::default(),
+            banned_until: Ts::default(),
+            last_rule: rule,
+            last_note: last_note.clone(),
+        })
+    }));
     if p.last_offence < now.saturating_sub(memory) {
         p.offences = 0;
     }

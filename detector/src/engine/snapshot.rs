@@ -5,10 +5,11 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::state::{IpState, PrefixState, ProbeMark, Tiny, Ts, UserState};
+use super::state::{IpState, PrefixState, ProbeMark, SiteOffenders, Tiny, UserState};
 use super::table::SharedState;
 use super::{Engine, EngineConfig, EngineStats};
 use crate::Error;
+use triomphe::Arc;
 
 /// Bumped when the snapshot layout changes incompatibly. Version 2 keeps evidence as line
 /// references and session ids as hashes; a version-1 snapshot still loads (its evidence as
@@ -29,12 +30,12 @@ pub struct Snapshot {
     #[serde(default)]
     pub marks: Vec<(Box<str>, Tiny<ProbeMark>)>,
     #[serde(default)]
-    pub sites: Vec<(IpNet, Tiny<(IpNet, Ts)>)>,
+    pub sites: Vec<(IpNet, SiteOffenders)>,
 }
 
 /// A copy of the engine's state taken at one instant, cheaply: the per-address states are
-/// shared with the engine (copy-on-write: the engine copies one only when it changes it while
-/// the copy lives), the smaller maps are copied. [`StateCopy::into_snapshot`] makes the
+/// shared with the engine, and so are the values of the other maps (copy-on-write: the engine
+/// copies one only when it changes it while the copy lives). [`StateCopy::into_snapshot`] makes the
 /// [`Snapshot`] from it, away from the engine (the daemon's writer thread).
 #[derive(Clone, Debug)]
 pub struct StateCopy {
@@ -42,9 +43,14 @@ pub struct StateCopy {
     stats: EngineStats,
     ips: Vec<SharedState>,
     users: Vec<(Box<str>, UserState)>,
-    prefixes: Vec<(IpNet, PrefixState)>,
-    marks: Vec<(Box<str>, Tiny<ProbeMark>)>,
-    sites: Vec<(IpNet, Tiny<(IpNet, Ts)>)>,
+    prefixes: Vec<(IpNet, Arc<PrefixState>)>,
+    marks: Vec<(Box<str>, Arc<Tiny<ProbeMark>>)>,
+    sites: Vec<(IpNet, Arc<SiteOffenders>)>,
+}
+
+/// The value, moved out if nothing else holds it, else copied.
+fn owned<K, T: Clone>((k, v): (K, Arc<T>)) -> (K, T) {
+    (k, Arc::unwrap_or_clone(v))
 }
 
 impl StateCopy {
@@ -57,15 +63,13 @@ impl StateCopy {
             ips: (self.ips.into_iter())
                 .map(|r| {
                     let ip = r.ip();
-                    let state =
-                        triomphe::Arc::try_unwrap(r).map_or_else(|r| r.state.clone(), |k| k.state);
-                    (ip, state)
+                    (ip, Arc::unwrap_or_clone(r).state)
                 })
                 .collect(),
             users: self.users,
-            prefixes: self.prefixes,
-            marks: self.marks,
-            sites: self.sites,
+            prefixes: self.prefixes.into_iter().map(owned).collect(),
+            marks: self.marks.into_iter().map(owned).collect(),
+            sites: self.sites.into_iter().map(owned).collect(),
         };
         s.sort();
         s
@@ -92,7 +96,7 @@ impl Engine {
     }
 
     /// A cheap copy of the state for a save (see [`StateCopy`]): what the daemon's engine
-    /// task pays per save is a pointer per address plus the small maps.
+    /// task pays per save is a pointer per record (and the keys of the name-keyed maps).
     pub fn state_copy(&self) -> StateCopy {
         StateCopy {
             now: (self.now != i64::MIN).then_some(self.now),
@@ -120,18 +124,18 @@ impl Engine {
             now: (self.now != i64::MIN).then_some(self.now),
             stats: self.stats,
             ips: (self.ips.iter()).map(|(k, v)| (k, v.clone())).collect(),
-            users: self
-                .users
-                .iter()
+            users: (self.users.iter())
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
-            prefixes: self.prefixes.iter().map(|(k, v)| (*k, v.clone())).collect(),
-            marks: self
-                .marks
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
+            prefixes: (self.prefixes.iter())
+                .map(|(k, v)| (*k, PrefixState::clone(v)))
                 .collect(),
-            sites: self.sites.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            marks: (self.marks.iter())
+                .map(|(k, v)| (k.clone(), Tiny::clone(v)))
+                .collect(),
+            sites: (self.sites.iter())
+                .map(|(k, v)| (*k, SiteOffenders::clone(v)))
+                .collect(),
         }
     }
 
@@ -164,11 +168,15 @@ impl Engine {
         engine.prefixes = (snap.prefixes.into_iter())
             .map(|(k, mut p)| {
                 engine.names.intern_note(&mut p.last_note);
-                (k, p)
+                (k, Arc::new(p))
             })
             .collect();
-        engine.marks = snap.marks.into_iter().collect();
-        engine.sites = snap.sites.into_iter().collect();
+        engine.marks = (snap.marks.into_iter())
+            .map(|(k, m)| (k, Arc::new(m)))
+            .collect();
+        engine.sites = (snap.sites.into_iter())
+            .map(|(k, s)| (k, Arc::new(s)))
+            .collect();
         engine.pending = engine
             .ips
             .iter()

@@ -928,6 +928,9 @@ pub struct UserState {
     pub owner_seen: Option<Ts>,
 }
 
+/// The banned prefixes inside one IPv6 site, with their ban times, oldest first.
+pub type SiteOffenders = Tiny<(ipnet::IpNet, Ts)>;
+
 /// Bans and offences of one ban prefix (an IPv4 address or an IPv6 /64 by default).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PrefixState {

@@ -1421,18 +1421,26 @@ fn names_are_interned_and_collected() {
     assert_eq!(f.engine.names.len(), 1, "only the name still referred to");
 }
 
-/// A save's copy shares the address states with the engine; what the engine changes after
-/// it (the same address, a new one) does not reach the copy.
+/// A save's copy shares the address states, ban prefixes, probe marks and sites with the
+/// engine; what the engine changes after it (the same record, a new one) does not reach the
+/// copy.
 #[test]
 fn a_state_copy_is_the_state_at_its_instant() {
     let mut f = Feed::new(cfg());
     f.fail(0, BOT, "a@example.test");
     f.probe(5, "2001:db8:5::1", "x@example.test");
+    // A banned prefix in the copy: a probe and a login as the probed address.
+    f.probe(6, "198.18.2.2", "y@example.test");
+    assert!(!f.fail(7, "198.18.2.2", "y@example.test").is_empty());
     let at_copy = f.engine.snapshot();
+    assert!(!at_copy.prefixes.is_empty() && !at_copy.marks.is_empty());
     let copy = f.engine.state_copy();
     f.fail(10, BOT, "b@example.test");
     f.ok(20, "2001:db8:5::2", "x@example.test");
     f.fail(30, "198.18.1.1", "c@example.test");
+    f.probe(31, "198.18.2.9", "y@example.test");
+    let ip: IpAddr = "198.18.2.2".parse().unwrap();
+    assert!(f.engine.unban(ip, to_time(40)).is_some());
     assert_ne!(f.engine.snapshot(), at_copy);
     assert_eq!(copy.into_snapshot(), at_copy);
 }
