@@ -3,12 +3,13 @@
 //!
 //! Memory: the per-address state is kept compact, because a botnet rotating IPv6 addresses
 //! shows the engine millions of sources (`cargo xtask bench engine` measures it from the
-//! allocator's own counters). User names and recipients are interned ([`Name`]: one
-//! allocation per distinct name, shared by every record that mentions it); times are [`Ts`]
-//! (u32 seconds); lists are packed pointers with a 16-bit length ([`Tiny`], 10 bytes); evidence is a
-//! line reference plus what is needed to describe it ([`Cite`]), not a copy of text; what few
-//! addresses have (successful logins, a held ban, alerts, open transactions) lives in one
-//! optional box ([`Extra`]). The worst case per IP is bounded by the per-IP caps (64
+//! allocator's own counters, part by part). User names and recipients are interned
+//! ([`Name`]: an 8-byte pointer to one allocation per distinct name); times are [`Ts`] (u32
+//! seconds); lists are packed pointers with a 16-bit length ([`Tiny`], 10 bytes); evidence is
+//! a line reference plus what is needed to describe it ([`Cite`]), not a copy of text; ban
+//! notes share their sentence ([`Note`]); what few addresses have (successful logins, a held
+//! ban, alerts, open transactions) lives in one optional box ([`Extra`]). The records and
+//! their table are in `table.rs`. The worst case per IP is bounded by the per-IP caps (64
 //! failures, 8 evidence lines, 16 users, 4 probes with the defaults).
 //!
 //! The snapshot form (serde) is the one of snapshot version 1 where it could stay so: a
