@@ -372,15 +372,11 @@ impl Engine {
         self.stats.evicted_prefixes += (before - self.prefixes.len()) as u64;
         let link = now.saturating_sub(self.cfg.link_window.as_secs() as i64);
         self.marks.retain(|_, m| {
-            if m.iter().any(|x| x.time < link) {
-                Arc::make_mut(m).retain(|x| x.time >= link);
-            }
+            tiny::retain_shared(m, |x| x.time >= link);
             !m.is_empty()
         });
         self.sites.retain(|_, s| {
-            if s.iter().any(|(_, t)| *t < cutoff) {
-                Arc::make_mut(s).retain(|(_, t)| *t >= cutoff);
-            }
+            tiny::retain_shared(s, |(_, t)| *t >= cutoff);
             !s.is_empty()
         });
         let ips = &self.ips;

@@ -130,15 +130,15 @@ pub(super) fn matters(ev: &Event) -> bool {
 
 fn on_rcpt(state: &mut IpState, ev: &Event, rcpt: Name) {
     let x = state.extra_mut();
-    if x.pending_rcpts.len() >= MAX_PENDING_RCPTS {
-        x.pending_rcpts.pop_front();
-    }
-    x.pending_rcpts.push(PendingRcpt {
-        session: session_of(ev),
-        recipient: rcpt,
-        time: Ts::of(ev.time.timestamp()),
-        peer: ev.peer.as_ref().map(|p| p.looks_like_mta()),
-    });
+    x.pending_rcpts.push_capped(
+        MAX_PENDING_RCPTS,
+        PendingRcpt {
+            session: session_of(ev),
+            recipient: rcpt,
+            time: Ts::of(ev.time.timestamp()),
+            peer: ev.peer.as_ref().map(|p| p.looks_like_mta()),
+        },
+    );
 }
 
 fn session_of(ev: &Event) -> Option<SessionKey> {
@@ -202,20 +202,20 @@ fn on_transaction_end(state: &mut IpState, ev: &Event) -> Option<EndedProbe> {
             mta_like: last.peer_known.then_some(last.mta_like),
         });
     }
-    if state.probes.len() >= MAX_PROBES {
-        state.probes.pop_front();
-    }
     let mut recipients = recipients;
     recipients.dedup();
     recipients.truncate(MAX_PROBE_RCPTS);
-    state.probes.push(Probe {
-        time: Ts::of(t),
-        line: ev.line,
-        session,
-        recipients: recipients.clone().into(),
-        mta_like: mta_like.unwrap_or(false),
-        peer_known: mta_like.is_some(),
-    });
+    state.probes.push_capped(
+        MAX_PROBES,
+        Probe {
+            time: Ts::of(t),
+            line: ev.line,
+            session,
+            recipients: recipients.clone().into(),
+            mta_like: mta_like.unwrap_or(false),
+            peer_known: mta_like.is_some(),
+        },
+    );
     Some(EndedProbe {
         recipients,
         mta_like,
@@ -238,15 +238,15 @@ fn on_probe(
     for r in &probe.recipients {
         let marks = Arc::make_mut(engine.marks.entry(mailbox_key(r)).or_default());
         marks.retain(|m| m.prober != ip);
-        if marks.len() >= MAX_MARKS_PER_MAILBOX {
-            marks.pop_front();
-        }
-        marks.push(ProbeMark {
-            time: Ts::of(t),
-            prober: ip,
-            addr,
-            recipient: r.clone(),
-        });
+        marks.push_capped(
+            MAX_MARKS_PER_MAILBOX,
+            ProbeMark {
+                time: Ts::of(t),
+                prober: ip,
+                addr,
+                recipient: r.clone(),
+            },
+        );
     }
     // At the abort only when the RCPT line showed a client that is no mail server, the
     // address never logged in, and it is neither known nor shared.
@@ -557,19 +557,19 @@ fn on_failure(engine: &mut Engine, ip: IpAddr, addr: IpAddr, ev: &Event, out: &m
         other.paired = true;
         return;
     }
-    if state.failures.len() >= cfg.max_failures_per_ip {
-        state.failures.pop_front();
-    }
-    state.failures.push(Failure {
-        time: Ts::of(t),
-        line: ev.line,
-        user: user.clone(),
-        count: ev.failures,
-        unknown_user: ev.kind == EventKind::AuthUnknownUser,
-        lenient,
-        sasl,
-        paired: false,
-    });
+    state.failures.push_capped(
+        cfg.max_failures_per_ip,
+        Failure {
+            time: Ts::of(t),
+            line: ev.line,
+            user: user.clone(),
+            count: ev.failures,
+            unknown_user: ev.kind == EventKind::AuthUnknownUser,
+            lenient,
+            sasl,
+            paired: false,
+        },
+    );
 
     if lenient {
         let n = count_since(state, t - cfg.lenient_burst_window.as_secs() as i64, |_| {
@@ -870,14 +870,14 @@ fn record_user_failure(
     if let Some(pos) = u.failures.iter().position(|f| f.ip == ip) {
         u.failures.remove(pos);
     }
-    if u.failures.len() >= cfg.max_ips_per_user {
-        u.failures.pop_front();
-    }
-    u.failures.push(UserFailure {
-        ip,
-        time: Ts::of(t),
-        addr: Some(addr),
-    });
+    u.failures.push_capped(
+        cfg.max_ips_per_user,
+        UserFailure {
+            ip,
+            time: Ts::of(t),
+            addr: Some(addr),
+        },
+    );
     let was_attacked = u.attacked_until.is_some_and(|until| until >= t);
     let since = t - cfg.campaign_window.as_secs() as i64;
     let distinct = u.failures.iter().filter(|f| f.time >= since).count();
@@ -904,14 +904,14 @@ fn record_linked(engine: &mut Engine, key: &str, ip: IpAddr, addr: IpAddr, t: i6
     let u = engine.users.entry(key.into()).or_default();
     u.last_seen = u.last_seen.max_with(t);
     u.linked.retain(|f| f.ip != ip);
-    if u.linked.len() >= cap {
-        u.linked.pop_front();
-    }
-    u.linked.push(UserFailure {
-        ip,
-        time: Ts::of(t),
-        addr: Some(addr),
-    });
+    u.linked.push_capped(
+        cap,
+        UserFailure {
+            ip,
+            time: Ts::of(t),
+            addr: Some(addr),
+        },
+    );
 }
 
 /// The link weight of a probe `age` seconds old: 1 at once, falling linearly to 0 at
@@ -1134,10 +1134,7 @@ fn escalate_site(
     let need = engine.cfg.ipv6_site_offenders as usize;
     let offenders = Arc::make_mut(engine.sites.entry(site).or_default());
     offenders.retain(|(p, at)| *p != prefix && *at >= t - horizon);
-    if offenders.len() >= MAX_SITE_OFFENDERS {
-        offenders.pop_front();
-    }
-    offenders.push((prefix, Ts::of(t)));
+    offenders.push_capped(MAX_SITE_OFFENDERS, (prefix, Ts::of(t)));
     let n = offenders.len();
     if n < need {
         return;

@@ -219,11 +219,15 @@ pub struct Names(HashSet<Name>);
 impl Names {
     /// The shared copy of `raw` cut to [`MAX_NAME_LEN`] with control characters replaced.
     pub fn intern(&mut self, raw: &str) -> Name {
-        let bounded = bounded_name(raw);
-        if let Some(n) = self.0.get(&*bounded) {
+        self.share(bounded_name(raw))
+    }
+
+    /// The shared copy of `text`, made if there is none.
+    fn share(&mut self, text: Box<str>) -> Name {
+        if let Some(n) = self.0.get(&*text) {
             return n.clone();
         }
-        let n = Name(Arc::new(bounded));
+        let n = Name(Arc::new(text));
         self.0.insert(n.clone());
         n
     }
@@ -254,16 +258,8 @@ impl Names {
                 skeleton.push(if c == Note::RUN { '?' } else { c });
             }
         }
-        let skeleton = match self.0.get(skeleton.as_str()) {
-            Some(n) => n.clone(),
-            None => {
-                let n = Name(Arc::new(skeleton.into_boxed_str()));
-                self.0.insert(n.clone());
-                n
-            }
-        };
         Note {
-            skeleton,
+            skeleton: self.share(skeleton.into_boxed_str()),
             digits: digits.into_boxed_str(),
         }
     }

@@ -78,21 +78,18 @@ impl<T> Tiny<T> {
 
     /// Adds `x` at the end (dropping the first entry if the list is at [`Tiny::MAX`]).
     pub fn push(&mut self, x: T) {
+        self.push_capped(Self::MAX, x);
+    }
+    /// Adds `x` at the end of a list kept to `cap` entries: when it holds `cap` already, the
+    /// first (oldest) entry goes, in the same reallocation.
+    pub fn push_capped(&mut self, cap: usize, x: T) {
         self.edit(|v| {
-            if v.len() >= Self::MAX {
+            if !v.is_empty() && v.len() >= cap.min(Self::MAX) {
                 v.remove(0);
             }
             v.reserve_exact(1);
             v.push(x)
         });
-    }
-    /// Removes and returns the first (oldest) element.
-    pub fn pop_front(&mut self) -> Option<T> {
-        let mut out = None;
-        if !self.is_empty() {
-            self.edit(|v| out = Some(v.remove(0)));
-        }
-        out
     }
     /// Removes and returns entry `i`. Panics if `i` is out of bounds, like `Vec::remove`.
     pub fn remove(&mut self, i: usize) -> T {
@@ -108,11 +105,6 @@ impl<T> Tiny<T> {
         }
         self.edit(|v| v.retain(keep));
     }
-    pub fn truncate(&mut self, len: usize) {
-        if self.len() > len {
-            self.edit(|v| v.truncate(len));
-        }
-    }
     pub fn back(&self) -> Option<&T> {
         self.last()
     }
@@ -122,6 +114,14 @@ impl<T> Tiny<T> {
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         std::mem::size_of_val::<[T]>(self)
+    }
+}
+
+/// [`Tiny::retain`] on a list shared copy-on-write: copies it (if a save still holds it) only
+/// when something goes.
+pub fn retain_shared<T: Clone>(list: &mut triomphe::Arc<Tiny<T>>, keep: impl Fn(&T) -> bool) {
+    if !list.iter().all(&keep) {
+        triomphe::Arc::make_mut(list).retain(keep);
     }
 }
 
@@ -214,7 +214,7 @@ mod tests {
         // `Rc` counts tell whether an entry was dropped, kept, or dropped twice.
         let item = Rc::new(());
         let mut t: Tiny<Rc<()>> = Tiny::default();
-        assert!(t.is_empty() && t.pop_front().is_none());
+        assert!(t.is_empty());
         for _ in 0..5 {
             t.push(item.clone());
         }
@@ -223,9 +223,10 @@ mod tests {
         let c = t.clone();
         assert_eq!(Rc::strong_count(&item), 11);
         drop(c);
-        assert!(t.pop_front().is_some());
+        t.push_capped(5, item.clone());
         t.remove(1);
-        t.truncate(2);
+        t.remove(0);
+        t.remove(2);
         assert_eq!(t.len(), 2);
         assert_eq!(Rc::strong_count(&item), 3);
         let other = Rc::new(());
@@ -254,6 +255,37 @@ mod tests {
         let back: Tiny<u32> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, t);
         assert_eq!(t.heap_bytes(), 20);
+    }
+
+    #[test]
+    fn a_capped_push_drops_the_oldest_only_when_full() {
+        let mut t: Tiny<u32> = Tiny::default();
+        for x in 1..=3 {
+            t.push_capped(3, x);
+        }
+        assert_eq!(&*t, &[1, 2, 3]);
+        t.push_capped(3, 4);
+        assert_eq!(&*t, &[2, 3, 4]);
+        // A cap of 0 or 1 still keeps the newest entry, as popping first and pushing did.
+        t.push_capped(1, 5);
+        assert_eq!(&*t, &[3, 4, 5], "one goes per push, as before");
+        let mut one: Tiny<u32> = Tiny::default();
+        one.push_capped(0, 1);
+        one.push_capped(0, 2);
+        assert_eq!(&*one, &[2]);
+    }
+
+    #[test]
+    fn retain_shared_copies_only_when_something_goes() {
+        let mut list = triomphe::Arc::new(Tiny::from(vec![1u32, 2, 3]));
+        let saved = list.clone();
+        retain_shared(&mut list, |x| *x > 0);
+        assert!(
+            triomphe::Arc::ptr_eq(&list, &saved),
+            "nothing went: still shared"
+        );
+        retain_shared(&mut list, |x| *x > 1);
+        assert_eq!((&**list, &**saved), (&[2, 3][..], &[1, 2, 3][..]));
     }
 
     #[test]
